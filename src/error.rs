@@ -1,0 +1,184 @@
+//! [`Error`] and [`Result`]: everything that can go wrong with a pool or a task.
+
+use std::fmt;
+use std::io;
+
+/// `Result<T, forkpool::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a task or a pool call failed.
+///
+/// Each message says what happened and, where there is a choice, what to do next.
+///
+/// # Examples
+///
+/// ```
+/// use forkpool::{Error, Pool};
+///
+/// fn boom(_: u32) -> u32 {
+///     panic!("no luck")
+/// }
+///
+/// let pool = Pool::new(1)?;
+/// match pool.apply(boom, 7) {
+///     Err(Error::TaskPanicked { message }) => assert_eq!(message, "no luck"),
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// # Ok::<(), forkpool::Error>(())
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The task panicked in its worker. The worker survived and serves the next task.
+    #[error("the task panicked: {message}")]
+    TaskPanicked {
+        /// The panic message (the payload, if it was a string).
+        message: String,
+    },
+
+    /// The worker process running the task died before it answered (a signal such as SIGSEGV or
+    /// SIGKILL, an abort, a stack overflow, or `std::process::exit`). The pool replaced it; no
+    /// other task was affected.
+    #[error("worker {pid} {cause} while running the task; the pool replaced it")]
+    WorkerDied {
+        /// The dead worker's process id.
+        pid: u32,
+        /// How it ended.
+        cause: ExitCause,
+    },
+
+    /// A value could not be serialized: an argument in the calling thread (the call returns this
+    /// and nothing was submitted), or a result in the worker (the task fails; the worker goes on).
+    #[error("could not encode the {what}: {message}")]
+    Encode {
+        /// `"argument"` or `"result"`.
+        what: &'static str,
+        /// The codec's message.
+        message: String,
+    },
+
+    /// Bytes could not be deserialized: an argument in the worker, or a result in
+    /// [`AsyncResult::get`](crate::AsyncResult::get). Usually the `Serialize` and `Deserialize`
+    /// impls of the type do not agree.
+    #[error("could not decode the {what}: {message}")]
+    Decode {
+        /// `"argument"` or `"result"`.
+        what: &'static str,
+        /// The codec's message.
+        message: String,
+    },
+
+    /// The task was submitted after [`Pool::close`](crate::Pool::close) or
+    /// [`Pool::terminate`](crate::Pool::terminate).
+    #[error("the pool is closed and takes no new tasks; build a new pool")]
+    Closed,
+
+    /// [`Pool::terminate`](crate::Pool::terminate), or dropping the pool, ended the task before it
+    /// finished.
+    #[error("the pool was terminated before the task finished")]
+    Terminated,
+
+    /// [`Pool::join`](crate::Pool::join) was called on a pool still taking tasks.
+    #[error("the pool is still running; call close() or terminate() before join()")]
+    StillRunning,
+
+    /// The worker's initializer panicked, so the worker refuses its tasks.
+    #[error("the worker's initializer panicked: {message}")]
+    InitializerPanicked {
+        /// The panic message.
+        message: String,
+    },
+
+    /// An argument was out of range, such as a pool of 0 processes or a chunk size of 0.
+    #[error("invalid argument: {message}")]
+    InvalidArgument {
+        /// What was wrong.
+        message: &'static str,
+    },
+
+    /// A worker broke the protocol: it sent a frame that is too large or malformed. The pool
+    /// killed and replaced it.
+    #[error("worker {pid} sent a malformed reply ({message}); the pool killed and replaced it")]
+    Protocol {
+        /// The worker's process id.
+        pid: u32,
+        /// What was wrong with the frame.
+        message: String,
+    },
+
+    /// A system call failed.
+    #[error("{op} failed: {source}")]
+    Io {
+        /// The call that failed, such as `"fork"` or `"pipe"`.
+        op: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str) -> impl FnOnce(io::Error) -> Error {
+        move |source| Error::Io { op, source }
+    }
+
+    /// A copy of this error for a second task that failed for the same reason. `Io` keeps its
+    /// kind and message but loses its inner source chain, which `io::Error` cannot clone.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::TaskPanicked { message } => Error::TaskPanicked {
+                message: message.clone(),
+            },
+            Error::WorkerDied { pid, cause } => Error::WorkerDied {
+                pid: *pid,
+                cause: *cause,
+            },
+            Error::Encode { what, message } => Error::Encode {
+                what,
+                message: message.clone(),
+            },
+            Error::Decode { what, message } => Error::Decode {
+                what,
+                message: message.clone(),
+            },
+            Error::Closed => Error::Closed,
+            Error::Terminated => Error::Terminated,
+            Error::StillRunning => Error::StillRunning,
+            Error::InitializerPanicked { message } => Error::InitializerPanicked {
+                message: message.clone(),
+            },
+            Error::InvalidArgument { message } => Error::InvalidArgument { message },
+            Error::Protocol { pid, message } => Error::Protocol {
+                pid: *pid,
+                message: message.clone(),
+            },
+            Error::Io { op, source } => Error::Io {
+                op,
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+        }
+    }
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExitCause {
+    /// Killed by this signal (SIGSEGV is 11, SIGABRT 6, SIGKILL 9 on Linux).
+    Signal(i32),
+    /// Exited with this status, as with `std::process::exit(status)`.
+    Exited(i32),
+}
+
+impl fmt::Display for ExitCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitCause::Signal(sig) => write!(
+                f,
+                "was killed by signal {sig} ({})",
+                crate::sys::signal_name(sig)
+            ),
+            ExitCause::Exited(code) => write!(f, "exited with status {code}"),
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Length-prefixed frames on a pipe, and the two message layouts carried in them.
+//!
+//! Every frame is a little-endian `u64` body length followed by the body:
+//!
+//! ```text
+//! task  (parent -> worker): | len u64 | id u64 | trampoline u64 | function u64 | argument ... |
+//! reply (worker -> parent): | len u64 | id u64 | status u8 | payload ... |
+//! ```
+//!
+//! The argument and a successful reply's payload are codec bytes; a failed reply's payload is a
+//! UTF-8 message. A frame's length is checked against a limit before anything is allocated for
+//! it, and a large frame is read straight into a buffer of its own size, so a 64 MiB result is
+//! never copied after the kernel hands it over.
+
+use std::io;
+use std::ops::Deref;
+use std::os::fd::RawFd;
+
+use crate::sys;
+
+/// Bytes in the length prefix.
+const LEN: usize = 8;
+/// Bytes of a task body before the argument: id, trampoline, function.
+const TASK_HEADER: usize = 24;
+/// Bytes of a reply body before the payload: id, status.
+const REPLY_HEADER: usize = 9;
+/// How much a reader asks the kernel for when it is between frames or in a small one.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The largest frame body accepted unless the pool is told otherwise: 4 GiB.
+pub(crate) const DEFAULT_MAX_FRAME: u64 = 4 << 30;
+
+/// What a task is: the fixed fields at the front of a task frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TaskHeader {
+    pub(crate) id: u64,
+    pub(crate) trampoline: u64,
+    pub(crate) function: u64,
+}
+
+/// How a task ended, as the worker reports it in the reply's status byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Status {
+    /// The payload is the encoded result.
+    Ok = 0,
+    /// The task panicked; the payload is the message.
+    Panicked = 1,
+    /// The result failed to encode; the payload is the codec's message.
+    EncodeFailed = 2,
+    /// The argument failed to decode; the payload is the codec's message.
+    DecodeFailed = 3,
+    /// The worker's initializer panicked; the payload is its message.
+    InitializerPanicked = 4,
+}
+
+impl Status {
+    fn from_byte(b: u8) -> Option<Status> {
+        Some(match b {
+            0 => Status::Ok,
+            1 => Status::Panicked,
+            2 => Status::EncodeFailed,
+            3 => Status::DecodeFailed,
+            4 => Status::InitializerPanicked,
+            _ => return None,
+        })
+    }
+}
+
+/// Starts a task frame; the caller appends the encoded argument, then calls [`seal`].
+pub(crate) fn begin_task(header: TaskHeader) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(LEN + TASK_HEADER + 64);
+    frame.extend_from_slice(&[0; LEN]);
+    frame.extend_from_slice(&header.id.to_le_bytes());
+    frame.extend_from_slice(&header.trampoline.to_le_bytes());
+    frame.extend_from_slice(&header.function.to_le_bytes());
+    frame
+}
+
+/// Sets the id of a task frame built by [`begin_task`].
+pub(crate) fn stamp_task_id(frame: &mut [u8], id: u64) {
+    frame[LEN..LEN + 8].copy_from_slice(&id.to_le_bytes());
+}
+
+/// Starts a reply frame in `out` (cleared first); the caller appends the payload, then calls
+/// [`seal`].
+pub(crate) fn begin_reply(out: &mut Vec<u8>, id: u64, status: Status) {
+    out.clear();
+    out.extend_from_slice(&[0; LEN]);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.push(status as u8);
+}
+
+/// Rewrites a reply frame's status byte (for a payload that turned out to be an error).
+pub(crate) fn set_reply_status(frame: &mut [u8], status: Status) {
+    frame[LEN + 8] = status as u8;
+}
+
+/// The length of a reply frame holding no payload yet: where its payload starts.
+pub(crate) const REPLY_PAYLOAD_START: usize = LEN + REPLY_HEADER;
+
+/// Fills in the length prefix of a frame built by [`begin_task`] or [`begin_reply`].
+pub(crate) fn seal(frame: &mut [u8]) {
+    let body = (frame.len() - LEN) as u64;
+    frame[..LEN].copy_from_slice(&body.to_le_bytes());
+}
+
+/// Splits a task body into its header and argument bytes.
+pub(crate) fn parse_task(body: &[u8]) -> Option<(TaskHeader, &[u8])> {
+    if body.len() < TASK_HEADER {
+        return None;
+    }
+    let word = |i: usize| u64::from_le_bytes(body[i * 8..i * 8 + 8].try_into().unwrap());
+    let header = TaskHeader {
+        id: word(0),
+        trampoline: word(1),
+        function: word(2),
+    };
+    Some((header, &body[TASK_HEADER..]))
+}
+
+/// A reply as the parent receives it.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) id: u64,
+    pub(crate) status: Status,
+    pub(crate) payload: Bytes,
+}
+
+/// Splits a reply body into its id, status and payload.
+pub(crate) fn parse_reply(mut body: Bytes) -> Result<Reply, String> {
+    if body.len() < REPLY_HEADER {
+        return Err(format!("a reply of {} bytes is too short", body.len()));
+    }
+    let id = u64::from_le_bytes(body[..8].try_into().unwrap());
+    let status = Status::from_byte(body[8])
+        .ok_or_else(|| format!("unknown status byte {} in a reply", body[8]))?;
+    body.advance(REPLY_HEADER);
+    Ok(Reply {
+        id,
+        status,
+        payload: body,
+    })
+}
+
+/// An owned byte buffer viewed from an offset: a frame body handed on without copying.
+#[derive(Debug, Default)]
+pub(crate) struct Bytes {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Bytes {
+    fn advance(&mut self, n: usize) {
+        self.start += n;
+    }
+}
+
+impl Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+/// Why a frame could not be taken from a reader.
+#[derive(Debug)]
+pub(crate) enum FrameError {
+    /// The length prefix is above the reader's limit.
+    TooLarge { len: u64, max: u64 },
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::TooLarge { len, max } => {
+                write!(f, "a frame of {len} bytes is above the limit of {max} bytes")
+            }
+        }
+    }
+}
+
+/// Accumulates bytes read from a pipe and cuts them into frames.
+#[derive(Debug)]
+pub(crate) struct FrameReader {
+    buf: Vec<u8>,
+    /// Where the first frame not yet taken starts in `buf`.
+    start: usize,
+    max: u64,
+}
+
+impl FrameReader {
+    pub(crate) fn new(max: u64) -> FrameReader {
+        FrameReader {
+            buf: Vec::new(),
+            start: 0,
+            max,
+        }
+    }
+
+    /// The body length of the frame at the front, once its prefix is in, checked against the
+    /// limit.
+    fn front_len(&self) -> Result<Option<usize>, FrameError> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < LEN {
+            return Ok(None);
+        }
+        let len = u64::from_le_bytes(avail[..LEN].try_into().unwrap());
+        if len > self.max || len > isize::MAX as u64 - LEN as u64 {
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        Ok(Some(len as usize))
+    }
+
+    /// Takes the next whole frame's body, if one is buffered.
+    pub(crate) fn take(&mut self) -> Result<Option<Bytes>, FrameError> {
+        let Some(len) = self.front_len()? else {
+            return Ok(None);
+        };
+        let end = self.start + LEN + len;
+        if self.buf.len() < end {
+            return Ok(None);
+        }
+        let body = if self.start == 0 && end == self.buf.len() {
+            // The frame is all we hold: hand the buffer over as it is.
+            Bytes {
+                buf: std::mem::take(&mut self.buf),
+                start: LEN,
+            }
+        } else {
+            let body = self.buf[self.start + LEN..end].to_vec();
+            self.start = end;
+            if self.start == self.buf.len() {
+                self.buf.clear();
+                self.start = 0;
+            }
+            Bytes { buf: body, start: 0 }
+        };
+        Ok(Some(body))
+    }
+
+    /// Reads once from `fd` (which may be non-blocking). `Ok(0)` is end of file.
+    ///
+    /// Inside a large frame it asks for exactly the rest of that frame, so the frame ends up
+    /// alone in a buffer of its own size and [`take`](Self::take) moves it out without a copy.
+    pub(crate) fn fill(&mut self, fd: RawFd) -> io::Result<usize> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let want = match self.front_len() {
+            Ok(Some(len)) if LEN + len > self.buf.len() + READ_CHUNK => LEN + len - self.buf.len(),
+            // A frame over the limit is reported by `take`; read a little so the caller sees it.
+            _ => READ_CHUNK,
+        };
+        self.buf.reserve_exact(want);
+        // Read no further than asked, so a large frame's buffer holds that frame alone.
+        sys::read_into_spare(fd, &mut self.buf, want)
+    }
+
+    /// True if no bytes of a next frame are buffered.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.start == self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn task_frame_round_trip() {
+        let header = TaskHeader {
+            id: 7,
+            trampoline: 0xdead,
+            function: 0xbeef,
+        };
+        let mut frame = begin_task(header);
+        frame.extend_from_slice(b"arg");
+        seal(&mut frame);
+        let (r, w) = sys::pipe().unwrap();
+        sys::write(w.as_raw_fd(), &frame).unwrap();
+        let mut reader = FrameReader::new(DEFAULT_MAX_FRAME);
+        assert!(reader.take().unwrap().is_none());
+        reader.fill(r.as_raw_fd()).unwrap();
+        let body = reader.take().unwrap().unwrap();
+        assert_eq!(parse_task(&body), Some((header, &b"arg"[..])));
+        assert!(reader.is_empty());
+    }
+
+    #[test]
+    fn replies_split_across_reads_and_packed_together() {
+        let mut stream = Vec::new();
+        for i in 0..3u64 {
+            let mut f = Vec::new();
+            begin_reply(&mut f, i, Status::Ok);
+            f.extend_from_slice(&vec![i as u8; 100_000 * i as usize]);
+            seal(&mut f);
+            stream.extend_from_slice(&f);
+        }
+        let (r, w) = sys::pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut off = 0;
+            while off < stream.len() {
+                off += sys::write(w.as_raw_fd(), &stream[off..]).unwrap();
+            }
+        });
+        let mut reader = FrameReader::new(DEFAULT_MAX_FRAME);
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            while let Some(body) = reader.take().unwrap() {
+                got.push(parse_reply(body).unwrap());
+            }
+            if got.len() < 3 {
+                assert!(reader.fill(r.as_raw_fd()).unwrap() > 0);
+            }
+        }
+        writer.join().unwrap();
+        for (i, reply) in got.iter().enumerate() {
+            assert_eq!(reply.id, i as u64);
+            assert_eq!(reply.payload.len(), 100_000 * i);
+            assert!(reply.payload.iter().all(|&b| b == i as u8));
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_allocation() {
+        let (r, w) = sys::pipe().unwrap();
+        sys::write(w.as_raw_fd(), &u64::MAX.to_le_bytes()).unwrap();
+        let mut reader = FrameReader::new(1024);
+        reader.fill(r.as_raw_fd()).unwrap();
+        assert!(matches!(reader.take(), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn malformed_replies_are_errors() {
+        let short = Bytes {
+            buf: vec![1, 2, 3],
+            start: 0,
+        };
+        assert!(parse_reply(short).is_err());
+        let mut bad = vec![0u8; 9];
+        bad[8] = 200;
+        assert!(parse_reply(Bytes { buf: bad, start: 0 }).is_err());
+    }
+}

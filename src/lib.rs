@@ -1,0 +1,93 @@
+//! A process pool with the API of Python's `multiprocessing.Pool`: forked workers, tasks sent as
+//! bincode bytes over pipes, and a worker that crashes fails only its own task.
+//!
+//! ```
+//! use forkpool::Pool;
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! let pool = Pool::new(4)?;
+//! assert_eq!(pool.map(square, 0..5)?, [0, 1, 4, 9, 16]);
+//! # Ok::<(), forkpool::Error>(())
+//! ```
+//!
+//! # How it works
+//!
+//! [`Pool::new`] starts a dispatcher thread, which forks the worker processes and lives as long
+//! as the pool. A task is a function pointer `fn(A) -> R` and an argument `A`. The argument is
+//! encoded with serde and bincode and written to a worker's task pipe in a length-prefixed frame,
+//! together with the function's address and that of a small generic "trampoline" that knows `A`
+//! and `R`. Since a worker is a fork of the same program, both addresses are valid in it: the
+//! worker decodes the argument, calls the function, and writes the encoded result back on its
+//! reply pipe. [`AsyncResult::get`] decodes it in the caller's thread.
+//!
+//! Only function pointers cross the fork: a named `fn`, or a closure that captures nothing
+//! (`|x: u64| x * x` coerces to `fn(u64) -> u64`). A capturing closure would carry pointers into
+//! the parent's heap that mean nothing to a process that lives on after the call, so the type
+//! refuses it at compile time. Pass what the task needs in its argument instead.
+//!
+//! # What processes buy
+//!
+//! A task that segfaults, aborts, overflows its stack, calls `std::process::exit` or is killed
+//! by the OOM killer fails with [`Error::WorkerDied`]; the pool forks a replacement and every
+//! other task completes. (Python's `Pool` hangs forever in this case.) A panic fails with
+//! [`Error::TaskPanicked`] and the worker goes on. Leaks and global state stay in the worker, and
+//! [`PoolBuilder::max_tasks_per_child`] recycles workers that accumulate them.
+//!
+//! # Python's `Pool` and forkpool
+//!
+//! | Python | forkpool |
+//! |---|---|
+//! | `Pool(4)` | [`Pool::new(4)`](Pool::new) |
+//! | `Pool(initializer=f, maxtasksperchild=n)` | [`Pool::builder()`](Pool::builder)`.initializer(f).max_tasks_per_child(n).build()` |
+//! | `pool.apply(f, (x,))` | [`pool.apply(f, x)`](Pool::apply) |
+//! | `pool.apply_async(f, (x,))` | [`pool.apply_async(f, x)`](Pool::apply_async) |
+//! | `res.get()`, `res.wait(t)`, `res.ready()` | [`get`](AsyncResult::get), [`wait_timeout`](AsyncResult::wait_timeout), [`ready`](AsyncResult::ready) |
+//! | `pool.map(f, xs)`, `pool.map(f, xs, chunksize)` | [`map`](Pool::map), [`map_chunked`](Pool::map_chunked) |
+//! | `pool.map_async(f, xs)` | [`map_async`](Pool::map_async) |
+//! | `pool.imap(f, xs)`, `pool.imap_unordered(f, xs)` | [`imap`](Pool::imap), [`imap_unordered`](Pool::imap_unordered) |
+//! | `pool.starmap(f, [(a, b)])` | `pool.map(f, [(a, b)])` with `f: fn((A, B)) -> R` |
+//! | `pool.close()`, `pool.join()`, `pool.terminate()` | [`close`](Pool::close), [`join`](Pool::join), [`terminate`](Pool::terminate) |
+//! | `with Pool() as p:` (terminates on exit) | dropping the [`Pool`] (terminates) |
+//!
+//! # Choosing the number of processes and the chunk size
+//!
+//! For CPU-bound work, one process per core ([`PoolBuilder::build`] without
+//! [`processes`](PoolBuilder::processes)). For tasks that mostly wait (on a subprocess, a
+//! network), more. Every task costs a round trip over a pipe (microseconds), so for many tiny
+//! tasks use [`Pool::map`] (which sends chunks) or a larger chunk in [`Pool::map_chunked`].
+//!
+//! # Fork safety
+//!
+//! Build the pool early in `main`, before other threads start. Fork copies only the thread that
+//! calls it; a lock held by another thread at that moment (the allocator's are safe, but not
+//! `stdout`'s or your own mutexes) stays locked forever in the worker. Workers close every
+//! inherited file descriptor except stdin, stdout and stderr, ignore SIGINT (Ctrl-C reaches only
+//! the parent), and die with the pool's dispatcher thread, so a killed parent leaves no orphans.
+//!
+//! # When to use threads instead
+//!
+//! If the work is thread-safe, shares large data, and cannot crash, a thread pool such as rayon
+//! is cheaper: no copy of the arguments and no pipe. Reach for processes for isolation: from
+//! crashes, leaks, global state, and code that is not thread-safe.
+#![deny(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![cfg(unix)]
+
+mod codec;
+mod dispatch;
+mod error;
+mod frame;
+mod imap;
+mod pool;
+mod result;
+mod spawn;
+mod sys;
+mod task;
+mod worker;
+
+pub use error::{Error, ExitCause, Result};
+pub use imap::Imap;
+pub use pool::{Pool, PoolBuilder};
+pub use result::AsyncResult;

@@ -1,0 +1,603 @@
+//! [`Pool`] and [`PoolBuilder`]: the public face. No system calls here; the pool turns each call
+//! into encoded tasks and hands them to its dispatcher.
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::sync::{Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::dispatch::{self, Config, Submitter, Task};
+use crate::error::{Error, Result};
+use crate::frame;
+use crate::imap::Imap;
+use crate::result::{self, AsyncResult, Sink, Slot};
+use crate::task;
+use crate::worker::WorkerConfig;
+
+/// How many results an [`Imap`] keeps submitted but not yet yielded, per worker.
+const IMAP_WINDOW_PER_WORKER: usize = 4;
+
+/// A pool of forked worker processes that run tasks: Python's `multiprocessing.Pool` for Rust.
+///
+/// A task is a plain function pointer `fn(A) -> R` (a named `fn`, or a closure that captures
+/// nothing) and an argument. The argument travels to a worker as bincode bytes over a pipe, and
+/// the result comes back the same way. A task that panics fails with
+/// [`Error::TaskPanicked`]; a worker that dies mid-task (a segfault, an abort, `kill -9`) fails
+/// exactly that task with [`Error::WorkerDied`] and is replaced.
+///
+/// `Pool` is `Send + Sync`: share it between threads with `&Pool` or `Arc<Pool>`, and submit
+/// from all of them at once.
+///
+/// # Caveats
+/// * Build the pool early in `main`, before starting other threads: a worker is a fork of the
+///   program, and fork copies only the thread that calls it. A lock another thread held at that
+///   moment (inside `println!`, say) stays locked in the worker.
+/// * Workers close every inherited file descriptor except stdin, stdout and stderr. Open files,
+///   sockets and connections in an [`initializer`](PoolBuilder::initializer) instead.
+/// * Dropping the pool terminates it: unfinished tasks fail with [`Error::Terminated`]. Call
+///   [`close`](Pool::close) and [`join`](Pool::join) to let them finish.
+///
+/// # Examples
+///
+/// ```
+/// use forkpool::Pool;
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = Pool::new(4)?;
+/// let pending: Vec<_> = (0..10).map(|i| pool.apply_async(square, i)).collect::<Result<_, _>>()?;
+/// pool.close();
+/// pool.join()?;
+/// let squares: Vec<u64> = pending.into_iter().map(|r| r.get()).collect::<Result<_, _>>()?;
+/// assert_eq!(squares, [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
+/// # Ok::<(), forkpool::Error>(())
+/// ```
+pub struct Pool {
+    submitter: Submitter,
+    processes: usize,
+    dispatcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Configures a [`Pool`] before it is built.
+///
+/// # Examples
+///
+/// ```
+/// use forkpool::Pool;
+///
+/// static mut SEED: u64 = 0;
+///
+/// fn init() {
+///     // Runs once in each worker, before its first task.
+///     unsafe { SEED = 42 };
+/// }
+///
+/// fn seeded(x: u64) -> u64 {
+///     x + unsafe { SEED }
+/// }
+///
+/// let pool = Pool::builder()
+///     .processes(2)
+///     .initializer(init)
+///     .max_tasks_per_child(100)
+///     .build()?;
+/// assert_eq!(pool.apply(seeded, 1)?, 43);
+/// # Ok::<(), forkpool::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+#[must_use = "a builder does nothing until build() is called"]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    initializer: Option<fn()>,
+    max_tasks_per_child: Option<usize>,
+    max_frame_bytes: u64,
+}
+
+impl PoolBuilder {
+    /// The number of worker processes. Defaults to
+    /// [`std::thread::available_parallelism`], or 1 if that is unknown.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::builder().processes(3).build()?;
+    /// assert_eq!(pool.processes(), 3);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// A function each worker runs once, before its first task; Python's `initializer`. Use it
+    /// to set up per-process state: open a connection, seed a generator, load a model.
+    ///
+    /// If it panics, the worker stays up and fails each task it is given with
+    /// [`Error::InitializerPanicked`], rather than crash in a loop.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// fn quiet() {
+    ///     std::env::set_var("FORKPOOL_EXAMPLE", "set");
+    /// }
+    /// fn read(_: ()) -> String {
+    ///     std::env::var("FORKPOOL_EXAMPLE").unwrap_or_default()
+    /// }
+    /// let pool = forkpool::Pool::builder().processes(1).initializer(quiet).build()?;
+    /// assert_eq!(pool.apply(read, ())?, "set");
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn initializer(mut self, f: fn()) -> Self {
+        self.initializer = Some(f);
+        self
+    }
+
+    /// A worker exits after serving `n` tasks and a fresh one takes its place; Python's
+    /// `maxtasksperchild`. Bounds what a leaky task can accumulate. No task is lost.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::builder().processes(1).max_tasks_per_child(1).build()?;
+    /// let a = pool.apply(|_: ()| std::process::id(), ())?;
+    /// let b = pool.apply(|_: ()| std::process::id(), ())?;
+    /// assert_ne!(a, b);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn max_tasks_per_child(mut self, n: usize) -> Self {
+        self.max_tasks_per_child = Some(n);
+        self
+    }
+
+    /// The largest reply frame accepted from a worker, in bytes; default 4 GiB. A worker that
+    /// announces a larger one is killed and its task fails with [`Error::Protocol`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::builder().processes(1).max_frame_bytes(1 << 20).build()?;
+    /// assert!(pool.apply(|n: usize| vec![0u8; n], 10).is_ok());
+    /// assert!(matches!(
+    ///     pool.apply(|n: usize| vec![0u8; n], 2 << 20),
+    ///     Err(forkpool::Error::Protocol { .. })
+    /// ));
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn max_frame_bytes(mut self, bytes: u64) -> Self {
+        self.max_frame_bytes = bytes;
+        self
+    }
+
+    /// Forks the workers and returns the running pool.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for `processes(0)` or `max_tasks_per_child(0)`;
+    /// [`Error::Io`] if a pipe or a fork failed (workers already forked are reaped first).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use forkpool::{Error, Pool};
+    ///
+    /// assert!(matches!(Pool::builder().processes(0).build(), Err(Error::InvalidArgument { .. })));
+    /// let pool = Pool::builder().build()?;
+    /// assert!(pool.processes() >= 1);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn build(self) -> Result<Pool> {
+        let processes = match self.processes {
+            Some(0) => {
+                return Err(Error::InvalidArgument {
+                    message: "a pool needs at least 1 process",
+                })
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+        };
+        if self.max_tasks_per_child == Some(0) {
+            return Err(Error::InvalidArgument {
+                message: "max_tasks_per_child must be at least 1",
+            });
+        }
+        let (submitter, handle) = dispatch::start(Config {
+            processes,
+            worker: WorkerConfig {
+                initializer: self.initializer,
+                max_tasks: self.max_tasks_per_child,
+            },
+            max_frame: self.max_frame_bytes,
+        })?;
+        Ok(Pool {
+            submitter,
+            processes,
+            dispatcher: Mutex::new(Some(handle)),
+        })
+    }
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder {
+            processes: None,
+            initializer: None,
+            max_tasks_per_child: None,
+            max_frame_bytes: frame::DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+impl Pool {
+    /// Forks `processes` workers; the same as `Pool::builder().processes(processes).build()`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for 0 processes; [`Error::Io`] if a fork failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(2)?;
+    /// assert_eq!(pool.apply(|x: i32| -x, 5)?, -5);
+    /// assert!(forkpool::Pool::new(0).is_err());
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn new(processes: usize) -> Result<Pool> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// A [`PoolBuilder`] with the default settings.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::builder().processes(1).build()?;
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// The number of worker processes the pool keeps running.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(forkpool::Pool::new(3)?.processes(), 3);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    /// Submits `f(arg)` to run in a worker and returns at once with a handle on its result.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] after [`close`](Pool::close) or [`terminate`](Pool::terminate);
+    /// [`Error::Encode`] if `arg` cannot be encoded. Nothing is submitted then.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let a = pool.apply_async(|s: String| s.to_uppercase(), "hi".to_string())?;
+    /// let b = pool.apply_async(|(x, y): (u32, u32)| x + y, (2, 3))?;
+    /// assert_eq!(a.get()?, "HI");
+    /// assert_eq!(b.get()?, 5);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn apply_async<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<AsyncResult<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let frame = task::call(f, &arg)?;
+        let slot = Slot::new(1);
+        self.submitter.submit([Task::new(frame, Sink::slot(&slot, 0))])?;
+        Ok(AsyncResult::new(slot, result::finish_one::<R>))
+    }
+
+    /// Runs `f(arg)` in a worker and waits for the result: `apply_async(f, arg)?.get()`.
+    ///
+    /// # Errors
+    /// Those of [`apply_async`](Pool::apply_async) and of [`AsyncResult::get`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(1)?;
+    /// assert_eq!(pool.apply(|x: f64| x.sqrt(), 16.0)?, 4.0);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async(f, arg)?.get()
+    }
+
+    /// Applies `f` to every item and returns the results in input order.
+    ///
+    /// The input is collected, then sent in chunks of Python's default size,
+    /// `ceil(len / (4 * processes))`. Use [`map_chunked`](Pool::map_chunked) to choose it.
+    ///
+    /// # Errors
+    /// If any item fails, the error of the first failing item in input order, with its own
+    /// variant ([`Error::TaskPanicked`], [`Error::WorkerDied`], ...), once every chunk has
+    /// finished. A panic or a crash fails its whole chunk. Also [`Error::Closed`] and
+    /// [`Error::Encode`] as for [`apply_async`](Pool::apply_async).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(2)?;
+    /// assert_eq!(pool.map(|x: u32| x * 10, 1..=5)?, [10, 20, 30, 40, 50]);
+    /// assert_eq!(pool.map(|x: u32| x, Vec::new())?, Vec::<u32>::new());
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn map<A, R, I>(&self, f: fn(A) -> R, args: I) -> Result<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async(f, args)?.get()
+    }
+
+    /// [`map`](Pool::map) with `chunksize` items sent to a worker at a time. Larger chunks cost
+    /// less per item; smaller ones balance uneven work better.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a chunk size of 0; otherwise as [`map`](Pool::map).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(2)?;
+    /// assert_eq!(pool.map_chunked(|x: u8| x + 1, [1, 2, 3], 2)?, [2, 3, 4]);
+    /// assert!(pool.map_chunked(|x: u8| x, [1], 0).is_err());
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn map_chunked<A, R, I>(&self, f: fn(A) -> R, args: I, chunksize: usize) -> Result<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async_chunked(f, args, Some(chunksize))?.get()
+    }
+
+    /// [`map`](Pool::map) without waiting: returns a handle on the whole `Vec` of results.
+    /// Empty input is ready at once.
+    ///
+    /// # Errors
+    /// As [`map`](Pool::map): the call itself fails with [`Error::Closed`] or
+    /// [`Error::Encode`], and [`AsyncResult::get`] with a task's error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let lengths = pool.map_async(|s: String| s.len(), ["a", "bb", "ccc"].map(String::from))?;
+    /// assert_eq!(lengths.get()?, [1, 2, 3]);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn map_async<A, R, I>(&self, f: fn(A) -> R, args: I) -> Result<AsyncResult<Vec<R>>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async_chunked(f, args, None)
+    }
+
+    fn map_async_chunked<A, R, I>(&self, f: fn(A) -> R, args: I, chunksize: Option<usize>) -> Result<AsyncResult<Vec<R>>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        if chunksize == Some(0) {
+            return Err(Error::InvalidArgument {
+                message: "chunksize must be at least 1",
+            });
+        }
+        if !self.submitter.is_open() {
+            return Err(Error::Closed);
+        }
+        let args: Vec<A> = args.into_iter().collect();
+        let chunksize = chunksize.unwrap_or_else(|| default_chunksize(args.len(), self.processes));
+        let frames = args
+            .chunks(chunksize)
+            .map(|chunk| task::chunk(f, chunk))
+            .collect::<Result<Vec<_>>>()?;
+        let slot = Slot::new(frames.len());
+        let tasks = frames.into_iter().enumerate().map(|(i, frame)| Task::new(frame, Sink::slot(&slot, i)));
+        self.submitter.submit(tasks)?;
+        Ok(AsyncResult::new(slot, result::finish_chunks::<R>))
+    }
+
+    /// Applies `f` to every item, lazily, yielding results in input order as they become
+    /// available. Each item is its own task, so one failure fails only its own `Result`.
+    ///
+    /// The input is pulled only as results are taken, a bounded window ahead (a few items per
+    /// worker), so an endless iterator works.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the pool no longer takes tasks. Each item's `Result` carries its own
+    /// error, including [`Error::Encode`] for an argument that cannot be encoded.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let mut evens = pool.imap(|x: u64| x * 2, 0..)?; // endless input
+    /// assert_eq!(evens.next().unwrap()?, 0);
+    /// assert_eq!(evens.next().unwrap()?, 2);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn imap<A, R, I>(&self, f: fn(A) -> R, args: I) -> Result<Imap<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
+    {
+        self.imap_in(f, args, true)
+    }
+
+    /// Like [`imap`](Pool::imap), but yields results in the order they complete.
+    ///
+    /// # Errors
+    /// As [`imap`](Pool::imap).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let mut got: Vec<u8> = pool
+    ///     .imap_unordered(|x: u8| x + 1, [1, 2, 3])?
+    ///     .collect::<forkpool::Result<_>>()?;
+    /// got.sort();
+    /// assert_eq!(got, [2, 3, 4]);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn imap_unordered<A, R, I>(&self, f: fn(A) -> R, args: I) -> Result<Imap<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
+    {
+        self.imap_in(f, args, false)
+    }
+
+    fn imap_in<A, R, I>(&self, f: fn(A) -> R, args: I, ordered: bool) -> Result<Imap<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
+    {
+        let mut args = args.into_iter();
+        let feed = Box::new(move || args.next().map(|arg| task::call(f, &arg)));
+        let window = IMAP_WINDOW_PER_WORKER * self.processes;
+        Imap::new(self.submitter.clone(), feed, window, ordered)
+    }
+
+    /// Stops taking tasks. Tasks already submitted still run; the workers exit once they are
+    /// done. Follow with [`join`](Pool::join) to wait for that.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let r = pool.apply_async(|x: u8| x, 1)?;
+    /// pool.close();
+    /// assert!(matches!(pool.apply_async(|x: u8| x, 2), Err(forkpool::Error::Closed)));
+    /// pool.join()?;
+    /// assert_eq!(r.get()?, 1);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn close(&self) {
+        self.submitter.close();
+    }
+
+    /// Kills the workers at once. Every unfinished task fails with [`Error::Terminated`]; results
+    /// already received stay available. Does nothing after [`join`](Pool::join).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// fn sleepy(s: u64) -> u64 {
+    ///     std::thread::sleep(std::time::Duration::from_secs(s));
+    ///     s
+    /// }
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let r = pool.apply_async(sleepy, 60)?;
+    /// pool.terminate();
+    /// pool.join()?;
+    /// assert!(matches!(r.get(), Err(forkpool::Error::Terminated)));
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn terminate(&self) {
+        self.submitter.terminate();
+    }
+
+    /// Waits until every worker has exited and been reaped, after [`close`](Pool::close) (every
+    /// submitted task done) or [`terminate`](Pool::terminate) (promptly). When it returns, no
+    /// worker process is left, not even a zombie, and the pool's pipes are closed. Calling it
+    /// again returns `Ok` at once.
+    ///
+    /// # Errors
+    /// [`Error::StillRunning`] if the pool was neither closed nor terminated.
+    ///
+    /// # Caveats
+    /// After `close`, a live [`Imap`] may still submit its remaining input, and `join` waits for
+    /// it to be exhausted or dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(2)?;
+    /// assert!(matches!(pool.join(), Err(forkpool::Error::StillRunning)));
+    /// pool.close();
+    /// pool.join()?;
+    /// pool.join()?;
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn join(&self) -> Result<()> {
+        if self.submitter.is_open() {
+            return Err(Error::StillRunning);
+        }
+        let mut dispatcher = self.dispatcher.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(handle) = dispatcher.take() {
+            // The dispatcher catches its own panics, so this join does not fail.
+            let _ = handle.join();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pool {
+    /// Terminates the pool and reaps its workers, like Python's `with Pool() as p:`.
+    fn drop(&mut self) {
+        self.terminate();
+        let _ = self.join();
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.processes)
+            .field("open", &self.submitter.is_open())
+            .finish()
+    }
+}
+
+/// Python's default chunk size for `map`: `ceil(len / (4 * processes))`, at least 1.
+fn default_chunksize(len: usize, processes: usize) -> usize {
+    len.div_ceil(4 * processes).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_chunksize;
+
+    #[test]
+    fn default_chunksize_follows_python() {
+        // Python: chunksize, extra = divmod(len, 4 * workers); if extra: chunksize += 1
+        assert_eq!(default_chunksize(0, 2), 1);
+        assert_eq!(default_chunksize(1, 2), 1);
+        assert_eq!(default_chunksize(8, 2), 1);
+        assert_eq!(default_chunksize(9, 2), 2);
+        assert_eq!(default_chunksize(200_000, 2), 25_000);
+        assert_eq!(default_chunksize(27, 4), 2);
+    }
+}

@@ -1,0 +1,312 @@
+//! How a caller waits for and receives results: [`AsyncResult`], and the [`Sink`] through which
+//! the dispatcher hands each task's outcome back.
+//!
+//! A result travels as the worker's encoded bytes until the caller asks for it, so decoding (of
+//! a 64 MiB result, say) happens in the caller's thread, never in the dispatcher's.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use serde::de::DeserializeOwned;
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::frame::Bytes;
+
+/// What became of one task: the worker's encoded result, or why there is none.
+pub(crate) type Outcome = Result<Bytes>;
+
+/// Where the dispatcher delivers one task's outcome.
+///
+/// A sink dropped without a delivery delivers [`Error::Terminated`], so no path that loses a
+/// task, even a bug, can leave its caller waiting forever.
+#[derive(Debug)]
+pub(crate) struct Sink {
+    target: Option<Target>,
+}
+
+#[derive(Debug)]
+enum Target {
+    /// Part `index` of an [`AsyncResult`]'s slot.
+    Slot(Arc<Slot>, usize),
+    /// Item `index` of an [`Imap`](crate::Imap)'s stream.
+    Stream(Sender<(usize, Outcome)>, usize),
+}
+
+impl Sink {
+    pub(crate) fn slot(slot: &Arc<Slot>, index: usize) -> Sink {
+        Sink {
+            target: Some(Target::Slot(Arc::clone(slot), index)),
+        }
+    }
+
+    pub(crate) fn stream(tx: &Sender<(usize, Outcome)>, index: usize) -> Sink {
+        Sink {
+            target: Some(Target::Stream(tx.clone(), index)),
+        }
+    }
+
+    /// Hands the outcome to whoever waits for it (nobody, if they dropped their handle).
+    pub(crate) fn deliver(mut self, outcome: Outcome) {
+        match self.target.take() {
+            Some(Target::Slot(slot, index)) => slot.fill(index, outcome),
+            Some(Target::Stream(tx, index)) => {
+                let _ = tx.send((index, outcome));
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if self.target.is_some() {
+            Sink {
+                target: self.target.take(),
+            }
+            .deliver(Err(Error::Terminated));
+        }
+    }
+}
+
+/// The outcomes of the tasks behind one [`AsyncResult`], filled in any order.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    state: Mutex<SlotState>,
+    ready: Condvar,
+}
+
+#[derive(Debug)]
+struct SlotState {
+    parts: Vec<Option<Outcome>>,
+    missing: usize,
+}
+
+impl Slot {
+    pub(crate) fn new(parts: usize) -> Arc<Slot> {
+        Arc::new(Slot {
+            state: Mutex::new(SlotState {
+                parts: (0..parts).map(|_| None).collect(),
+                missing: parts,
+            }),
+            ready: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        // Only this module's short critical sections take the lock, and none of them panics
+        // while holding it; a poisoned state is still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fill(&self, index: usize, outcome: Outcome) {
+        let mut state = self.lock();
+        if state.parts[index].replace(outcome).is_none() {
+            state.missing -= 1;
+        }
+        if state.missing == 0 {
+            self.ready.notify_all();
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.lock().missing == 0
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        let mut state = self.lock();
+        while state.missing > 0 {
+            state = match deadline {
+                None => self.ready.wait(state).unwrap_or_else(PoisonError::into_inner),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return false;
+                    }
+                    self.ready
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+        true
+    }
+
+    fn take(&self) -> Vec<Outcome> {
+        self.wait_until(None);
+        let mut state = self.lock();
+        state
+            .parts
+            .iter_mut()
+            .map(|p| p.take().unwrap_or(Err(Error::Terminated)))
+            .collect()
+    }
+}
+
+/// Decodes a worker's encoded result.
+pub(crate) fn decode_result<R: DeserializeOwned>(bytes: &[u8]) -> Result<R> {
+    codec::decode(bytes).map_err(|message| Error::Decode {
+        what: "result",
+        message,
+    })
+}
+
+/// Turns the outcome of a single task into its value.
+pub(crate) fn finish_one<R: DeserializeOwned>(parts: Vec<Outcome>) -> Result<R> {
+    let bytes = parts.into_iter().next().unwrap_or(Err(Error::Terminated))?;
+    decode_result(&bytes)
+}
+
+/// Concatenates the results of chunks in input order; the first failed chunk's error wins.
+pub(crate) fn finish_chunks<R: DeserializeOwned>(parts: Vec<Outcome>) -> Result<Vec<R>> {
+    let mut all = Vec::new();
+    for part in parts {
+        let chunk: Vec<R> = decode_result(&part?)?;
+        all.extend(chunk);
+    }
+    Ok(all)
+}
+
+/// The result of a task submitted with [`Pool::apply_async`](crate::Pool::apply_async) or
+/// [`Pool::map_async`](crate::Pool::map_async), available once the task has finished.
+///
+/// It may be sent to another thread and may outlive its pool: a result that was ready before the
+/// pool was terminated or dropped stays `Ok`, and one that was not becomes
+/// [`Error::Terminated`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use forkpool::Pool;
+///
+/// let pool = Pool::new(2)?;
+/// let result = pool.apply_async(|x: u64| x * x, 12)?;
+/// assert!(result.wait_timeout(Duration::from_secs(10)));
+/// assert!(result.ready());
+/// assert_eq!(result.get()?, 144);
+/// # Ok::<(), forkpool::Error>(())
+/// ```
+pub struct AsyncResult<R> {
+    slot: Arc<Slot>,
+    finish: fn(Vec<Outcome>) -> Result<R>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> AsyncResult<R> {
+    pub(crate) fn new(slot: Arc<Slot>, finish: fn(Vec<Outcome>) -> Result<R>) -> AsyncResult<R> {
+        AsyncResult {
+            slot,
+            finish,
+            _result: PhantomData,
+        }
+    }
+
+    /// Blocks until the task has finished, then returns its value.
+    ///
+    /// # Errors
+    /// The task's own error ([`Error::TaskPanicked`], [`Error::WorkerDied`], ...), or
+    /// [`Error::Decode`] if the result's bytes do not decode as `R`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let len = pool.apply_async(|s: String| s.len(), "four".to_string())?;
+    /// assert_eq!(len.get()?, 4);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn get(self) -> Result<R> {
+        (self.finish)(self.slot.take())
+    }
+
+    /// Blocks until the task has finished.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let r = pool.apply_async(|x: u8| x, 1)?;
+    /// r.wait();
+    /// assert!(r.ready());
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn wait(&self) {
+        self.slot.wait_until(None);
+    }
+
+    /// Blocks until the task has finished or `timeout` has passed; true if it has finished.
+    /// The result stays available for [`get`](Self::get) either way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let r = pool.apply_async(nap, 300)?;
+    /// assert!(!r.wait_timeout(Duration::from_millis(10)));
+    /// assert!(r.wait_timeout(Duration::from_secs(10)));
+    /// assert_eq!(r.get()?, 300);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.slot.wait_until(Instant::now().checked_add(timeout))
+    }
+
+    /// True once the task has finished, successfully or not. Never blocks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let r = pool.map_async(|x: u8| x, Vec::<u8>::new())?;
+    /// assert!(r.ready()); // empty input is ready at once
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn ready(&self) -> bool {
+        self.slot.is_ready()
+    }
+}
+
+impl<R> fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("ready", &self.ready())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_sink_resolves_its_part_as_terminated() {
+        let slot = Slot::new(2);
+        Sink::slot(&slot, 1).deliver(Ok(Bytes::default()));
+        assert!(!slot.is_ready());
+        drop(Sink::slot(&slot, 0));
+        assert!(slot.is_ready());
+        let parts = slot.take();
+        assert!(matches!(parts[0], Err(Error::Terminated)));
+        assert!(parts[1].is_ok());
+    }
+
+    #[test]
+    fn wait_until_honours_its_deadline() {
+        let slot = Slot::new(1);
+        let start = Instant::now();
+        assert!(!slot.wait_until(Some(start + Duration::from_millis(20))));
+        assert!(start.elapsed() >= Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,375 @@
+//! Thin wrappers over the libc calls the pool needs: the only module that calls `libc` directly.
+//!
+//! Each wrapper turns `-1` into [`io::Error::last_os_error`] and retries on `EINTR` where a retry
+//! is the right answer. Descriptors are [`OwnedFd`] and are made close-on-exec, so a task that
+//! spawns a program never hands it a pool pipe.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// Turns a libc return value of `-1` into the current `errno` as an [`io::Error`].
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        // SAFETY: every call site passes arguments that satisfy the libc function's contract;
+        // each one says why in its own SAFETY comment.
+        let res = unsafe { libc::$fn($($arg),*) };
+        if res == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+/// A process id of a worker. Plain data: signalling it is only sound while it is unreaped.
+pub(crate) type Pid = libc::pid_t;
+
+/// Makes a pipe whose two ends are close-on-exec: `(read end, write end)`.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+        syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC))?;
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        // SAFETY: `fds` is a valid array of two ints for pipe to fill.
+        syscall!(pipe(fds.as_mut_ptr()))?;
+        for fd in fds {
+            // SAFETY: `fd` was just returned by pipe and is open.
+            syscall!(fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC))?;
+        }
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Puts a descriptor in non-blocking mode.
+pub(crate) fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: `fd` is open for as long as the borrowed OwnedFd lives.
+    let flags = syscall!(fcntl(fd, libc::F_GETFL))?;
+    // SAFETY: as above; O_NONBLOCK is a valid status flag.
+    syscall!(fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// `read(2)`, retried on `EINTR`. `Ok(0)` is end of file.
+pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+        match syscall!(read(fd, buf.as_mut_ptr().cast(), buf.len())) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other.map(|n| n as usize),
+        }
+    }
+}
+
+/// `read(2)` of at most `max` bytes into the spare capacity of `buf`, extending its length by
+/// what was read. `Ok(0)` is end of file.
+pub(crate) fn read_into_spare(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let max = max.min(spare.len());
+    loop {
+        // SAFETY: the spare capacity is valid for writes of `max` bytes; read never reads it.
+        match syscall!(read(fd, spare.as_mut_ptr().cast(), max)) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(n) => {
+                let n = n as usize;
+                // SAFETY: the kernel initialized the first `n` bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+                return Ok(n);
+            }
+        }
+    }
+}
+
+/// `write(2)`, retried on `EINTR`.
+pub(crate) fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+        match syscall!(write(fd, buf.as_ptr().cast(), buf.len())) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other.map(|n| n as usize),
+        }
+    }
+}
+
+/// `writev(2)` of up to [`IOV_MAX`] slices, retried on `EINTR`.
+pub(crate) fn writev(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
+    let iov: Vec<libc::iovec> = bufs
+        .iter()
+        .take(IOV_MAX)
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    loop {
+        // SAFETY: each iovec points into a slice borrowed for the duration of the call.
+        match syscall!(writev(fd, iov.as_ptr(), iov.len() as libc::c_int)) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other.map(|n| n as usize),
+        }
+    }
+}
+
+/// The most slices [`writev`] passes to the kernel in one call (POSIX guarantees 16; Linux 1024).
+pub(crate) const IOV_MAX: usize = 64;
+
+/// What [`poll`] watches one descriptor for, and what it found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PollFd(libc::pollfd);
+
+impl PollFd {
+    pub(crate) fn new(fd: RawFd, read: bool, write: bool) -> PollFd {
+        let mut events = 0;
+        if read {
+            events |= libc::POLLIN;
+        }
+        if write {
+            events |= libc::POLLOUT;
+        }
+        PollFd(libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        })
+    }
+    /// Readable, or at end of file, or in error: a read will not block.
+    pub(crate) fn readable(&self) -> bool {
+        self.0.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+    }
+    /// Writable, or the reader is gone: a write will not block.
+    pub(crate) fn writable(&self) -> bool {
+        self.0.revents & (libc::POLLOUT | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+    }
+}
+
+/// `poll(2)`; `None` waits without a bound. `EINTR` counts as a wakeup with nothing ready.
+pub(crate) fn poll(fds: &mut [PollFd], timeout: Option<Duration>) -> io::Result<usize> {
+    let ms = match timeout {
+        None => -1,
+        Some(t) => t.as_millis().min(i32::MAX as u128) as libc::c_int,
+    };
+    // SAFETY: PollFd is repr-transparent in effect (a single pollfd field), and `fds` is a valid
+    // slice of them for poll to read and write.
+    match syscall!(poll(fds.as_mut_ptr().cast(), fds.len() as libc::nfds_t, ms)) {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+        other => other.map(|n| n as usize),
+    }
+}
+
+/// How a process ended, as `waitpid` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WaitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// `waitpid(pid, WNOHANG)`: `Ok(None)` while the process still runs.
+///
+/// Only ever called with the pid of one of our own unreaped workers, so the user's other children
+/// keep their exit statuses for their own `wait`.
+pub(crate) fn try_wait(pid: Pid) -> io::Result<Option<WaitStatus>> {
+    wait(pid, libc::WNOHANG)
+}
+
+/// `waitpid(pid, 0)`: blocks until the process has ended and reaps it.
+pub(crate) fn wait_blocking(pid: Pid) -> io::Result<WaitStatus> {
+    wait(pid, 0).map(|s| s.expect("waitpid without WNOHANG returned no status"))
+}
+
+fn wait(pid: Pid, flags: libc::c_int) -> io::Result<Option<WaitStatus>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid int for waitpid to fill.
+        match syscall!(waitpid(pid, &mut status, flags)) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(0) => return Ok(None),
+            Ok(_) => break,
+        }
+    }
+    if libc::WIFSIGNALED(status) {
+        Ok(Some(WaitStatus::Signaled(libc::WTERMSIG(status))))
+    } else {
+        Ok(Some(WaitStatus::Exited(libc::WEXITSTATUS(status))))
+    }
+}
+
+/// Sends SIGKILL. The caller guarantees that `pid` is one of its children that it has not reaped,
+/// so the pid cannot have been reused by an unrelated process.
+pub(crate) fn kill(pid: Pid) {
+    // SAFETY: kill has no memory-safety preconditions; see the contract above for the pid.
+    // It can only fail with ESRCH for a child already dead, which is fine.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+/// A descriptor that becomes readable when the process exits (Linux `pidfd_open`), if the kernel
+/// has it. It lets the pool notice a dead worker even when a grandchild still holds its pipe.
+#[cfg(target_os = "linux")]
+pub(crate) fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel returned a fresh descriptor, made close-on-exec by pidfd_open.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Other systems have no pidfd: the pool watches the result pipe for end of file instead.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn pidfd_open(_pid: Pid) -> Option<OwnedFd> {
+    None
+}
+
+/// The calling thread's signal mask, with SIGPIPE added.
+///
+/// The dispatcher thread blocks SIGPIPE so that writing to a dead worker's pipe returns `EPIPE`
+/// instead of killing a program that did not ignore SIGPIPE. Returns the previous mask, which a
+/// forked worker restores.
+pub(crate) fn block_sigpipe() -> io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset and sigaddset initialize it before use, and
+    // pthread_sigmask only reads `set` and writes `old`.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(old)
+    }
+}
+
+/// `fork(2)`. Returns the child's pid in the parent, 0 in the child.
+///
+/// # Safety
+/// In the child only async-signal-safe work may follow until the child ends in [`exit_now`]
+/// (glibc's malloc is safe to use after fork: it resets its locks in the child). The child must
+/// not touch any lock another thread of the parent could have held, and must never return into
+/// the caller's code.
+pub(crate) unsafe fn fork() -> io::Result<Pid> {
+    syscall!(fork())
+}
+
+/// Child-side setup of a fresh worker, run straight after [`fork`]: die with the parent, ignore
+/// Ctrl-C, restore the signal mask the forking thread had, and close every descriptor except
+/// stdio and the two given ones, which end up as descriptors 3 and 4 (close-on-exec).
+///
+/// # Safety
+/// Only to be called in a freshly forked child: it closes descriptors that the parent's other
+/// threads own (in the parent they stay open, since the child has its own descriptor table).
+pub(crate) unsafe fn child_setup(parent: Pid, mask: &libc::sigset_t, keep: [RawFd; 2]) -> [RawFd; 2] {
+    // SAFETY: prctl, getppid, signal and pthread_sigmask are async-signal-safe and touch only
+    // this process's own attributes; `mask` is a valid sigset_t.
+    unsafe {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        // The parent may have died before PR_SET_PDEATHSIG took hold.
+        if libc::getppid() != parent {
+            exit_now(0);
+        }
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
+    }
+    // Move our two descriptors to 3 and 4, through numbers above both targets so that no dup2
+    // clobbers the other, then close everything above 4.
+    let high = [dup_at_least(keep[0], 5), dup_at_least(keep[1], 5)];
+    if high[0] == -1 || high[1] == -1 || dup_cloexec(high[0], 3) == -1 || dup_cloexec(high[1], 4) == -1 {
+        exit_now(EXIT_SETUP_FAILED);
+    }
+    // SAFETY: the contract of this function: we are a fresh child and may close what we like.
+    unsafe { close_from(5) };
+    [3, 4]
+}
+
+/// `fcntl(F_DUPFD_CLOEXEC)`: a copy of `fd` numbered `min` or above, or -1.
+fn dup_at_least(fd: RawFd, min: RawFd) -> RawFd {
+    // SAFETY: F_DUPFD_CLOEXEC only creates a descriptor; `fd` is open in this process.
+    unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) }
+}
+
+/// `dup2(fd, target)` with the copy made close-on-exec, or -1.
+fn dup_cloexec(fd: RawFd, target: RawFd) -> RawFd {
+    // SAFETY: dup2 and fcntl(F_SETFD) have no memory-safety preconditions; the caller owns
+    // `target` (a fresh child replacing whatever was there).
+    unsafe {
+        if libc::dup2(fd, target) == -1 {
+            return -1;
+        }
+        libc::fcntl(target, libc::F_SETFD, libc::FD_CLOEXEC)
+    }
+}
+
+/// Exit code of a worker whose setup after fork failed.
+pub(crate) const EXIT_SETUP_FAILED: i32 = 120;
+
+/// Closes every descriptor numbered `first` or above.
+///
+/// # Safety
+/// Closes descriptors that other code may own; only for a freshly forked child.
+unsafe fn close_from(first: RawFd) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: close_range only closes descriptors; the caller allows closing all from `first`.
+    if unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0) } == 0 {
+        return;
+    }
+    // SAFETY: rlimit is plain data for getrlimit to fill; closing is allowed by the contract.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            (limit.rlim_cur as u64).min(1 << 20) as RawFd
+        } else {
+            1 << 16
+        };
+        for fd in first..max {
+            libc::close(fd);
+        }
+    }
+}
+
+/// Ends the calling process at once, running no destructors and no atexit handlers: the only
+/// way a forked worker ever ends.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// `getpid(2)`.
+pub(crate) fn getpid() -> Pid {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+/// The conventional name of a signal, for error messages.
+pub(crate) fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => "unknown signal",
+    }
+}

@@ -1,0 +1,110 @@
+//! A type-erased task: a function pointer, the trampoline that knows its types, and the encoded
+//! argument.
+//!
+//! Workers are forks of this very program, so a function's address in the parent is the same
+//! function in every worker. A task frame carries two addresses: the user's `fn(A) -> R`, and a
+//! trampoline monomorphized for `A` and `R` that decodes the argument, calls the function and
+//! encodes the result. The worker only knows the trampoline's erased signature, [`Trampoline`].
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::frame::{self, Status, TaskHeader};
+
+/// The erased signature of every trampoline: the function's address, the argument bytes, and the
+/// reply buffer to append the encoded result (or an error message) to.
+///
+/// # Safety
+/// `function` must be the address of the `fn(A) -> R` this trampoline was monomorphized for.
+pub(crate) type Trampoline = unsafe fn(function: u64, arg: &[u8], out: &mut Vec<u8>) -> Status;
+
+/// Builds the frame for one call of `f` on `arg`.
+///
+/// # Errors
+/// [`Error::Encode`] if the argument cannot be encoded; nothing is sent then.
+pub(crate) fn call<A, R>(f: fn(A) -> R, arg: &A) -> Result<Vec<u8>>
+where
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+{
+    encode_frame(call_one::<A, R>, f as usize, arg)
+}
+
+/// Builds the frame for one chunk: `f` applied to each of `args` in the same worker, the
+/// results coming back as one `Vec<R>`.
+///
+/// # Errors
+/// [`Error::Encode`] if an argument cannot be encoded; nothing is sent then.
+pub(crate) fn chunk<A, R>(f: fn(A) -> R, args: &[A]) -> Result<Vec<u8>>
+where
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+{
+    // A slice encodes exactly as the Vec<A> the trampoline decodes.
+    encode_frame(call_chunk::<A, R>, f as usize, args)
+}
+
+fn encode_frame<T: Serialize + ?Sized>(trampoline: Trampoline, function: usize, arg: &T) -> Result<Vec<u8>> {
+    let mut frame = frame::begin_task(TaskHeader {
+        id: 0,
+        trampoline: trampoline as usize as u64,
+        function: function as u64,
+    });
+    codec::encode_into(&arg, &mut frame).map_err(|message| Error::Encode {
+        what: "argument",
+        message,
+    })?;
+    frame::seal(&mut frame);
+    Ok(frame)
+}
+
+/// Runs a task in the worker: resolves the trampoline's address and calls it.
+///
+/// # Safety
+/// `header` must come from a frame built by [`call`] or [`chunk`] in the process this worker was
+/// forked from, so that both addresses name functions of this same program image.
+pub(crate) unsafe fn run(header: TaskHeader, arg: &[u8], out: &mut Vec<u8>) -> Status {
+    // SAFETY: per this function's contract the address is a `Trampoline` of this program; fn
+    // pointers and usize have the same size on every platform this crate builds for.
+    let trampoline: Trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(header.trampoline as usize) };
+    // SAFETY: the frame paired this trampoline with the function it was monomorphized for.
+    unsafe { trampoline(header.function, arg, out) }
+}
+
+/// # Safety
+/// `function` is the address of a `fn(A) -> R` (see [`Trampoline`]).
+unsafe fn call_one<A: DeserializeOwned, R: Serialize>(function: u64, arg: &[u8], out: &mut Vec<u8>) -> Status {
+    // SAFETY: the caller guarantees `function` is a `fn(A) -> R` of this program.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function as usize) };
+    match codec::decode::<A>(arg) {
+        Ok(arg) => encode_result(&f(arg), out),
+        Err(message) => error_reply(out, Status::DecodeFailed, &message),
+    }
+}
+
+/// # Safety
+/// `function` is the address of a `fn(A) -> R` (see [`Trampoline`]).
+unsafe fn call_chunk<A: DeserializeOwned, R: Serialize>(function: u64, arg: &[u8], out: &mut Vec<u8>) -> Status {
+    // SAFETY: the caller guarantees `function` is a `fn(A) -> R` of this program.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function as usize) };
+    match codec::decode::<Vec<A>>(arg) {
+        Ok(args) => encode_result(&args.into_iter().map(f).collect::<Vec<R>>(), out),
+        Err(message) => error_reply(out, Status::DecodeFailed, &message),
+    }
+}
+
+fn encode_result<R: Serialize>(result: &R, out: &mut Vec<u8>) -> Status {
+    match codec::encode_into(result, out) {
+        Ok(()) => Status::Ok,
+        Err(message) => error_reply(out, Status::EncodeFailed, &message),
+    }
+}
+
+/// Replaces whatever payload `out` holds with an error message.
+pub(crate) fn error_reply(out: &mut Vec<u8>, status: Status, message: &str) -> Status {
+    out.truncate(frame::REPLY_PAYLOAD_START);
+    out.extend_from_slice(message.as_bytes());
+    status
+}

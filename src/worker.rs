@@ -1,0 +1,117 @@
+//! The worker's side: everything that runs in a forked child, and nothing else does.
+//!
+//! A worker runs the pool's initializer once, then loops: read a task frame, run it, write the
+//! reply frame. It ends when the task pipe reaches end of file (the pool closed it, or the parent
+//! died), when it has served `max_tasks` tasks, or when the parent stops reading. It never
+//! returns or unwinds into the code that forked it: [`serve`] ends the process with `_exit`.
+//!
+//! A panic in a task is caught and reported in the reply; the worker goes on. A panic anywhere
+//! else in the loop ends the worker with [`EXIT_PANICKED`].
+
+use std::any::Any;
+use std::os::fd::RawFd;
+use std::panic::{self, AssertUnwindSafe};
+
+use crate::frame::{self, FrameReader, Status};
+use crate::sys;
+use crate::task;
+
+/// Exit status of a worker whose own loop (not a task) panicked.
+const EXIT_PANICKED: i32 = 121;
+/// Exit status of a worker that received a frame it could not parse.
+const EXIT_PROTOCOL: i32 = 122;
+/// Exit status of a worker whose pipes failed.
+const EXIT_IO: i32 = 123;
+/// A reply buffer above this size is released after use, so one large result does not pin
+/// memory in the worker.
+const KEEP_BUFFER: usize = 1 << 20;
+
+/// What a worker needs to know, fixed when the pool is built.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WorkerConfig {
+    pub(crate) initializer: Option<fn()>,
+    pub(crate) max_tasks: Option<usize>,
+}
+
+/// Serves tasks from `input` and replies on `output` until done, then ends the process.
+pub(crate) fn serve(input: RawFd, output: RawFd, config: WorkerConfig) -> ! {
+    let code = panic::catch_unwind(AssertUnwindSafe(|| serve_loop(input, output, config)));
+    sys::exit_now(code.unwrap_or(EXIT_PANICKED))
+}
+
+fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig) -> i32 {
+    let init_failure = config
+        .initializer
+        .and_then(|init| panic::catch_unwind(init).err().map(|p| panic_message(p)));
+    let mut reader = FrameReader::new(u64::MAX);
+    let mut out = Vec::new();
+    let mut served = 0usize;
+    while config.max_tasks.map_or(true, |max| served < max) {
+        let body = loop {
+            match reader.take() {
+                Ok(Some(body)) => break body,
+                Ok(None) => {}
+                Err(_) => return EXIT_PROTOCOL,
+            }
+            match reader.fill(input) {
+                Ok(0) => return 0, // the pool closed our task pipe: done
+                Ok(_) => {}
+                Err(_) => return EXIT_IO,
+            }
+        };
+        let Some((header, arg)) = frame::parse_task(&body) else {
+            return EXIT_PROTOCOL;
+        };
+        frame::begin_reply(&mut out, header.id, Status::Ok);
+        let status = match &init_failure {
+            Some(message) => task::error_reply(&mut out, Status::InitializerPanicked, message),
+            None => run_caught(header, arg, &mut out),
+        };
+        drop(body);
+        frame::set_reply_status(&mut out, status);
+        frame::seal(&mut out);
+        if write_all(output, &out).is_err() {
+            return EXIT_IO; // the parent is gone
+        }
+        if out.capacity() > KEEP_BUFFER {
+            out = Vec::new();
+        }
+        served += 1;
+    }
+    0
+}
+
+/// Runs one task, turning a panic into a [`Status::Panicked`] reply.
+fn run_caught(header: frame::TaskHeader, arg: &[u8], out: &mut Vec<u8>) -> Status {
+    // SAFETY: the header came from our parent, which built it with task::call or task::chunk in
+    // the program image this process is a fork of.
+    match panic::catch_unwind(AssertUnwindSafe(|| unsafe { task::run(header, arg, out) })) {
+        Ok(status) => status,
+        Err(payload) => {
+            let message = panic_message(payload);
+            task::error_reply(out, Status::Panicked, &message)
+        }
+    }
+}
+
+/// The message of a panic payload, if it is a string. The payload is dropped inside a guard, in
+/// case its own destructor panics.
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    let message = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_string()
+    };
+    let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+    message
+}
+
+fn write_all(fd: RawFd, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = sys::write(fd, buf)?;
+        buf = &buf[n..];
+    }
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! Helpers shared by the integration tests: bounded waits, and counts of this process's open
+//! descriptors and child processes, read from /proc.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+/// Runs `f` on a thread and fails the test if it takes longer than `limit`: a hang must fail a
+/// test, not stall CI.
+pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("did not finish within {limit:?}"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the bounded closure panicked"),
+    }
+}
+
+/// Polls `cond` until it holds or `limit` passes; returns whether it held.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The numbers of this process's open file descriptors.
+pub fn open_fds() -> Vec<i32> {
+    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .expect("read /proc/self/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort();
+    fds
+}
+
+/// Pids of this process's children (any state, zombies included), from /proc.
+pub fn children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut kids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some(ppid) = stat_field(pid, 3) {
+            if ppid == me.to_string() {
+                kids.push(pid);
+            }
+        }
+    }
+    kids
+}
+
+/// Field `n` (1-based, as in proc(5)) of /proc/PID/stat, or None if the process is gone.
+pub fn stat_field(pid: u32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; it ends at the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(n - 3).map(str::to_string)
+}
+
+/// The state letter of a process (R, S, Z...), or None if it no longer exists.
+pub fn state(pid: u32) -> Option<char> {
+    stat_field(pid, 3).and_then(|s| s.chars().next())
+}
+
+/// True if a process with this pid exists (a zombie counts).
+pub fn exists(pid: u32) -> bool {
+    state(pid).is_some()
+}
+
+pub const LIMIT: Duration = Duration::from_secs(60);
