@@ -82,7 +82,9 @@ struct Shared {
     leases: AtomicUsize,
     /// True while the dispatcher is (about to be) asleep in `poll`.
     sleeping: AtomicBool,
-    wake: OwnedFd,
+    /// The wakeup pipe's write end; closed when the dispatcher ends, so that after `join` the
+    /// pool holds no descriptor.
+    wake: Mutex<Option<OwnedFd>>,
 }
 
 impl Shared {
@@ -96,12 +98,19 @@ impl Shared {
 
     fn wake(&self) {
         if self.sleeping.swap(false, SeqCst) {
-            // A full pipe already holds a wakeup; any other failure leaves nothing to do.
-            let _ = sys::write(self.wake.as_raw_fd(), &[1]);
+            let wake = self.wake.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(fd) = &*wake {
+                // A full pipe already holds a wakeup; any other failure leaves nothing to do.
+                let _ = sys::write(fd.as_raw_fd(), &[1]);
+            }
         }
     }
 
-    fn send_all(&self, tasks: impl IntoIterator<Item = Task>, allowed: impl Fn(Gate) -> Result<()>) -> Result<()> {
+    fn send_all(
+        &self,
+        tasks: impl IntoIterator<Item = Task>,
+        allowed: impl Fn(Gate) -> Result<()>,
+    ) -> Result<()> {
         {
             let _order = self.submit.lock().unwrap_or_else(PoisonError::into_inner);
             allowed(self.gate())?;
@@ -162,7 +171,11 @@ impl Submitter {
     /// # Errors
     /// [`Error::Closed`] once the pool is closed or terminated.
     pub(crate) fn lease(&self) -> Result<Lease> {
-        let _order = self.shared.submit.lock().unwrap_or_else(PoisonError::into_inner);
+        let _order = self
+            .shared
+            .submit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if self.shared.gate() != Gate::Open {
             return Err(Error::Closed);
         }
@@ -214,7 +227,7 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
         tx,
         leases: AtomicUsize::new(0),
         sleeping: AtomicBool::new(false),
-        wake: wake_w,
+        wake: Mutex::new(Some(wake_w)),
     });
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
     let thread_shared = Arc::clone(&shared);
@@ -237,6 +250,13 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
                 // reaps the workers and resolves every pending task as terminated.
                 dispatcher.shared.set_gate(Gate::Terminated);
             }
+            let shared = Arc::clone(&dispatcher.shared);
+            drop(dispatcher);
+            shared
+                .wake
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
         })
         .map_err(Error::io("spawning the dispatcher thread"))?;
     match ready_rx.recv() {
@@ -303,7 +323,12 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    fn new(config: Config, rx: Receiver<Task>, shared: Arc<Shared>, wake: OwnedFd) -> Result<Dispatcher> {
+    fn new(
+        config: Config,
+        rx: Receiver<Task>,
+        shared: Arc<Shared>,
+        wake: OwnedFd,
+    ) -> Result<Dispatcher> {
         let sigmask = sys::block_sigpipe().map_err(Error::io("pthread_sigmask"))?;
         let mut dispatcher = Dispatcher {
             config,
@@ -381,7 +406,10 @@ impl Dispatcher {
                 self.respawn_at = Some(Instant::now() + MAX_BACKOFF);
                 if self.workers.is_empty() {
                     // Nothing can run the queue: fail it rather than leave callers waiting.
-                    let error = Error::Io { op: "fork", source: e };
+                    let error = Error::Io {
+                        op: "fork",
+                        source: e,
+                    };
                     for task in self.queue.drain(..) {
                         task.sink.deliver(Err(error.duplicate()));
                     }
@@ -431,11 +459,14 @@ impl Dispatcher {
             fds.push(PollFd::new(w.child.pidfd().unwrap_or(-1), true, false));
         }
         self.shared.sleeping.store(true, SeqCst);
-        let idle = self.rx.is_empty() && self.shared.gate() == gate && self.shared.leases.load(SeqCst) == leases;
+        let idle = self.rx.is_empty()
+            && self.shared.gate() == gate
+            && self.shared.leases.load(SeqCst) == leases;
         let timeout = if !idle {
             Some(Duration::ZERO)
         } else {
-            self.respawn_at.map(|at| at.saturating_duration_since(Instant::now()))
+            self.respawn_at
+                .map(|at| at.saturating_duration_since(Instant::now()))
         };
         let polled = sys::poll(&mut fds, timeout);
         self.shared.sleeping.store(false, SeqCst);
@@ -495,7 +526,10 @@ impl Dispatcher {
         let error = match (protocol, w.child.reap(EXIT_GRACE)) {
             (Some(message), _) => Error::Protocol { pid, message },
             (None, Ok(cause)) => Error::WorkerDied { pid, cause },
-            (None, Err(source)) => Error::Io { op: "waitpid", source },
+            (None, Err(source)) => Error::Io {
+                op: "waitpid",
+                source,
+            },
         };
         // A worker that dies before serving anything, unasked, may be failing in its
         // initializer: replace it after a pause that grows while that goes on.
@@ -535,11 +569,18 @@ impl Dispatcher {
 impl Worker {
     /// Writes as much of the pending task frames as the pipe takes without blocking.
     fn write_some(&mut self) {
-        let Some(fd) = self.child.task_fd() else { return };
+        let Some(fd) = self.child.task_fd() else {
+            return;
+        };
         while self.written < self.inflight.len() && !self.write_failed {
             let mut slices: Vec<&[u8]> = Vec::with_capacity(self.inflight.len() - self.written);
             slices.push(&self.inflight[self.written].task.frame[self.offset..]);
-            slices.extend(self.inflight.iter().skip(self.written + 1).map(|s| &s.task.frame[..]));
+            slices.extend(
+                self.inflight
+                    .iter()
+                    .skip(self.written + 1)
+                    .map(|s| &s.task.frame[..]),
+            );
             match sys::writev(fd, &slices) {
                 Ok(mut n) => {
                     while n > 0 {
@@ -590,10 +631,18 @@ impl Worker {
     fn on_reply(&mut self, reply: Reply) -> std::result::Result<(), String> {
         let expected = match self.inflight.front() {
             Some(front) if self.written > 0 => front.id,
-            _ => return Err(format!("a reply for task {} that was not running", reply.id)),
+            _ => {
+                return Err(format!(
+                    "a reply for task {} that was not running",
+                    reply.id
+                ))
+            }
         };
         if reply.id != expected {
-            return Err(format!("a reply for task {} while task {expected} was running", reply.id));
+            return Err(format!(
+                "a reply for task {} while task {expected} was running",
+                reply.id
+            ));
         }
         let sent = self.inflight.pop_front().expect("checked above");
         self.written -= 1;

@@ -174,7 +174,10 @@ impl std::fmt::Display for FrameError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FrameError::TooLarge { len, max } => {
-                write!(f, "a frame of {len} bytes is above the limit of {max} bytes")
+                write!(
+                    f,
+                    "a frame of {len} bytes is above the limit of {max} bytes"
+                )
             }
         }
     }
@@ -234,7 +237,10 @@ impl FrameReader {
                 self.buf.clear();
                 self.start = 0;
             }
-            Bytes { buf: body, start: 0 }
+            Bytes {
+                buf: body,
+                start: 0,
+            }
         };
         Ok(Some(body))
     }

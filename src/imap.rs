@@ -57,8 +57,13 @@ pub struct Imap<R> {
     _result: PhantomData<fn() -> R>,
 }
 
-impl<R: DeserializeOwned> Imap<R> {
-    pub(crate) fn new(submitter: Submitter, feed: Feed, window: usize, ordered: bool) -> Result<Imap<R>> {
+impl<R: DeserializeOwned + 'static> Imap<R> {
+    pub(crate) fn new(
+        submitter: Submitter,
+        feed: Feed,
+        window: usize,
+        ordered: bool,
+    ) -> Result<Imap<R>> {
         let lease = submitter.lease()?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut imap = Imap {
@@ -109,7 +114,7 @@ impl<R: DeserializeOwned> Imap<R> {
     }
 }
 
-impl<R: DeserializeOwned> Iterator for Imap<R> {
+impl<R: DeserializeOwned + 'static> Iterator for Imap<R> {
     type Item = Result<R>;
 
     fn next(&mut self) -> Option<Result<R>> {

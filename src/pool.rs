@@ -297,7 +297,8 @@ impl Pool {
     {
         let frame = task::call(f, &arg)?;
         let slot = Slot::new(1);
-        self.submitter.submit([Task::new(frame, Sink::slot(&slot, 0))])?;
+        self.submitter
+            .submit([Task::new(frame, Sink::slot(&slot, 0))])?;
         Ok(AsyncResult::new(slot, result::finish_one::<R>))
     }
 
@@ -396,7 +397,12 @@ impl Pool {
         self.map_async_chunked(f, args, None)
     }
 
-    fn map_async_chunked<A, R, I>(&self, f: fn(A) -> R, args: I, chunksize: Option<usize>) -> Result<AsyncResult<Vec<R>>>
+    fn map_async_chunked<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: Option<usize>,
+    ) -> Result<AsyncResult<Vec<R>>>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
@@ -417,7 +423,10 @@ impl Pool {
             .map(|chunk| task::chunk(f, chunk))
             .collect::<Result<Vec<_>>>()?;
         let slot = Slot::new(frames.len());
-        let tasks = frames.into_iter().enumerate().map(|(i, frame)| Task::new(frame, Sink::slot(&slot, i)));
+        let tasks = frames
+            .into_iter()
+            .enumerate()
+            .map(|(i, frame)| Task::new(frame, Sink::slot(&slot, i)));
         self.submitter.submit(tasks)?;
         Ok(AsyncResult::new(slot, result::finish_chunks::<R>))
     }
@@ -555,7 +564,10 @@ impl Pool {
         if self.submitter.is_open() {
             return Err(Error::StillRunning);
         }
-        let mut dispatcher = self.dispatcher.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut dispatcher = self
+            .dispatcher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(handle) = dispatcher.take() {
             // The dispatcher catches its own panics, so this join does not fail.
             let _ = handle.join();

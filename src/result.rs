@@ -120,7 +120,10 @@ impl Slot {
         let mut state = self.lock();
         while state.missing > 0 {
             state = match deadline {
-                None => self.ready.wait(state).unwrap_or_else(PoisonError::into_inner),
+                None => self
+                    .ready
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
@@ -148,7 +151,7 @@ impl Slot {
 }
 
 /// Decodes a worker's encoded result.
-pub(crate) fn decode_result<R: DeserializeOwned>(bytes: &[u8]) -> Result<R> {
+pub(crate) fn decode_result<R: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<R> {
     codec::decode(bytes).map_err(|message| Error::Decode {
         what: "result",
         message,
@@ -156,13 +159,13 @@ pub(crate) fn decode_result<R: DeserializeOwned>(bytes: &[u8]) -> Result<R> {
 }
 
 /// Turns the outcome of a single task into its value.
-pub(crate) fn finish_one<R: DeserializeOwned>(parts: Vec<Outcome>) -> Result<R> {
+pub(crate) fn finish_one<R: DeserializeOwned + 'static>(parts: Vec<Outcome>) -> Result<R> {
     let bytes = parts.into_iter().next().unwrap_or(Err(Error::Terminated))?;
     decode_result(&bytes)
 }
 
 /// Concatenates the results of chunks in input order; the first failed chunk's error wins.
-pub(crate) fn finish_chunks<R: DeserializeOwned>(parts: Vec<Outcome>) -> Result<Vec<R>> {
+pub(crate) fn finish_chunks<R: DeserializeOwned + 'static>(parts: Vec<Outcome>) -> Result<Vec<R>> {
     let mut all = Vec::new();
     for part in parts {
         let chunk: Vec<R> = decode_result(&part?)?;

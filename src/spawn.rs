@@ -47,7 +47,13 @@ pub(crate) fn spawn(ctx: &SpawnContext) -> io::Result<Child> {
     let pid = unsafe { sys::fork()? };
     if pid == 0 {
         // SAFETY: we are the freshly forked child.
-        let [input, output] = unsafe { sys::child_setup(ctx.parent, &ctx.sigmask, [task_r.as_raw_fd(), reply_w.as_raw_fd()]) };
+        let [input, output] = unsafe {
+            sys::child_setup(
+                ctx.parent,
+                &ctx.sigmask,
+                [task_r.as_raw_fd(), reply_w.as_raw_fd()],
+            )
+        };
         worker::serve(input, output, ctx.worker);
     }
     drop((task_r, reply_w));

@@ -267,12 +267,22 @@ pub(crate) unsafe fn fork() -> io::Result<Pid> {
 /// # Safety
 /// Only to be called in a freshly forked child: it closes descriptors that the parent's other
 /// threads own (in the parent they stay open, since the child has its own descriptor table).
-pub(crate) unsafe fn child_setup(parent: Pid, mask: &libc::sigset_t, keep: [RawFd; 2]) -> [RawFd; 2] {
+pub(crate) unsafe fn child_setup(
+    parent: Pid,
+    mask: &libc::sigset_t,
+    keep: [RawFd; 2],
+) -> [RawFd; 2] {
     // SAFETY: prctl, getppid, signal and pthread_sigmask are async-signal-safe and touch only
     // this process's own attributes; `mask` is a valid sigset_t.
     unsafe {
         #[cfg(any(target_os = "linux", target_os = "android"))]
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
         // The parent may have died before PR_SET_PDEATHSIG took hold.
         if libc::getppid() != parent {
             exit_now(0);
@@ -283,7 +293,11 @@ pub(crate) unsafe fn child_setup(parent: Pid, mask: &libc::sigset_t, keep: [RawF
     // Move our two descriptors to 3 and 4, through numbers above both targets so that no dup2
     // clobbers the other, then close everything above 4.
     let high = [dup_at_least(keep[0], 5), dup_at_least(keep[1], 5)];
-    if high[0] == -1 || high[1] == -1 || dup_cloexec(high[0], 3) == -1 || dup_cloexec(high[1], 4) == -1 {
+    if high[0] == -1
+        || high[1] == -1
+        || dup_cloexec(high[0], 3) == -1
+        || dup_cloexec(high[1], 4) == -1
+    {
         exit_now(EXIT_SETUP_FAILED);
     }
     // SAFETY: the contract of this function: we are a fresh child and may close what we like.
@@ -319,7 +333,15 @@ pub(crate) const EXIT_SETUP_FAILED: i32 = 120;
 unsafe fn close_from(first: RawFd) {
     #[cfg(target_os = "linux")]
     // SAFETY: close_range only closes descriptors; the caller allows closing all from `first`.
-    if unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0) } == 0 {
+    if unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        )
+    } == 0
+    {
         return;
     }
     // SAFETY: rlimit is plain data for getrlimit to fill; closing is allowed by the contract.

@@ -26,8 +26,8 @@ pub(crate) type Trampoline = unsafe fn(function: u64, arg: &[u8], out: &mut Vec<
 /// [`Error::Encode`] if the argument cannot be encoded; nothing is sent then.
 pub(crate) fn call<A, R>(f: fn(A) -> R, arg: &A) -> Result<Vec<u8>>
 where
-    A: Serialize + DeserializeOwned,
-    R: Serialize + DeserializeOwned,
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
 {
     encode_frame(call_one::<A, R>, f as usize, arg)
 }
@@ -39,20 +39,24 @@ where
 /// [`Error::Encode`] if an argument cannot be encoded; nothing is sent then.
 pub(crate) fn chunk<A, R>(f: fn(A) -> R, args: &[A]) -> Result<Vec<u8>>
 where
-    A: Serialize + DeserializeOwned,
-    R: Serialize + DeserializeOwned,
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
 {
     // A slice encodes exactly as the Vec<A> the trampoline decodes.
     encode_frame(call_chunk::<A, R>, f as usize, args)
 }
 
-fn encode_frame<T: Serialize + ?Sized>(trampoline: Trampoline, function: usize, arg: &T) -> Result<Vec<u8>> {
+fn encode_frame<T: Serialize + ?Sized + 'static>(
+    trampoline: Trampoline,
+    function: usize,
+    arg: &T,
+) -> Result<Vec<u8>> {
     let mut frame = frame::begin_task(TaskHeader {
         id: 0,
         trampoline: trampoline as usize as u64,
         function: function as u64,
     });
-    codec::encode_into(&arg, &mut frame).map_err(|message| Error::Encode {
+    codec::encode_into(arg, &mut frame).map_err(|message| Error::Encode {
         what: "argument",
         message,
     })?;
@@ -68,14 +72,19 @@ fn encode_frame<T: Serialize + ?Sized>(trampoline: Trampoline, function: usize, 
 pub(crate) unsafe fn run(header: TaskHeader, arg: &[u8], out: &mut Vec<u8>) -> Status {
     // SAFETY: per this function's contract the address is a `Trampoline` of this program; fn
     // pointers and usize have the same size on every platform this crate builds for.
-    let trampoline: Trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(header.trampoline as usize) };
+    let trampoline: Trampoline =
+        unsafe { std::mem::transmute::<usize, Trampoline>(header.trampoline as usize) };
     // SAFETY: the frame paired this trampoline with the function it was monomorphized for.
     unsafe { trampoline(header.function, arg, out) }
 }
 
 /// # Safety
 /// `function` is the address of a `fn(A) -> R` (see [`Trampoline`]).
-unsafe fn call_one<A: DeserializeOwned, R: Serialize>(function: u64, arg: &[u8], out: &mut Vec<u8>) -> Status {
+unsafe fn call_one<A: DeserializeOwned + 'static, R: Serialize + 'static>(
+    function: u64,
+    arg: &[u8],
+    out: &mut Vec<u8>,
+) -> Status {
     // SAFETY: the caller guarantees `function` is a `fn(A) -> R` of this program.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function as usize) };
     match codec::decode::<A>(arg) {
@@ -86,7 +95,11 @@ unsafe fn call_one<A: DeserializeOwned, R: Serialize>(function: u64, arg: &[u8],
 
 /// # Safety
 /// `function` is the address of a `fn(A) -> R` (see [`Trampoline`]).
-unsafe fn call_chunk<A: DeserializeOwned, R: Serialize>(function: u64, arg: &[u8], out: &mut Vec<u8>) -> Status {
+unsafe fn call_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
+    function: u64,
+    arg: &[u8],
+    out: &mut Vec<u8>,
+) -> Status {
     // SAFETY: the caller guarantees `function` is a `fn(A) -> R` of this program.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function as usize) };
     match codec::decode::<Vec<A>>(arg) {
@@ -95,7 +108,7 @@ unsafe fn call_chunk<A: DeserializeOwned, R: Serialize>(function: u64, arg: &[u8
     }
 }
 
-fn encode_result<R: Serialize>(result: &R, out: &mut Vec<u8>) -> Status {
+fn encode_result<R: Serialize + 'static>(result: &R, out: &mut Vec<u8>) -> Status {
     match codec::encode_into(result, out) {
         Ok(()) => Status::Ok,
         Err(message) => error_reply(out, Status::EncodeFailed, &message),

@@ -14,8 +14,12 @@ pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send +
     });
     match rx.recv_timeout(limit) {
         Ok(v) => v,
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("did not finish within {limit:?}"),
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the bounded closure panicked"),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("did not finish within {limit:?}")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("the bounded closure panicked")
+        }
     }
 }
 
@@ -48,10 +52,14 @@ pub fn children() -> Vec<u32> {
     let me = std::process::id();
     let mut kids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
-        if let Some(ppid) = stat_field(pid, 3) {
+        if let Some(ppid) = stat_field(pid, 4) {
             if ppid == me.to_string() {
                 kids.push(pid);
             }

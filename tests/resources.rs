@@ -1,0 +1,322 @@
+//! Processes and file descriptors: after join or drop no worker is left, not even a zombie, and
+//! the process's descriptors are back to what they were. These tests count process-wide
+//! resources, so each one holds `SERIAL` to keep the others in this binary out of its counts.
+
+mod common;
+
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use common::{children, eventually, exists, open_fds, state, within};
+use forkpool::{Error, Pool};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn pid(_: ()) -> u32 {
+    std::thread::sleep(Duration::from_millis(30));
+    std::process::id()
+}
+
+fn abort(_: ()) -> u64 {
+    std::process::abort()
+}
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn worker_pids(pool: &Pool) -> Vec<u32> {
+    let mut pids = pool
+        .map_chunked(pid, vec![(); 4 * pool.processes()], 1)
+        .unwrap();
+    pids.sort();
+    pids.dedup();
+    pids
+}
+
+#[test]
+fn join_leaves_no_zombie_and_no_descriptor() {
+    let _guard = serial();
+    within(Duration::from_secs(60), || {
+        let fds_before = open_fds();
+        let kids_before = children();
+        let pool = Pool::new(3).unwrap();
+        assert_eq!(
+            children().len(),
+            kids_before.len() + 3,
+            "Pool::new forks its workers at once"
+        );
+        let results: Vec<_> = (0..100)
+            .map(|i| pool.apply_async(square, i).unwrap())
+            .collect();
+        assert!(matches!(
+            pool.apply(abort, ()),
+            Err(Error::WorkerDied { .. })
+        ));
+        pool.close();
+        pool.join().unwrap();
+        for (i, r) in results.into_iter().enumerate() {
+            assert_eq!(r.get().unwrap(), (i * i) as u64);
+        }
+        assert_eq!(children(), kids_before, "no worker left, not even a zombie");
+        assert_eq!(open_fds(), fds_before, "no descriptor leaked");
+    })
+}
+
+#[test]
+fn drop_without_join_terminates_and_reaps() {
+    let _guard = serial();
+    within(Duration::from_secs(30), || {
+        let fds_before = open_fds();
+        let kids_before = children();
+        let pool = Pool::new(2).unwrap();
+        let pids = worker_pids(&pool);
+        let pending = pool.apply_async(nap, 60_000).unwrap();
+        let started = std::time::Instant::now();
+        drop(pool);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "drop does not block for long"
+        );
+        assert!(matches!(pending.get(), Err(Error::Terminated)));
+        for p in pids {
+            assert!(!exists(p), "worker {p} outlived its pool");
+        }
+        assert_eq!(children(), kids_before);
+        assert_eq!(open_fds(), fds_before);
+    })
+}
+
+#[test]
+fn terminate_with_tasks_pending_joins_promptly() {
+    let _guard = serial();
+    within(Duration::from_secs(30), || {
+        let kids_before = children();
+        let pool = Pool::new(2).unwrap();
+        let done = pool.apply_async(square, 3).unwrap();
+        assert!(done.wait_timeout(Duration::from_secs(10)));
+        let pending: Vec<_> = (0..1000)
+            .map(|_| pool.apply_async(nap, 10_000).unwrap())
+            .collect();
+        let started = std::time::Instant::now();
+        pool.terminate();
+        pool.join().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        for r in pending {
+            assert!(matches!(r.get(), Err(Error::Terminated)));
+        }
+        assert_eq!(
+            done.get().unwrap(),
+            9,
+            "a result that finished before terminate stays Ok"
+        );
+        assert_eq!(children(), kids_before);
+        // Idempotent calls after the end.
+        pool.close();
+        pool.terminate();
+        pool.join().unwrap();
+        assert!(matches!(pool.apply_async(square, 1), Err(Error::Closed)));
+    })
+}
+
+#[test]
+fn a_long_lived_program_spawned_by_a_task_does_not_hold_the_pool_open() {
+    let _guard = serial();
+    within(Duration::from_secs(30), || {
+        fn spawn_sleep(_: ()) -> u32 {
+            let child = Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .expect("spawn sleep");
+            let pid = child.id();
+            std::mem::forget(child);
+            pid
+        }
+        let pool = Pool::new(1).unwrap();
+        let sleeper = pool.apply(spawn_sleep, ()).unwrap();
+        // Crash detection still works at once although `sleep` lives on.
+        assert!(matches!(
+            pool.apply(abort, ()),
+            Err(Error::WorkerDied { .. })
+        ));
+        let started = std::time::Instant::now();
+        pool.close();
+        pool.join().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "join waited for the task's grandchild"
+        );
+        // SAFETY: kill has no memory-safety preconditions; the pid is the sleep we spawned.
+        unsafe { libc::kill(sleeper as i32, libc::SIGKILL) };
+    })
+}
+
+#[test]
+fn workers_hold_only_stdio_and_their_own_pipes() {
+    let _guard = serial();
+    within(Duration::from_secs(30), || {
+        fn worker_fds(_: ()) -> Vec<i32> {
+            let dir = std::fs::read_dir("/proc/self/fd").unwrap();
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        }
+        // A descriptor of the parent's that a worker must not inherit.
+        let (read_end, write_end) = std::io::pipe().unwrap();
+        let pool = Pool::new(2).unwrap();
+        let mut fds = pool.apply(worker_fds, ()).unwrap();
+        fds.sort();
+        // stdio, the task pipe (3), the reply pipe (4), and the directory read_dir opened.
+        assert_eq!(&fds[..5], &[0, 1, 2, 3, 4], "{fds:?}");
+        assert!(fds.len() <= 6, "the worker inherited descriptors: {fds:?}");
+        drop((read_end, write_end));
+    })
+}
+
+#[test]
+fn two_pools_do_not_hold_each_others_pipes() {
+    let _guard = serial();
+    within(Duration::from_secs(30), || {
+        let a = Pool::new(2).unwrap();
+        let b = Pool::new(2).unwrap();
+        // Workers replaced in A after B exists are forked while B's pipes are open.
+        assert!(a.apply(abort, ()).is_err());
+        assert_eq!(a.apply(square, 2).unwrap(), 4);
+        let started = std::time::Instant::now();
+        b.close();
+        b.join().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(a.apply(square, 3).unwrap(), 9);
+    })
+}
+
+#[test]
+fn the_users_own_children_keep_their_exit_status() {
+    let _guard = serial();
+    within(Duration::from_secs(30), || {
+        let mut mine = Command::new("sh").args(["-c", "exit 7"]).spawn().unwrap();
+        // Let it exit before the pool reaps anything.
+        assert!(eventually(Duration::from_secs(5), || state(mine.id()) == Some('Z')));
+        let pool = Pool::new(2).unwrap();
+        assert!(pool.apply(abort, ()).is_err());
+        pool.close();
+        pool.join().unwrap();
+        assert_eq!(mine.wait().unwrap().code(), Some(7));
+    })
+}
+
+#[test]
+fn workers_ignore_sigint() {
+    let _guard = serial();
+    within(Duration::from_secs(30), || {
+        let pool = Pool::new(1).unwrap();
+        let worker = pool.apply(pid, ()).unwrap();
+        // SAFETY: kill has no memory-safety preconditions; the pid is our pool's live worker.
+        unsafe { libc::kill(worker as i32, libc::SIGINT) };
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            pool.apply(pid, ()).unwrap(),
+            worker,
+            "SIGINT did not kill the worker"
+        );
+    })
+}
+
+#[test]
+fn max_tasks_per_child_recycles_without_losing_tasks() {
+    let _guard = serial();
+    within(Duration::from_secs(60), || {
+        let kids_before = children();
+        let pool = Pool::builder()
+            .processes(2)
+            .max_tasks_per_child(3)
+            .build()
+            .unwrap();
+        let results: Vec<_> = (0..60)
+            .map(|_| pool.apply_async(pid, ()).unwrap())
+            .collect();
+        pool.close();
+        pool.join().unwrap();
+        let mut pids: Vec<u32> = results.into_iter().map(|r| r.get().unwrap()).collect();
+        pids.sort();
+        let total = pids.len();
+        pids.dedup();
+        assert_eq!(total, 60);
+        assert!(
+            pids.len() >= 20,
+            "60 tasks at 3 per worker need at least 20 workers, saw {}",
+            pids.len()
+        );
+        assert_eq!(children(), kids_before);
+    })
+}
+
+/// Helper for `workers_exit_when_the_parent_is_killed`: run in a child process of the test
+/// binary, it builds a pool, prints the worker pids and waits to be killed.
+#[test]
+#[ignore = "run by workers_exit_when_the_parent_is_killed in a separate process"]
+fn parent_death_helper() {
+    if std::env::var_os("FORKPOOL_PARENT_DEATH_HELPER").is_none() {
+        return;
+    }
+    let pool = Pool::new(2).unwrap();
+    let pids = worker_pids(&pool);
+    let busy = pool.apply_async(nap, 60_000).unwrap();
+    println!(
+        "PIDS {}",
+        pids.iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    std::thread::sleep(Duration::from_secs(60));
+    drop(busy);
+}
+
+#[test]
+fn workers_exit_when_the_parent_is_killed() {
+    let _guard = serial();
+    within(Duration::from_secs(60), || {
+        use std::io::{BufRead, BufReader};
+        let mut helper = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "parent_death_helper",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("FORKPOOL_PARENT_DEATH_HELPER", "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pids = Vec::new();
+        for line in BufReader::new(helper.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            // The harness prints "test parent_death_helper ... " before it on the same line.
+            if let Some(rest) = line.split("PIDS ").nth(1) {
+                pids = rest.split(' ').map(|p| p.parse::<u32>().unwrap()).collect();
+                break;
+            }
+        }
+        assert_eq!(pids.len(), 2, "the helper reported its workers");
+        helper.kill().unwrap();
+        helper.wait().unwrap();
+        // Orphaned workers are reparented; whoever adopts them may leave a zombie for a moment.
+        let gone = |p: u32| matches!(state(p), None | Some('Z'));
+        assert!(
+            eventually(Duration::from_secs(1), || pids.iter().all(|&p| gone(p))),
+            "workers outlived their killed parent: {:?}",
+            pids.iter().map(|&p| state(p)).collect::<Vec<_>>()
+        );
+    })
+}
