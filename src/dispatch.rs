@@ -430,7 +430,7 @@ impl Dispatcher {
                     w.child.task_fd().is_some()
                         && !w.write_failed
                         && w.inflight.len() < PIPELINE_DEPTH
-                        && max_tasks.map_or(true, |max| w.assigned < max)
+                        && max_tasks.is_none_or(|max| w.assigned < max)
                 })
                 .min_by_key(|w| w.inflight.len());
             let Some(worker) = best else { break };
@@ -513,10 +513,7 @@ impl Dispatcher {
     /// front of the queue.
     fn retire(&mut self, mut w: Worker, exit: Exit) {
         let protocol = match exit {
-            Exit::Ended => match w.read_to_end() {
-                Ok(()) => None,
-                Err(message) => Some(message),
-            },
+            Exit::Ended => w.read_to_end().err(),
             Exit::Protocol(message) => Some(message),
         };
         if protocol.is_some() {

@@ -40,13 +40,14 @@ pub(crate) fn serve(input: RawFd, output: RawFd, config: WorkerConfig) -> ! {
 }
 
 fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig) -> i32 {
+    panic::set_hook(Box::new(report_panic));
     let init_failure = config
         .initializer
-        .and_then(|init| panic::catch_unwind(init).err().map(|p| panic_message(p)));
+        .and_then(|init| panic::catch_unwind(init).err().map(panic_message));
     let mut reader = FrameReader::new(u64::MAX);
     let mut out = Vec::new();
     let mut served = 0usize;
-    while config.max_tasks.map_or(true, |max| served < max) {
+    while config.max_tasks.is_none_or(|max| served < max) {
         let body = loop {
             match reader.take() {
                 Ok(Some(body)) => break body,
@@ -92,6 +93,30 @@ fn run_caught(header: frame::TaskHeader, arg: &[u8], out: &mut Vec<u8>) -> Statu
             task::error_reply(out, Status::Panicked, &message)
         }
     }
+}
+
+/// The worker's panic hook: one line on stderr, written with a single `write(2)`.
+///
+/// The default hook would lock `stderr`, or the test harness's capture buffer, and another
+/// thread of the parent may have held either lock at the moment of the fork, which would hang
+/// the worker at its first panic. The message also reaches the caller in
+/// [`Error::TaskPanicked`](crate::Error::TaskPanicked); this line adds where it happened.
+fn report_panic(info: &panic::PanicHookInfo<'_>) {
+    let location = info
+        .location()
+        .map_or_else(String::new, |l| format!(" at {l}"));
+    let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = info.payload().downcast_ref::<String>() {
+        s.as_str()
+    } else {
+        "a panic with a non-string payload"
+    };
+    let line = format!(
+        "forkpool worker {}: task panicked{location}: {message}\n",
+        std::process::id()
+    );
+    let _ = write_all(2, line.as_bytes());
 }
 
 /// The message of a panic payload, if it is a string. The payload is dropped inside a guard, in
