@@ -272,8 +272,8 @@ pub(crate) unsafe fn child_setup(
     mask: &libc::sigset_t,
     keep: [RawFd; 2],
 ) -> [RawFd; 2] {
-    // SAFETY: prctl, getppid, signal and pthread_sigmask are async-signal-safe and touch only
-    // this process's own attributes; `mask` is a valid sigset_t.
+    // SAFETY: prctl, getppid, sigaction and pthread_sigmask are async-signal-safe and touch only
+    // this process's own attributes; `mask` and `action` are valid, initialized structures.
     unsafe {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         libc::prctl(
@@ -287,7 +287,14 @@ pub(crate) unsafe fn child_setup(
         if libc::getppid() != parent {
             exit_now(0);
         }
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        // Ctrl-C is for the parent to handle. A handler that does nothing, rather than SIG_IGN:
+        // exec resets handlers but keeps SIG_IGN, and programs a task starts should still stop
+        // on Ctrl-C.
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
         libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
     }
     // Move our two descriptors to 3 and 4, through numbers above both targets so that no dup2
@@ -304,6 +311,10 @@ pub(crate) unsafe fn child_setup(
     unsafe { close_from(5) };
     [3, 4]
 }
+
+/// The worker's SIGINT handler: does nothing, so the signal neither kills the worker nor is
+/// ignored by the programs it execs.
+extern "C" fn ignore_signal(_: libc::c_int) {}
 
 /// `fcntl(F_DUPFD_CLOEXEC)`: a copy of `fd` numbered `min` or above, or -1.
 fn dup_at_least(fd: RawFd, min: RawFd) -> RawFd {
