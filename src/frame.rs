@@ -250,6 +250,15 @@ impl FrameReader {
     /// Inside a large frame it asks for exactly the rest of that frame, so the frame ends up
     /// alone in a buffer of its own size and [`take`](Self::take) moves it out without a copy.
     pub(crate) fn fill(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.fill_from(|buf, want| sys::read_into_spare(fd, buf, want))
+    }
+
+    /// [`fill`](Self::fill) from any source: `read(buf, want)` appends at most `want` bytes to
+    /// `buf`, which has room for them, and returns how many.
+    pub(crate) fn fill_from(
+        &mut self,
+        read: impl FnOnce(&mut Vec<u8>, usize) -> io::Result<usize>,
+    ) -> io::Result<usize> {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
@@ -261,12 +270,51 @@ impl FrameReader {
         };
         self.buf.reserve_exact(want);
         // Read no further than asked, so a large frame's buffer holds that frame alone.
-        sys::read_into_spare(fd, &mut self.buf, want)
+        read(&mut self.buf, want)
     }
 
     /// True if no bytes of a next frame are buffered.
     pub(crate) fn is_empty(&self) -> bool {
         self.start == self.buf.len()
+    }
+}
+
+/// Feeds `input` to a [`FrameReader`] in pieces (sizes drawn from the input itself) and parses
+/// every whole frame as a reply, the way the dispatcher does. Returns the number of replies, or
+/// the first error. It must never panic, and never buffer a frame above `max`.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn parse_reply_stream(input: &[u8], max: u64) -> Result<usize, String> {
+    let Some((&seed, mut rest)) = input.split_first() else {
+        return Ok(0);
+    };
+    let mut reader = FrameReader::new(max);
+    let mut replies = 0;
+    let mut step = seed as usize + 1;
+    loop {
+        while let Some(body) = reader.take().map_err(|e| e.to_string())? {
+            if body.len() as u64 > max {
+                panic!("a frame of {} bytes passed a limit of {max}", body.len());
+            }
+            parse_reply(body)?;
+            replies += 1;
+        }
+        if rest.is_empty() {
+            return if reader.is_empty() {
+                Ok(replies)
+            } else {
+                Err("input ends inside a frame".into())
+            };
+        }
+        let piece = &rest[..step.min(rest.len())];
+        step = step * 7 % 4093 + 1;
+        let taken = reader
+            .fill_from(|buf, want| {
+                let n = piece.len().min(want);
+                buf.extend_from_slice(&piece[..n]);
+                Ok(n)
+            })
+            .map_err(|e| e.to_string())?;
+        rest = &rest[taken..];
     }
 }
 

@@ -88,6 +88,16 @@ mod task;
 mod worker;
 
 pub use error::{Error, ExitCause, Result};
+
+/// Entry points for the fuzz targets under `fuzz/`; not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses `input` as a stream of reply frames; see `frame::parse_reply_stream`.
+    pub fn parse_reply_stream(input: &[u8], max_frame: u64) -> Result<usize, String> {
+        crate::frame::parse_reply_stream(input, max_frame)
+    }
+}
 pub use imap::Imap;
 pub use pool::{Pool, PoolBuilder};
 pub use result::AsyncResult;
