@@ -23,10 +23,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::error::ExitCause;
 use crate::error::{Error, Result};
 use crate::frame::{self, FrameReader, Reply, Status};
 use crate::result::{Outcome, Sink};
-use crate::spawn::{self, Child, SpawnContext};
+use crate::spawn::{Child, Event, ForkServer};
 use crate::sys::{self, PollFd};
 use crate::worker::WorkerConfig;
 
@@ -36,6 +37,8 @@ const PIPELINE_DEPTH: usize = 2;
 const DISPATCHER_STACK: usize = 8 << 20;
 /// How long a worker that closed its reply pipe may linger before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
+/// How long `terminate` waits for the fork server to report its killed workers reaped.
+const TERMINATE_WAIT: Duration = Duration::from_secs(5);
 /// Longest pause between attempts to replace workers that keep dying before their first task.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -290,8 +293,19 @@ struct Worker {
     assigned: usize,
     /// Replies received.
     served: usize,
+    /// It sent its Ready frame: its initializer ran.
+    ready: bool,
     /// The task pipe refused a write: the worker is gone or going.
     write_failed: bool,
+    /// The reply pipe reached end of file (or broke the protocol): stop watching it.
+    reply_done: bool,
+    /// It broke the protocol; it is being killed.
+    protocol: Option<String>,
+    /// When to have it killed if it has not been reported dead, and whether that was asked.
+    kill_at: Option<Instant>,
+    kill_sent: bool,
+    /// How it ended, once the fork server has reaped it.
+    exit: Option<ExitCause>,
 }
 
 #[derive(Debug)]
@@ -300,17 +314,11 @@ struct Sent {
     task: Task,
 }
 
-/// Why a worker is being removed.
-enum Exit {
-    /// It ended, or closed its reply pipe.
-    Ended,
-    /// It broke the protocol and is killed.
-    Protocol(String),
-}
-
 struct Dispatcher {
     config: Config,
-    ctx: SpawnContext,
+    /// The signal mask workers start with (the dispatcher itself blocks SIGPIPE).
+    worker_mask: libc::sigset_t,
+    server: ForkServer,
     rx: Receiver<Task>,
     shared: Arc<Shared>,
     wake: OwnedFd,
@@ -329,14 +337,13 @@ impl Dispatcher {
         shared: Arc<Shared>,
         wake: OwnedFd,
     ) -> Result<Dispatcher> {
-        let sigmask = sys::block_sigpipe().map_err(Error::io("pthread_sigmask"))?;
+        let worker_mask = sys::block_sigpipe().map_err(Error::io("pthread_sigmask"))?;
+        // First thing on this thread, before the pool has any other: fork the fork server.
+        let server = ForkServer::start(worker_mask, config.worker).map_err(Error::io("fork"))?;
         let mut dispatcher = Dispatcher {
             config,
-            ctx: SpawnContext {
-                parent: sys::getpid(),
-                sigmask,
-                worker: config.worker,
-            },
+            worker_mask,
+            server,
             rx,
             shared,
             wake,
@@ -347,14 +354,18 @@ impl Dispatcher {
             respawn_at: None,
         };
         for _ in 0..config.processes {
-            // On error the workers already forked are killed and reaped as `dispatcher` drops.
+            // On error, dropping the dispatcher closes the server's socket, and the server kills
+            // and reaps the workers already forked.
             dispatcher.spawn_worker().map_err(Error::io("fork"))?;
         }
         Ok(dispatcher)
     }
 
     fn spawn_worker(&mut self) -> io::Result<()> {
-        let child = spawn::spawn(&self.ctx)?;
+        if self.server.is_lost() {
+            self.server = ForkServer::start(self.worker_mask, self.config.worker)?;
+        }
+        let child = self.server.spawn()?;
         self.workers.push(Worker {
             child,
             reader: FrameReader::new(self.config.max_frame),
@@ -363,7 +374,13 @@ impl Dispatcher {
             offset: 0,
             assigned: 0,
             served: 0,
+            ready: false,
             write_failed: false,
+            reply_done: false,
+            protocol: None,
+            kill_at: None,
+            kill_sent: false,
+            exit: None,
         });
         Ok(())
     }
@@ -376,9 +393,13 @@ impl Dispatcher {
             }
             let leases = self.shared.leases.load(SeqCst);
             self.queue.extend(self.rx.try_iter());
+            // Spawning reads the server's socket, so reports can arrive there too; apply them
+            // before deciding anything, rather than sleep on them.
+            self.retire_exited();
             let winding_down = gate == Gate::Closed && leases == 0 && self.queue.is_empty();
             if !winding_down {
                 self.replace_workers();
+                self.retire_exited();
             }
             self.assign();
             if winding_down {
@@ -447,26 +468,36 @@ impl Dispatcher {
     }
 
     fn poll_once(&mut self, gate: Gate, leases: usize) {
-        let mut fds = Vec::with_capacity(1 + 3 * self.workers.len());
+        let mut fds = Vec::with_capacity(2 + 2 * self.workers.len());
         fds.push(PollFd::new(self.wake.as_raw_fd(), true, false));
+        fds.push(PollFd::new(self.server.fd().unwrap_or(-1), true, false));
         for w in &self.workers {
             let unwritten = w.written < w.inflight.len() && !w.write_failed;
             match w.child.task_fd() {
                 Some(fd) if unwritten => fds.push(PollFd::new(fd, false, true)),
                 _ => fds.push(PollFd::new(-1, false, false)),
             }
-            fds.push(PollFd::new(w.child.reply_fd(), true, false));
-            fds.push(PollFd::new(w.child.pidfd().unwrap_or(-1), true, false));
+            let reply = if w.reply_done { -1 } else { w.child.reply_fd() };
+            fds.push(PollFd::new(reply, true, false));
         }
         self.shared.sleeping.store(true, SeqCst);
         let idle = self.rx.is_empty()
             && self.shared.gate() == gate
             && self.shared.leases.load(SeqCst) == leases;
-        let timeout = if !idle {
-            Some(Duration::ZERO)
-        } else {
-            self.respawn_at
+        let timeout = if idle {
+            let next_kill = self
+                .workers
+                .iter()
+                .filter(|w| !w.kill_sent)
+                .filter_map(|w| w.kill_at)
+                .min();
+            [self.respawn_at, next_kill]
+                .into_iter()
+                .flatten()
+                .min()
                 .map(|at| at.saturating_duration_since(Instant::now()))
+        } else {
+            Some(Duration::ZERO)
         };
         let polled = sys::poll(&mut fds, timeout);
         self.shared.sleeping.store(false, SeqCst);
@@ -481,64 +512,102 @@ impl Dispatcher {
             let mut sink = [0u8; 64];
             while matches!(sys::read(self.wake.as_raw_fd(), &mut sink), Ok(n) if n > 0) {}
         }
-        let mut exits = Vec::new();
+        let now = Instant::now();
+        let mut became_ready = false;
         for (i, w) in self.workers.iter_mut().enumerate() {
-            let [task, reply, pidfd] = [fds[1 + 3 * i], fds[2 + 3 * i], fds[3 + 3 * i]];
+            let [task, reply] = [fds[2 + 2 * i], fds[3 + 2 * i]];
             if task.writable() {
                 w.write_some();
             }
-            let mut ended = pidfd.readable();
             if reply.readable() {
+                let was_ready = w.ready;
                 match w.read_some() {
-                    Ok(eof) => ended |= eof,
+                    Ok(false) => {}
+                    Ok(true) => {
+                        // End of file: it is exiting; if it lingers, have it killed.
+                        w.reply_done = true;
+                        w.kill_at.get_or_insert(now + EXIT_GRACE);
+                    }
                     Err(message) => {
-                        exits.push((i, Exit::Protocol(message)));
-                        continue;
+                        w.reply_done = true;
+                        w.protocol = Some(message);
+                        w.kill_at = Some(now);
                     }
                 }
+                became_ready |= w.ready && !was_ready;
             }
-            if ended {
-                exits.push((i, Exit::Ended));
+            if w.kill_at.is_some_and(|at| at <= now) && !w.kill_sent {
+                w.kill_sent = true;
+                self.server.kill(w.child.pid());
             }
         }
+        if became_ready {
+            self.early_deaths = 0;
+        }
+        if fds[1].readable() {
+            self.server.read_events();
+        }
+        self.retire_exited();
+    }
+
+    /// Applies the fork server's queued reports, and retires every worker known to be dead.
+    fn retire_exited(&mut self) {
+        while let Some(event) = self.server.next_event() {
+            self.on_event(event);
+        }
         // Highest index first, so swap_remove leaves the lower indices valid.
-        for (i, exit) in exits.into_iter().rev() {
-            let worker = self.workers.swap_remove(i);
-            self.retire(worker, exit);
+        for i in (0..self.workers.len()).rev() {
+            if self.workers[i].exit.is_some() {
+                let worker = self.workers.swap_remove(i);
+                self.retire(worker);
+            }
         }
     }
 
-    /// Removes a worker that ended or broke the protocol: delivers the replies it still sent,
-    /// reaps it, fails the task it was running, and puts the tasks behind that one back at the
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Exited { pid, cause } => {
+                if let Some(w) = self.workers.iter_mut().find(|w| w.child.pid() == pid) {
+                    w.exit = Some(cause);
+                }
+            }
+            Event::Lost => {
+                // Every worker died with the server (PR_SET_PDEATHSIG sends SIGKILL). The next
+                // spawn starts a new server.
+                for w in &mut self.workers {
+                    w.exit.get_or_insert(ExitCause::Signal(libc::SIGKILL));
+                }
+            }
+        }
+    }
+
+    /// Removes a worker that the fork server reported dead: delivers the replies it sent before
+    /// it died, fails the task it was running, and puts the tasks behind that one back at the
     /// front of the queue.
-    fn retire(&mut self, mut w: Worker, exit: Exit) {
-        let protocol = match exit {
-            Exit::Ended => w.read_to_end().err(),
-            Exit::Protocol(message) => Some(message),
-        };
-        if protocol.is_some() {
-            w.child.kill();
+    fn retire(&mut self, mut w: Worker) {
+        if w.protocol.is_none() {
+            w.protocol = w.read_to_end().err();
         }
         let pid = w.child.pid() as u32;
-        let error = match (protocol, w.child.reap(EXIT_GRACE)) {
-            (Some(message), _) => Error::Protocol { pid, message },
-            (None, Ok(cause)) => Error::WorkerDied { pid, cause },
-            (None, Err(source)) => Error::Io {
-                op: "waitpid",
-                source,
+        let error = match w.protocol {
+            Some(message) => Error::Protocol { pid, message },
+            None => Error::WorkerDied {
+                pid,
+                cause: w.exit.expect("retired workers have exited"),
             },
         };
-        // A worker that dies before serving anything, unasked, may be failing in its
-        // initializer: replace it after a pause that grows while that goes on.
-        if w.served == 0 && w.child.task_fd().is_some() {
+        // A worker that dies before it is ready failed to start, most likely in its
+        // initializer. Its first task fails even if it never read it (else that task would be
+        // handed from dying worker to dying worker forever), and it is replaced after a pause
+        // that grows while that goes on.
+        let died_at_birth = !w.ready && w.child.task_fd().is_some();
+        if died_at_birth {
             self.early_deaths += 1;
             let backoff = Duration::from_millis(1 << self.early_deaths.min(10)).min(MAX_BACKOFF);
             self.respawn_at = Some(Instant::now() + backoff);
-        } else {
-            self.early_deaths = 0;
         }
         let mut inflight = w.inflight.into_iter();
-        if w.written > 0 {
+        if w.written > 0 || died_at_birth && inflight.len() > 0 {
             let running = inflight.next().expect("a written task is in flight");
             running.task.sink.deliver(Err(error));
         }
@@ -551,10 +620,16 @@ impl Dispatcher {
     /// other task as terminated.
     fn terminate(&mut self) {
         for w in &self.workers {
-            w.child.kill();
+            self.server.kill(w.child.pid());
+        }
+        let deadline = Instant::now() + TERMINATE_WAIT;
+        while self.workers.iter().any(|w| w.exit.is_none()) {
+            match self.server.wait_event(deadline) {
+                Some(event) => self.on_event(event),
+                None => break,
+            }
         }
         for mut w in self.workers.drain(..) {
-            let _ = w.child.reap(EXIT_GRACE);
             let _ = w.read_to_end();
             // Dropping the unanswered tasks' sinks resolves them as terminated.
         }
@@ -626,6 +701,16 @@ impl Worker {
     }
 
     fn on_reply(&mut self, reply: Reply) -> std::result::Result<(), String> {
+        if reply.status == Status::Ready {
+            if self.ready {
+                return Err("a second Ready frame".into());
+            }
+            self.ready = true;
+            return Ok(());
+        }
+        if !self.ready {
+            return Err("a reply before the Ready frame".into());
+        }
         let expected = match self.inflight.front() {
             Some(front) if self.written > 0 => front.id,
             _ => {
@@ -654,6 +739,7 @@ fn outcome(reply: Reply) -> Outcome {
     if reply.status == Status::Ok {
         return Ok(reply.payload);
     }
+    debug_assert!(reply.status != Status::Ready);
     let message = String::from_utf8_lossy(&reply.payload).into_owned();
     Err(match reply.status {
         Status::Ok => unreachable!("handled above"),
@@ -667,5 +753,6 @@ fn outcome(reply: Reply) -> Outcome {
             message,
         },
         Status::InitializerPanicked => Error::InitializerPanicked { message },
+        Status::Ready => unreachable!("Ready frames are handled by the worker's reader"),
     })
 }

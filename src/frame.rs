@@ -7,6 +7,9 @@
 //! reply (worker -> parent): | len u64 | id u64 | status u8 | payload ... |
 //! ```
 //!
+//! A worker's first reply is a `Ready` frame (id 0, no payload), sent once its initializer has
+//! run: a worker that dies before it is ready failed to start, not in a task.
+//!
 //! The argument and a successful reply's payload are codec bytes; a failed reply's payload is a
 //! UTF-8 message. A frame's length is checked against a limit before anything is allocated for
 //! it, and a large frame is read straight into a buffer of its own size, so a 64 MiB result is
@@ -52,6 +55,8 @@ pub(crate) enum Status {
     DecodeFailed = 3,
     /// The worker's initializer panicked; the payload is its message.
     InitializerPanicked = 4,
+    /// Not an answer: the worker has run its initializer and takes tasks. Its first frame.
+    Ready = 5,
 }
 
 impl Status {
@@ -62,6 +67,7 @@ impl Status {
             2 => Status::EncodeFailed,
             3 => Status::DecodeFailed,
             4 => Status::InitializerPanicked,
+            5 => Status::Ready,
             _ => return None,
         })
     }
@@ -385,6 +391,21 @@ mod tests {
         let mut reader = FrameReader::new(1024);
         reader.fill(r.as_raw_fd()).unwrap();
         assert!(matches!(reader.take(), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn reply_streams_in_any_pieces() {
+        let mut stream = vec![3u8];
+        for i in 0..5u64 {
+            let mut f = Vec::new();
+            begin_reply(&mut f, i, Status::Ok);
+            f.extend_from_slice(&vec![7; 5000 * i as usize]);
+            seal(&mut f);
+            stream.extend_from_slice(&f);
+        }
+        assert_eq!(parse_reply_stream(&stream, DEFAULT_MAX_FRAME), Ok(5));
+        assert!(parse_reply_stream(&stream[..stream.len() - 1], DEFAULT_MAX_FRAME).is_err());
+        assert!(parse_reply_stream(&stream, 4000).is_err());
     }
 
     #[test]

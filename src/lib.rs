@@ -82,6 +82,7 @@ mod frame;
 mod imap;
 mod pool;
 mod result;
+mod server;
 mod spawn;
 mod sys;
 mod task;

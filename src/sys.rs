@@ -194,10 +194,14 @@ fn wait(pid: Pid, flags: libc::c_int) -> io::Result<Option<WaitStatus>> {
             Ok(_) => break,
         }
     }
+    Ok(Some(decode_status(status)))
+}
+
+fn decode_status(status: libc::c_int) -> WaitStatus {
     if libc::WIFSIGNALED(status) {
-        Ok(Some(WaitStatus::Signaled(libc::WTERMSIG(status))))
+        WaitStatus::Signaled(libc::WTERMSIG(status))
     } else {
-        Ok(Some(WaitStatus::Exited(libc::WEXITSTATUS(status))))
+        WaitStatus::Exited(libc::WEXITSTATUS(status))
     }
 }
 
@@ -207,25 +211,6 @@ pub(crate) fn kill(pid: Pid) {
     // SAFETY: kill has no memory-safety preconditions; see the contract above for the pid.
     // It can only fail with ESRCH for a child already dead, which is fine.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-}
-
-/// A descriptor that becomes readable when the process exits (Linux `pidfd_open`), if the kernel
-/// has it. It lets the pool notice a dead worker even when a grandchild still holds its pipe.
-#[cfg(target_os = "linux")]
-pub(crate) fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: the kernel returned a fresh descriptor, made close-on-exec by pidfd_open.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// Other systems have no pidfd: the pool watches the result pipe for end of file instead.
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn pidfd_open(_pid: Pid) -> Option<OwnedFd> {
-    None
 }
 
 /// The calling thread's signal mask, with SIGPIPE added.
@@ -249,6 +234,200 @@ pub(crate) fn block_sigpipe() -> io::Result<libc::sigset_t> {
     }
 }
 
+/// A connected pair of Unix stream sockets, both close-on-exec.
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let kind = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let kind = libc::SOCK_STREAM;
+    // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
+    syscall!(socketpair(libc::AF_UNIX, kind, 0, fds.as_mut_ptr()))?;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    for fd in fds {
+        // SAFETY: `fd` was just returned by socketpair and is open.
+        syscall!(fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC))?;
+    }
+    // SAFETY: socketpair succeeded, so both descriptors are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: libc::c_int = 0;
+
+/// The most descriptors one message carries.
+const MAX_FDS: usize = 2;
+
+/// Room for a control message carrying [`MAX_FDS`] descriptors, aligned for `cmsghdr`.
+#[repr(C)]
+union ControlBuf {
+    _align: libc::cmsghdr,
+    bytes: [u8; 64],
+}
+
+/// Sends all of `bytes` on a stream socket, with `fds` attached (SCM_RIGHTS) to the first byte.
+/// The sender's copies of the descriptors stay open; the receiver gets its own.
+pub(crate) fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    assert!(fds.len() <= MAX_FDS);
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let mut iov = libc::iovec {
+            iov_base: bytes[sent..].as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len() - sent,
+        };
+        let mut control = ControlBuf { bytes: [0; 64] };
+        // SAFETY: msghdr is plain data; every pointer in it refers to locals that outlive the
+        // sendmsg call, and the control buffer is large enough and aligned for the header and
+        // MAX_FDS descriptors (CMSG_SPACE of 8 bytes is at most 32 bytes).
+        let n = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            if sent == 0 && !fds.is_empty() {
+                let data_len = std::mem::size_of_val(fds) as libc::c_uint;
+                msg.msg_control = control.bytes.as_mut_ptr().cast();
+                msg.msg_controllen = libc::CMSG_SPACE(data_len) as _;
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = libc::SOL_SOCKET;
+                (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(data_len) as _;
+                std::ptr::copy_nonoverlapping(
+                    fds.as_ptr(),
+                    libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+                    fds.len(),
+                );
+            }
+            libc::sendmsg(sock, &msg, SEND_FLAGS)
+        };
+        if n == -1 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        sent += n as usize;
+    }
+    Ok(())
+}
+
+/// Receives up to `buf.len()` bytes from a stream socket, and the descriptors sent with them
+/// (made close-on-exec). `Ok((0, _))` is end of file.
+pub(crate) fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let flags = libc::MSG_CMSG_CLOEXEC;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let flags = 0;
+    loop {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut control = ControlBuf { bytes: [0; 64] };
+        // SAFETY: msghdr is plain data whose pointers refer to locals that outlive the call; the
+        // kernel writes at most msg_controllen bytes of control data and buf.len() bytes of data.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        // SAFETY: writing a Copy field of a union is safe to do; reading it back is below.
+        msg.msg_control = unsafe { control.bytes.as_mut_ptr().cast() };
+        msg.msg_controllen = 64;
+        // SAFETY: see above.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, flags) };
+        if n == -1 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut fds = Vec::new();
+        // SAFETY: the kernel filled the control buffer; CMSG_FIRSTHDR/NXTHDR walk it within
+        // msg_controllen, and each SCM_RIGHTS payload is an array of descriptors now owned by
+        // this process.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                    let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                        / std::mem::size_of::<RawFd>();
+                    for i in 0..count {
+                        let fd = std::ptr::read_unaligned(data.add(i));
+                        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+                        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                        fds.push(OwnedFd::from_raw_fd(fd));
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        return Ok((n as usize, fds));
+    }
+}
+
+/// `waitpid(-1, WNOHANG)`: reaps any one child that has ended. Only the fork server calls it:
+/// its only children are the workers it forked.
+pub(crate) fn wait_any() -> io::Result<Option<(Pid, WaitStatus)>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid int for waitpid to fill.
+        match syscall!(waitpid(-1, &mut status, libc::WNOHANG)) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
+            Err(e) => return Err(e),
+            Ok(0) => return Ok(None),
+            Ok(pid) => return Ok(Some((pid, decode_status(status)))),
+        }
+    }
+}
+
+/// Where the SIGCHLD handler of the fork server writes its wakeup byte.
+static SIGCHLD_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_sigchld(_: libc::c_int) {
+    let fd = SIGCHLD_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: write is async-signal-safe; errno is saved and restored around it, as a handler
+    // must. A full pipe already holds a wakeup.
+    unsafe {
+        let saved = *errno_location();
+        libc::write(fd, [1u8].as_ptr().cast(), 1);
+        *errno_location() = saved;
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+unsafe fn errno_location() -> *mut libc::c_int {
+    // SAFETY: __errno_location returns the calling thread's errno slot.
+    unsafe { libc::__errno_location() }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+unsafe fn errno_location() -> *mut libc::c_int {
+    // SAFETY: __error returns the calling thread's errno slot.
+    unsafe { libc::__error() }
+}
+
+/// Makes SIGCHLD write a byte to `pipe` (the self-pipe trick), so a `poll` on its read end
+/// wakes when a child ends. For the single-threaded fork server only.
+pub(crate) fn notify_sigchld(pipe: &OwnedFd) -> io::Result<()> {
+    SIGCHLD_PIPE.store(pipe.as_raw_fd(), std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: sigaction is plain data, initialized before use; the handler only calls
+    // async-signal-safe functions.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigchld as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART | libc::SA_NOCLDSTOP;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGCHLD, &action, std::ptr::null_mut()) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// `fork(2)`. Returns the child's pid in the parent, 0 in the child.
 ///
 /// # Safety
@@ -260,18 +439,19 @@ pub(crate) unsafe fn fork() -> io::Result<Pid> {
     syscall!(fork())
 }
 
-/// Child-side setup of a fresh worker, run straight after [`fork`]: die with the parent, ignore
-/// Ctrl-C, restore the signal mask the forking thread had, and close every descriptor except
-/// stdio and the two given ones, which end up as descriptors 3 and 4 (close-on-exec).
+/// Child-side setup of a freshly forked pool process (the fork server or a worker): die with
+/// the parent, shrug off Ctrl-C, restore default SIGCHLD handling and the given signal mask, and
+/// close every descriptor except stdio and the `keep` ones, which end up numbered 3, 4, ... in
+/// order (close-on-exec).
 ///
 /// # Safety
 /// Only to be called in a freshly forked child: it closes descriptors that the parent's other
 /// threads own (in the parent they stay open, since the child has its own descriptor table).
-pub(crate) unsafe fn child_setup(
+pub(crate) unsafe fn child_setup<const N: usize>(
     parent: Pid,
     mask: &libc::sigset_t,
-    keep: [RawFd; 2],
-) -> [RawFd; 2] {
+    keep: [RawFd; N],
+) -> [RawFd; N] {
     // SAFETY: prctl, getppid, sigaction and pthread_sigmask are async-signal-safe and touch only
     // this process's own attributes; `mask` and `action` are valid, initialized structures.
     unsafe {
@@ -287,29 +467,37 @@ pub(crate) unsafe fn child_setup(
         if libc::getppid() != parent {
             exit_now(0);
         }
-        // Ctrl-C is for the parent to handle. A handler that does nothing, rather than SIG_IGN:
-        // exec resets handlers but keeps SIG_IGN, and programs a task starts should still stop
-        // on Ctrl-C.
+        // Ctrl-C is for the pool's owner to handle. A handler that does nothing, rather than
+        // SIG_IGN: exec resets handlers but keeps SIG_IGN, and programs a task starts should
+        // still stop on Ctrl-C.
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
         action.sa_flags = libc::SA_RESTART;
         libc::sigemptyset(&mut action.sa_mask);
         libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
     }
-    // Move our two descriptors to 3 and 4, through numbers above both targets so that no dup2
-    // clobbers the other, then close everything above 4.
-    let high = [dup_at_least(keep[0], 5), dup_at_least(keep[1], 5)];
-    if high[0] == -1
-        || high[1] == -1
-        || dup_cloexec(high[0], 3) == -1
-        || dup_cloexec(high[1], 4) == -1
-    {
-        exit_now(EXIT_SETUP_FAILED);
+    // Move the kept descriptors to 3, 4, ..., through numbers above all targets so that no dup2
+    // clobbers another, then close everything above them.
+    let first_free = 3 + N as RawFd;
+    let mut high = [-1; N];
+    for (h, &fd) in high.iter_mut().zip(&keep) {
+        *h = dup_at_least(fd, first_free);
+        if *h == -1 {
+            exit_now(EXIT_SETUP_FAILED);
+        }
+    }
+    let mut moved = [-1; N];
+    for (i, &h) in high.iter().enumerate() {
+        moved[i] = 3 + i as RawFd;
+        if dup_cloexec(h, moved[i]) == -1 {
+            exit_now(EXIT_SETUP_FAILED);
+        }
     }
     // SAFETY: the contract of this function: we are a fresh child and may close what we like.
-    unsafe { close_from(5) };
-    [3, 4]
+    unsafe { close_from(first_free) };
+    moved
 }
 
 /// The worker's SIGINT handler: does nothing, so the signal neither kills the worker nor is

@@ -46,6 +46,11 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig) -> i32 {
         .and_then(|init| panic::catch_unwind(init).err().map(panic_message));
     let mut reader = FrameReader::new(u64::MAX);
     let mut out = Vec::new();
+    frame::begin_reply(&mut out, 0, Status::Ready);
+    frame::seal(&mut out);
+    if write_all(output, &out).is_err() {
+        return EXIT_IO;
+    }
     let mut served = 0usize;
     while config.max_tasks.is_none_or(|max| served < max) {
         let body = loop {

@@ -31,7 +31,7 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::{children, eventually, exists, within};
+use common::{descendants, eventually, exists, within};
 use forkpool::{Error, Pool};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -491,18 +491,19 @@ fn make_pool() {
             Err(Error::InvalidArgument { .. })
         ));
 
-        let before = children();
+        let before = descendants();
         let pool = Pool::new(3).unwrap();
         assert_eq!(pool.processes(), 3);
         let ours = || -> Vec<u32> {
-            children()
+            descendants()
                 .into_iter()
                 .filter(|p| !before.contains(p))
                 .collect()
         };
         assert!(
-            eventually(secs(10), || ours().len() == 3),
-            "expected 3 worker processes, found {:?}",
+            // Three workers and the pool's fork server.
+            eventually(secs(10), || ours().len() == 4),
+            "expected 3 worker processes and a fork server, found {:?}",
             ours()
         );
         let workers = ours();
@@ -582,17 +583,18 @@ fn context_manager_drop_terminates() {
     // terminates it)
     let _g = exclusive();
     within(secs(30), || {
-        let before = children();
+        let before = descendants();
         let pool = Pool::new(2).unwrap();
         let ours = || -> Vec<u32> {
-            children()
+            descendants()
                 .into_iter()
                 .filter(|p| !before.contains(p))
                 .collect()
         };
         assert!(
-            eventually(secs(10), || ours().len() == 2),
-            "expected 2 worker processes, found {:?}",
+            // Two workers and the pool's fork server.
+            eventually(secs(10), || ours().len() == 3),
+            "expected 2 worker processes and a fork server, found {:?}",
             ours()
         );
         let workers = ours();

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use common::{children, eventually, exists, open_fds, state, within};
+use common::{descendants, eventually, exists, open_fds, state, within};
 use forkpool::{Error, Pool};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -49,12 +49,12 @@ fn join_leaves_no_zombie_and_no_descriptor() {
     let _guard = serial();
     within(Duration::from_secs(60), || {
         let fds_before = open_fds();
-        let kids_before = children();
+        let kids_before = descendants();
         let pool = Pool::new(3).unwrap();
         assert_eq!(
-            children().len(),
-            kids_before.len() + 3,
-            "Pool::new forks its workers at once"
+            descendants().len(),
+            kids_before.len() + 4,
+            "Pool::new starts its fork server and forks its 3 workers at once"
         );
         let results: Vec<_> = (0..100)
             .map(|i| pool.apply_async(square, i).unwrap())
@@ -68,7 +68,11 @@ fn join_leaves_no_zombie_and_no_descriptor() {
         for (i, r) in results.into_iter().enumerate() {
             assert_eq!(r.get().unwrap(), (i * i) as u64);
         }
-        assert_eq!(children(), kids_before, "no worker left, not even a zombie");
+        assert_eq!(
+            descendants(),
+            kids_before,
+            "no worker left, not even a zombie"
+        );
         assert_eq!(open_fds(), fds_before, "no descriptor leaked");
     })
 }
@@ -78,7 +82,7 @@ fn drop_without_join_terminates_and_reaps() {
     let _guard = serial();
     within(Duration::from_secs(30), || {
         let fds_before = open_fds();
-        let kids_before = children();
+        let kids_before = descendants();
         let pool = Pool::new(2).unwrap();
         let pids = worker_pids(&pool);
         let pending = pool.apply_async(nap, 60_000).unwrap();
@@ -92,7 +96,7 @@ fn drop_without_join_terminates_and_reaps() {
         for p in pids {
             assert!(!exists(p), "worker {p} outlived its pool");
         }
-        assert_eq!(children(), kids_before);
+        assert_eq!(descendants(), kids_before);
         assert_eq!(open_fds(), fds_before);
     })
 }
@@ -101,7 +105,7 @@ fn drop_without_join_terminates_and_reaps() {
 fn terminate_with_tasks_pending_joins_promptly() {
     let _guard = serial();
     within(Duration::from_secs(30), || {
-        let kids_before = children();
+        let kids_before = descendants();
         let pool = Pool::new(2).unwrap();
         let done = pool.apply_async(square, 3).unwrap();
         assert!(done.wait_timeout(Duration::from_secs(10)));
@@ -120,7 +124,7 @@ fn terminate_with_tasks_pending_joins_promptly() {
             9,
             "a result that finished before terminate stays Ok"
         );
-        assert_eq!(children(), kids_before);
+        assert_eq!(descendants(), kids_before);
         // Idempotent calls after the end.
         pool.close();
         pool.terminate();
@@ -235,7 +239,7 @@ fn workers_ignore_sigint() {
 fn max_tasks_per_child_recycles_without_losing_tasks() {
     let _guard = serial();
     within(Duration::from_secs(60), || {
-        let kids_before = children();
+        let kids_before = descendants();
         let pool = Pool::builder()
             .processes(2)
             .max_tasks_per_child(3)
@@ -256,7 +260,7 @@ fn max_tasks_per_child_recycles_without_losing_tasks() {
             "60 tasks at 3 per worker need at least 20 workers, saw {}",
             pids.len()
         );
-        assert_eq!(children(), kids_before);
+        assert_eq!(descendants(), kids_before);
     })
 }
 

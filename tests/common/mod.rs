@@ -68,6 +68,39 @@ pub fn children() -> Vec<u32> {
     kids
 }
 
+/// Pids of every process descended from this one (children, grandchildren...), zombies
+/// included: a pool's fork server and its workers.
+pub fn descendants() -> Vec<u32> {
+    let mut by_parent: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(ppid) = stat_field(pid, 4).and_then(|p| p.parse().ok()) {
+            by_parent.push((ppid, pid));
+        }
+    }
+    let mut found = vec![std::process::id()];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            by_parent
+                .iter()
+                .filter(|(pp, _)| *pp == parent)
+                .map(|(_, p)| *p),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found.sort();
+    found
+}
+
 /// Field `n` (1-based, as in proc(5)) of /proc/PID/stat, or None if the process is gone.
 pub fn stat_field(pid: u32, n: usize) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

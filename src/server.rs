@@ -1,0 +1,135 @@
+//! The fork server's side: a single-threaded process that forks every worker of one pool.
+//!
+//! It loops on `poll` over its socket to the parent and a self-pipe that SIGCHLD writes to. It
+//! forks a worker on each spawn request (on the two pipe ends that came with it), reaps workers
+//! as they end and reports their exit statuses, and SIGKILLs a worker when asked, if that worker
+//! is still unreaped. When the parent closes the socket (the pool is done, or the parent died)
+//! it kills and reaps whatever workers remain and exits. It never returns or unwinds into the
+//! code that forked it: [`serve`] ends the process with `_exit`. See [`crate::spawn`] for the
+//! protocol.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::{self, AssertUnwindSafe};
+
+use crate::spawn::{self, EXITED, KILL, MESSAGE, SPAWN, SPAWNED, SPAWN_FAILED};
+use crate::sys::{self, Pid, PollFd};
+use crate::worker::{self, WorkerConfig};
+
+/// Exit status of a server whose loop panicked or whose socket failed.
+const EXIT_BROKEN: i32 = 124;
+
+/// Serves spawn and kill requests on `sock` until the parent closes it, then ends the process.
+pub(crate) fn serve(sock: RawFd, worker_mask: libc::sigset_t, config: WorkerConfig) -> ! {
+    let code = panic::catch_unwind(AssertUnwindSafe(|| {
+        match serve_loop(sock, &worker_mask, config) {
+            Ok(()) => 0,
+            Err(_) => EXIT_BROKEN,
+        }
+    }));
+    sys::exit_now(code.unwrap_or(EXIT_BROKEN))
+}
+
+fn serve_loop(sock: RawFd, worker_mask: &libc::sigset_t, config: WorkerConfig) -> io::Result<()> {
+    let (sigchld_r, sigchld_w) = sys::pipe()?;
+    sys::set_nonblocking(&sigchld_r)?;
+    sys::set_nonblocking(&sigchld_w)?;
+    sys::notify_sigchld(&sigchld_w)?;
+    let me = sys::getpid();
+    let mut live: Vec<Pid> = Vec::new();
+    loop {
+        reap(sock, &mut live)?;
+        let mut fds = [
+            PollFd::new(sock, true, false),
+            PollFd::new(sigchld_r.as_raw_fd(), true, false),
+        ];
+        sys::poll(&mut fds, None)?;
+        if fds[1].readable() {
+            let mut drain = [0u8; 64];
+            while matches!(sys::read(sigchld_r.as_raw_fd(), &mut drain), Ok(n) if n > 0) {}
+        }
+        if !fds[0].readable() {
+            continue;
+        }
+        let mut buf = [0u8; MESSAGE];
+        let (n, fds) = sys::recv_with_fds(sock, &mut buf)?;
+        if n == 0 {
+            break; // the parent closed the socket
+        }
+        read_rest(sock, &mut buf, n)?;
+        let [kind, a, _] = spawn::parse(&buf);
+        match kind {
+            SPAWN => {
+                let [task, reply] = match <[_; 2]>::try_from(fds) {
+                    Ok(pair) => pair,
+                    Err(_) => {
+                        send(sock, SPAWN_FAILED, a, libc::EBADF as u64)?;
+                        continue;
+                    }
+                };
+                // SAFETY: this process is single-threaded, so the child holds no lock another
+                // thread could have held; in the child only child_setup and worker::serve run,
+                // and serve ends in _exit.
+                match unsafe { sys::fork() } {
+                    Ok(0) => {
+                        // SAFETY: we are the freshly forked child.
+                        let [input, output] = unsafe {
+                            sys::child_setup(me, worker_mask, [task.as_raw_fd(), reply.as_raw_fd()])
+                        };
+                        worker::serve(input, output, config);
+                    }
+                    Ok(pid) => {
+                        live.push(pid);
+                        send(sock, SPAWNED, a, pid as u64)?;
+                    }
+                    Err(e) => send(
+                        sock,
+                        SPAWN_FAILED,
+                        a,
+                        e.raw_os_error().unwrap_or(libc::EAGAIN) as u64,
+                    )?,
+                }
+                // `task` and `reply` drop here: only the worker holds them now.
+            }
+            KILL => {
+                let pid = a as Pid;
+                // Only a live, unreaped child: its pid cannot have been reused.
+                if live.contains(&pid) {
+                    sys::kill(pid);
+                }
+            }
+            _ => {}
+        }
+    }
+    for &pid in &live {
+        sys::kill(pid);
+    }
+    for pid in live {
+        let _ = sys::wait_blocking(pid);
+    }
+    Ok(())
+}
+
+/// Reaps every worker that has ended and reports it.
+fn reap(sock: RawFd, live: &mut Vec<Pid>) -> io::Result<()> {
+    while let Some((pid, status)) = sys::wait_any()? {
+        live.retain(|&p| p != pid);
+        send(sock, EXITED, pid as u64, spawn::encode_status(status))?;
+    }
+    Ok(())
+}
+
+/// Reads the rest of a message whose first `n` bytes arrived.
+fn read_rest(sock: RawFd, buf: &mut [u8; MESSAGE], mut n: usize) -> io::Result<()> {
+    while n < MESSAGE {
+        match sys::read(sock, &mut buf[n..])? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            k => n += k,
+        }
+    }
+    Ok(())
+}
+
+fn send(sock: RawFd, kind: u64, a: u64, b: u64) -> io::Result<()> {
+    sys::send_with_fds(sock, &spawn::message(kind, a, b), &[])
+}
