@@ -37,6 +37,9 @@ const PIPELINE_DEPTH: usize = 2;
 const DISPATCHER_STACK: usize = 8 << 20;
 /// How long a worker that closed its reply pipe may linger before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
+/// How long past a task's time limit the dispatcher waits for the worker's own timer (SIGALRM)
+/// before it has the worker killed itself.
+const BACKSTOP_SLACK: Duration = Duration::from_millis(500);
 /// How long `terminate` waits for the fork server to report its killed workers reaped.
 const TERMINATE_WAIT: Duration = Duration::from_secs(5);
 /// Longest pause between attempts to replace workers that keep dying before their first task.
@@ -56,11 +59,33 @@ pub(crate) struct Config {
 pub(crate) struct Task {
     frame: Vec<u8>,
     sink: Sink,
+    /// Time limit per item, and how many items the frame holds (1, or a chunk's length).
+    limit: Option<Duration>,
+    items: u32,
 }
 
 impl Task {
     pub(crate) fn new(frame: Vec<u8>, sink: Sink) -> Task {
-        Task { frame, sink }
+        Task {
+            frame,
+            sink,
+            limit: None,
+            items: 1,
+        }
+    }
+
+    /// Gives each of the task's `items` the time limit `limit`.
+    pub(crate) fn with_limit(mut self, limit: Option<Duration>, items: usize) -> Task {
+        self.limit = limit;
+        self.items = items.clamp(1, u32::MAX as usize) as u32;
+        self
+    }
+
+    /// When the worker should have killed itself over this task's limit, plus slack; past
+    /// this, the dispatcher has it killed.
+    fn backstop(&self, started: Instant) -> Option<Instant> {
+        let limit = self.limit?;
+        started.checked_add(limit.checked_mul(self.items)? + BACKSTOP_SLACK)
     }
 }
 
@@ -306,6 +331,12 @@ struct Worker {
     kill_sent: bool,
     /// How it ended, once the fork server has reaped it.
     exit: Option<ExitCause>,
+    /// Since when the front task has been running (it is written and all before it answered).
+    running_since: Option<Instant>,
+    /// It flagged its last reply (memory cap): it takes no more tasks, and its exit is expected.
+    retiring: bool,
+    /// It is being killed because its task ran past its time limit.
+    timed_out: bool,
 }
 
 #[derive(Debug)]
@@ -381,6 +412,9 @@ impl Dispatcher {
             kill_at: None,
             kill_sent: false,
             exit: None,
+            running_since: None,
+            retiring: false,
+            timed_out: false,
         });
         Ok(())
     }
@@ -450,6 +484,7 @@ impl Dispatcher {
                 .filter(|w| {
                     w.child.task_fd().is_some()
                         && !w.write_failed
+                        && !w.retiring
                         && w.inflight.len() < PIPELINE_DEPTH
                         && max_tasks.is_none_or(|max| w.assigned < max)
                 })
@@ -458,12 +493,17 @@ impl Dispatcher {
             let mut task = self.queue.pop_front().expect("queue is not empty");
             let id = self.next_id;
             self.next_id += 1;
-            frame::stamp_task_id(&mut task.frame, id);
+            let limit_us = task
+                .limit
+                .map_or(0, |l| l.as_micros().clamp(1, u64::MAX as u128) as u64);
+            frame::stamp_task(&mut task.frame, id, limit_us);
             worker.inflight.push_back(Sent { id, task });
             worker.assigned += 1;
         }
+        let now = Instant::now();
         for w in &mut self.workers {
             w.write_some();
+            w.note_start(now);
         }
     }
 
@@ -489,7 +529,7 @@ impl Dispatcher {
                 .workers
                 .iter()
                 .filter(|w| !w.kill_sent)
-                .filter_map(|w| w.kill_at)
+                .filter_map(|w| w.kill_at.into_iter().chain(w.backstop()).min())
                 .min();
             [self.respawn_at, next_kill]
                 .into_iter()
@@ -535,6 +575,11 @@ impl Dispatcher {
                     }
                 }
                 became_ready |= w.ready && !was_ready;
+            }
+            w.note_start(now);
+            if w.backstop().is_some_and(|at| at <= now) && !w.kill_sent {
+                w.timed_out = true;
+                w.kill_at = Some(now);
             }
             if w.kill_at.is_some_and(|at| at <= now) && !w.kill_sent {
                 w.kill_sent = true;
@@ -589,12 +634,23 @@ impl Dispatcher {
             w.protocol = w.read_to_end().err();
         }
         let pid = w.child.pid() as u32;
-        let error = match w.protocol {
-            Some(message) => Error::Protocol { pid, message },
-            None => Error::WorkerDied {
-                pid,
-                cause: w.exit.expect("retired workers have exited"),
-            },
+        let cause = w.exit.expect("retired workers have exited");
+        if w.retiring && w.protocol.is_none() && !w.timed_out && cause == ExitCause::Exited(0) {
+            // It passed its memory cap and left after its last answer, as it said it would:
+            // whatever else was sent to it never started.
+            for sent in w.inflight.into_iter().rev() {
+                self.queue.push_front(sent.task);
+            }
+            return;
+        }
+        let limit = w.inflight.front().and_then(|s| s.task.limit);
+        let error = match (w.protocol, limit) {
+            (Some(message), _) => Error::Protocol { pid, message },
+            // Its own timer (SIGALRM), or our backstop, ended it.
+            (None, Some(limit)) if w.timed_out || cause == ExitCause::Signal(libc::SIGALRM) => {
+                Error::TimedOut { pid, limit }
+            }
+            (None, _) => Error::WorkerDied { pid, cause },
         };
         // A worker that dies before it is ready failed to start, most likely in its
         // initializer. Its first task fails even if it never read it (else that task would be
@@ -700,6 +756,19 @@ impl Worker {
         self.read_some().map(drop)
     }
 
+    /// Starts the clock of the front task once it is written, the worker is ready, and every
+    /// task before it has been answered.
+    fn note_start(&mut self, now: Instant) {
+        if self.running_since.is_none() && self.ready && self.written > 0 {
+            self.running_since = Some(now);
+        }
+    }
+
+    /// When the running task's time limit, with slack, runs out.
+    fn backstop(&self) -> Option<Instant> {
+        self.inflight.front()?.task.backstop(self.running_since?)
+    }
+
     fn on_reply(&mut self, reply: Reply) -> std::result::Result<(), String> {
         if reply.status == Status::Ready {
             if self.ready {
@@ -729,6 +798,8 @@ impl Worker {
         let sent = self.inflight.pop_front().expect("checked above");
         self.written -= 1;
         self.served += 1;
+        self.running_since = None;
+        self.retiring |= reply.retiring;
         sent.task.sink.deliver(outcome(reply));
         Ok(())
     }

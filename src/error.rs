@@ -68,6 +68,17 @@ pub enum Error {
         message: String,
     },
 
+    /// The task ran past its time limit ([`PoolBuilder::task_timeout`](crate::PoolBuilder::task_timeout)
+    /// or [`Pool::apply_async_timeout`](crate::Pool::apply_async_timeout)). Its worker was
+    /// killed and replaced; no other task was affected.
+    #[error("the task ran past its time limit of {limit:?}; worker {pid} was killed and replaced")]
+    TimedOut {
+        /// The worker that ran it.
+        pid: u32,
+        /// The limit, per item for a chunk of `map`.
+        limit: std::time::Duration,
+    },
+
     /// The task was submitted after [`Pool::close`](crate::Pool::close) or
     /// [`Pool::terminate`](crate::Pool::terminate).
     #[error("the pool is closed and takes no new tasks; build a new pool")]
@@ -140,6 +151,10 @@ impl Error {
             Error::Decode { what, message } => Error::Decode {
                 what,
                 message: message.clone(),
+            },
+            Error::TimedOut { pid, limit } => Error::TimedOut {
+                pid: *pid,
+                limit: *limit,
             },
             Error::Closed => Error::Closed,
             Error::Terminated => Error::Terminated,

@@ -3,14 +3,16 @@
 //! Every frame is a little-endian `u64` body length followed by the body:
 //!
 //! ```text
-//! task  (parent -> worker): | len u64 | id u64 | trampoline u64 | function u64 | argument ... |
+//! task  (parent -> worker): | len u64 | id u64 | trampoline u64 | function u64 | limit u64 | argument ... |
 //! reply (worker -> parent): | len u64 | id u64 | status u8 | payload ... |
 //! ```
 //!
 //! A worker's first reply is a `Ready` frame (id 0, no payload), sent once its initializer has
 //! run: a worker that dies before it is ready failed to start, not in a task.
 //!
-//! The argument and a successful reply's payload are codec bytes; a failed reply's payload is a
+//! `limit` is the task's time limit per item in microseconds, 0 for none. The status byte's top
+//! bit says the worker retires after this reply (it passed its memory cap). The argument and a
+//! successful reply's payload are codec bytes; a failed reply's payload is a
 //! UTF-8 message. A frame's length is checked against a limit before anything is allocated for
 //! it, and a large frame is read straight into a buffer of its own size, so a 64 MiB result is
 //! never copied after the kernel hands it over.
@@ -23,8 +25,10 @@ use crate::sys;
 
 /// Bytes in the length prefix.
 const LEN: usize = 8;
-/// Bytes of a task body before the argument: id, trampoline, function.
-const TASK_HEADER: usize = 24;
+/// Bytes of a task body before the argument: id, trampoline, function, limit.
+const TASK_HEADER: usize = 32;
+/// The status byte's flag for "this worker exits after this reply".
+const RETIRING: u8 = 0x80;
 /// Bytes of a reply body before the payload: id, status.
 const REPLY_HEADER: usize = 9;
 /// How much a reader asks the kernel for when it is between frames or in a small one.
@@ -39,6 +43,8 @@ pub(crate) struct TaskHeader {
     pub(crate) id: u64,
     pub(crate) trampoline: u64,
     pub(crate) function: u64,
+    /// Time limit per item, in microseconds; 0 for none.
+    pub(crate) limit_us: u64,
 }
 
 /// How a task ended, as the worker reports it in the reply's status byte.
@@ -80,12 +86,14 @@ pub(crate) fn begin_task(header: TaskHeader) -> Vec<u8> {
     frame.extend_from_slice(&header.id.to_le_bytes());
     frame.extend_from_slice(&header.trampoline.to_le_bytes());
     frame.extend_from_slice(&header.function.to_le_bytes());
+    frame.extend_from_slice(&header.limit_us.to_le_bytes());
     frame
 }
 
-/// Sets the id of a task frame built by [`begin_task`].
-pub(crate) fn stamp_task_id(frame: &mut [u8], id: u64) {
+/// Sets the id and the time limit of a task frame built by [`begin_task`].
+pub(crate) fn stamp_task(frame: &mut [u8], id: u64, limit_us: u64) {
     frame[LEN..LEN + 8].copy_from_slice(&id.to_le_bytes());
+    frame[LEN + 24..LEN + 32].copy_from_slice(&limit_us.to_le_bytes());
 }
 
 /// Starts a reply frame in `out` (cleared first); the caller appends the payload, then calls
@@ -97,9 +105,9 @@ pub(crate) fn begin_reply(out: &mut Vec<u8>, id: u64, status: Status) {
     out.push(status as u8);
 }
 
-/// Rewrites a reply frame's status byte (for a payload that turned out to be an error).
-pub(crate) fn set_reply_status(frame: &mut [u8], status: Status) {
-    frame[LEN + 8] = status as u8;
+/// Rewrites a reply frame's status byte, and whether the worker retires after it.
+pub(crate) fn set_reply_status(frame: &mut [u8], status: Status, retiring: bool) {
+    frame[LEN + 8] = status as u8 | if retiring { RETIRING } else { 0 };
 }
 
 /// The length of a reply frame holding no payload yet: where its payload starts.
@@ -121,6 +129,7 @@ pub(crate) fn parse_task(body: &[u8]) -> Option<(TaskHeader, &[u8])> {
         id: word(0),
         trampoline: word(1),
         function: word(2),
+        limit_us: word(3),
     };
     Some((header, &body[TASK_HEADER..]))
 }
@@ -130,6 +139,8 @@ pub(crate) fn parse_task(body: &[u8]) -> Option<(TaskHeader, &[u8])> {
 pub(crate) struct Reply {
     pub(crate) id: u64,
     pub(crate) status: Status,
+    /// The worker exits after this reply.
+    pub(crate) retiring: bool,
     pub(crate) payload: Bytes,
 }
 
@@ -139,12 +150,14 @@ pub(crate) fn parse_reply(mut body: Bytes) -> Result<Reply, String> {
         return Err(format!("a reply of {} bytes is too short", body.len()));
     }
     let id = u64::from_le_bytes(body[..8].try_into().unwrap());
-    let status = Status::from_byte(body[8])
+    let status = Status::from_byte(body[8] & !RETIRING)
         .ok_or_else(|| format!("unknown status byte {} in a reply", body[8]))?;
+    let retiring = body[8] & RETIRING != 0;
     body.advance(REPLY_HEADER);
     Ok(Reply {
         id,
         status,
+        retiring,
         payload: body,
     })
 }
@@ -335,10 +348,16 @@ mod tests {
             id: 7,
             trampoline: 0xdead,
             function: 0xbeef,
+            limit_us: 0,
         };
         let mut frame = begin_task(header);
         frame.extend_from_slice(b"arg");
         seal(&mut frame);
+        stamp_task(&mut frame, 7, 1500);
+        let header = TaskHeader {
+            limit_us: 1500,
+            ..header
+        };
         let (r, w) = sys::pipe().unwrap();
         sys::write(w.as_raw_fd(), &frame).unwrap();
         let mut reader = FrameReader::new(DEFAULT_MAX_FRAME);

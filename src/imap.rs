@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::de::DeserializeOwned;
@@ -54,6 +55,8 @@ pub struct Imap<R> {
     window: usize,
     /// `Some` for input order: results that arrived ahead of their turn.
     waiting: Option<BTreeMap<usize, Outcome>>,
+    /// Each item's time limit.
+    limit: Option<Duration>,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -63,6 +66,7 @@ impl<R: DeserializeOwned + 'static> Imap<R> {
         feed: Feed,
         window: usize,
         ordered: bool,
+        limit: Option<Duration>,
     ) -> Result<Imap<R>> {
         let lease = submitter.lease()?;
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -76,6 +80,7 @@ impl<R: DeserializeOwned + 'static> Imap<R> {
             yielded: 0,
             window: window.max(1),
             waiting: ordered.then(BTreeMap::new),
+            limit,
             _result: PhantomData,
         };
         imap.top_up();
@@ -93,7 +98,8 @@ impl<R: DeserializeOwned + 'static> Imap<R> {
                     return;
                 }
                 Some(Ok(frame)) => {
-                    let task = Task::new(frame, Sink::stream(&self.tx, index));
+                    let task =
+                        Task::new(frame, Sink::stream(&self.tx, index)).with_limit(self.limit, 1);
                     if self.submitter.submit_leased(lease, task).is_err() {
                         // The pool was terminated; the refused task resolved as such. Pull no
                         // more input.

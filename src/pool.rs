@@ -5,6 +5,7 @@ use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -60,6 +61,7 @@ const IMAP_WINDOW_PER_WORKER: usize = 4;
 pub struct Pool {
     submitter: Submitter,
     processes: usize,
+    task_timeout: Option<Duration>,
     dispatcher: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -96,6 +98,8 @@ pub struct PoolBuilder {
     initializer: Option<fn()>,
     max_tasks_per_child: Option<usize>,
     max_frame_bytes: u64,
+    task_timeout: Option<Duration>,
+    max_memory_per_child: Option<u64>,
 }
 
 impl PoolBuilder {
@@ -155,6 +159,72 @@ impl PoolBuilder {
         self
     }
 
+    /// A time limit for every task; Python's Pool has none (billiard's `time_limit`, pebble's
+    /// `timeout`). The clock starts when the task starts running in a worker, not when it is
+    /// queued. A task still running at the limit fails with [`Error::TimedOut`]; its worker is
+    /// killed and replaced, and no other task is affected.
+    ///
+    /// For [`map`](Pool::map) and [`map_chunked`](Pool::map_chunked) the limit applies to each
+    /// item, not to the chunk: the worker restarts its clock before each item of a chunk, and an
+    /// item that runs past it fails the chunk with [`Error::TimedOut`]. [`imap`](Pool::imap)
+    /// items are tasks of their own.
+    ///
+    /// The worker enforces the limit itself with a SIGALRM timer, so a task that installs its
+    /// own SIGALRM handler or blocks SIGALRM is killed by the pool instead, half a second later.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn spin(_: ()) -> u64 {
+    ///     loop {
+    ///         std::hint::spin_loop();
+    ///     }
+    /// }
+    ///
+    /// let pool = forkpool::Pool::builder()
+    ///     .processes(1)
+    ///     .task_timeout(Duration::from_millis(200))
+    ///     .build()?;
+    /// assert!(matches!(pool.apply(spin, ()), Err(forkpool::Error::TimedOut { .. })));
+    /// assert_eq!(pool.apply(|x: u8| x, 7)?, 7);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.task_timeout = Some(limit);
+        self
+    }
+
+    /// A cap on each worker's resident memory, in bytes (billiard's `max_memory_per_child`).
+    /// After each task, a worker above the cap returns its result, then exits and is replaced,
+    /// so a task that leaks does not grow a worker without bound. No task is lost.
+    ///
+    /// On Linux the worker checks its current resident set (`/proc/self/statm`); elsewhere its
+    /// peak, which only grows.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// fn leak(mib: usize) -> u32 {
+    ///     std::mem::forget(vec![1u8; mib << 20]);
+    ///     std::process::id()
+    /// }
+    ///
+    /// let pool = forkpool::Pool::builder()
+    ///     .processes(1)
+    ///     .max_memory_per_child(100 << 20)
+    ///     .build()?;
+    /// let first = pool.apply(leak, 150)?; // over the cap: this worker exits after answering
+    /// let second = pool.apply(leak, 1)?;
+    /// assert_ne!(first, second);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
+        self.max_memory_per_child = Some(bytes);
+        self
+    }
+
     /// The largest reply frame accepted from a worker, in bytes; default 4 GiB. A worker that
     /// announces a larger one is killed and its task fails with [`Error::Protocol`].
     ///
@@ -200,6 +270,11 @@ impl PoolBuilder {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
         };
+        if self.task_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::InvalidArgument {
+                message: "task_timeout must be above zero",
+            });
+        }
         if self.max_tasks_per_child == Some(0) {
             return Err(Error::InvalidArgument {
                 message: "max_tasks_per_child must be at least 1",
@@ -210,12 +285,14 @@ impl PoolBuilder {
             worker: WorkerConfig {
                 initializer: self.initializer,
                 max_tasks: self.max_tasks_per_child,
+                max_memory: self.max_memory_per_child,
             },
             max_frame: self.max_frame_bytes,
         })?;
         Ok(Pool {
             submitter,
             processes,
+            task_timeout: self.task_timeout,
             dispatcher: Mutex::new(Some(handle)),
         })
     }
@@ -228,6 +305,8 @@ impl Default for PoolBuilder {
             initializer: None,
             max_tasks_per_child: None,
             max_frame_bytes: frame::DEFAULT_MAX_FRAME,
+            task_timeout: None,
+            max_memory_per_child: None,
         }
     }
 }
@@ -295,10 +374,66 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
+        self.apply_async_limited(f, arg, self.task_timeout)
+    }
+
+    /// [`apply_async`](Pool::apply_async) with a time limit for this task, in place of the
+    /// pool's [`task_timeout`](PoolBuilder::task_timeout). The clock starts when the task starts
+    /// running in a worker, not when it is queued. A task still running at the limit fails with
+    /// [`Error::TimedOut`]; its worker is killed and replaced, and no other task is affected.
+    ///
+    /// # Errors
+    /// As [`apply_async`](Pool::apply_async); [`Error::InvalidArgument`] for a zero timeout.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let slow = pool.apply_async_timeout(nap, 10_000, Duration::from_millis(100))?;
+    /// let fast = pool.apply_async_timeout(nap, 10, Duration::from_secs(10))?;
+    /// assert!(matches!(slow.get(), Err(forkpool::Error::TimedOut { .. })));
+    /// assert_eq!(fast.get()?, 10);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn apply_async_timeout<A, R>(
+        &self,
+        f: fn(A) -> R,
+        arg: A,
+        timeout: Duration,
+    ) -> Result<AsyncResult<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        if timeout.is_zero() {
+            return Err(Error::InvalidArgument {
+                message: "a task's timeout must be above zero",
+            });
+        }
+        self.apply_async_limited(f, arg, Some(timeout))
+    }
+
+    fn apply_async_limited<A, R>(
+        &self,
+        f: fn(A) -> R,
+        arg: A,
+        limit: Option<Duration>,
+    ) -> Result<AsyncResult<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
         let frame = task::call(f, &arg)?;
         let slot = Slot::new(1);
-        self.submitter
-            .submit([Task::new(frame, Sink::slot(&slot, 0))])?;
+        let task = Task::new(frame, Sink::slot(&slot, 0)).with_limit(limit, 1);
+        self.submitter.submit([task])?;
         Ok(AsyncResult::new(slot, result::finish_one::<R>))
     }
 
@@ -420,13 +555,12 @@ impl Pool {
         let chunksize = chunksize.unwrap_or_else(|| default_chunksize(args.len(), self.processes));
         let frames = args
             .chunks(chunksize)
-            .map(|chunk| task::chunk(f, chunk))
+            .map(|chunk| Ok((task::chunk(f, chunk)?, chunk.len())))
             .collect::<Result<Vec<_>>>()?;
         let slot = Slot::new(frames.len());
-        let tasks = frames
-            .into_iter()
-            .enumerate()
-            .map(|(i, frame)| Task::new(frame, Sink::slot(&slot, i)));
+        let tasks = frames.into_iter().enumerate().map(|(i, (frame, items))| {
+            Task::new(frame, Sink::slot(&slot, i)).with_limit(self.task_timeout, items)
+        });
         self.submitter.submit(tasks)?;
         Ok(AsyncResult::new(slot, result::finish_chunks::<R>))
     }
@@ -496,7 +630,13 @@ impl Pool {
         let mut args = args.into_iter();
         let feed = Box::new(move || args.next().map(|arg| task::call(f, &arg)));
         let window = IMAP_WINDOW_PER_WORKER * self.processes;
-        Imap::new(self.submitter.clone(), feed, window, ordered)
+        Imap::new(
+            self.submitter.clone(),
+            feed,
+            window,
+            ordered,
+            self.task_timeout,
+        )
     }
 
     /// Stops taking tasks. Tasks already submitted still run; the workers exit once they are

@@ -428,6 +428,61 @@ pub(crate) fn notify_sigchld(pipe: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Arms (or with `None`, disarms) this process's real-time interval timer: when it fires,
+/// SIGALRM ends the process (workers keep SIGALRM's default action). A task's time limit.
+pub(crate) fn set_alarm(limit: Option<Duration>) {
+    let value = limit.map_or(
+        libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        |d| libc::timeval {
+            tv_sec: d.as_secs().min(i32::MAX as u64) as libc::time_t,
+            // A zero timeval disarms the timer; a limit must arm it.
+            tv_usec: (d.subsec_micros() as libc::suseconds_t).max(if d.as_secs() == 0 {
+                1
+            } else {
+                0
+            }),
+        },
+    );
+    let timer = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: value,
+    };
+    // SAFETY: setitimer reads `timer` and writes nothing (the old value pointer is null).
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) };
+}
+
+/// This process's resident set size in bytes: the current one on Linux (`/proc/self/statm`),
+/// elsewhere the peak (`getrusage`), which is what a memory cap can check there.
+pub(crate) fn resident_bytes() -> u64 {
+    #[cfg(target_os = "linux")]
+    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+        if let Some(pages) = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u64>().ok())
+        {
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+            return pages * page;
+        }
+    }
+    // SAFETY: rusage is plain data for getrusage to fill.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    // Linux reports ru_maxrss in KiB, macOS in bytes.
+    let scale = if cfg!(target_os = "macos") { 1 } else { 1024 };
+    usage.ru_maxrss as u64 * scale
+}
+
 /// `fork(2)`. Returns the child's pid in the parent, 0 in the child.
 ///
 /// # Safety
@@ -476,6 +531,8 @@ pub(crate) unsafe fn child_setup<const N: usize>(
         libc::sigemptyset(&mut action.sa_mask);
         libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        // A task's time limit is a SIGALRM timer whose default action ends the worker.
+        libc::signal(libc::SIGALRM, libc::SIG_DFL);
         libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
     }
     // Move the kept descriptors to 3, 4, ..., through numbers above all targets so that no dup2

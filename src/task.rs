@@ -6,19 +6,24 @@
 //! trampoline monomorphized for `A` and `R` that decodes the argument, calls the function and
 //! encodes the result. The worker only knows the trampoline's erased signature, [`Trampoline`].
 
+use std::time::Duration;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::frame::{self, Status, TaskHeader};
+use crate::sys;
 
-/// The erased signature of every trampoline: the function's address, the argument bytes, and the
-/// reply buffer to append the encoded result (or an error message) to.
+/// The erased signature of every trampoline: the function's address, the argument bytes, the
+/// reply buffer to append the encoded result (or an error message) to, and the time limit of
+/// each call, which the trampoline arms before each item (the worker disarms it afterwards).
 ///
 /// # Safety
 /// `function` must be the address of the `fn(A) -> R` this trampoline was monomorphized for.
-pub(crate) type Trampoline = unsafe fn(function: u64, arg: &[u8], out: &mut Vec<u8>) -> Status;
+pub(crate) type Trampoline =
+    unsafe fn(function: u64, arg: &[u8], out: &mut Vec<u8>, limit: Option<Duration>) -> Status;
 
 /// Builds the frame for one call of `f` on `arg`.
 ///
@@ -55,6 +60,7 @@ fn encode_frame<T: Serialize + ?Sized + 'static>(
         id: 0,
         trampoline: trampoline as usize as u64,
         function: function as u64,
+        limit_us: 0,
     });
     codec::encode_into(arg, &mut frame).map_err(|message| Error::Encode {
         what: "argument",
@@ -70,12 +76,13 @@ fn encode_frame<T: Serialize + ?Sized + 'static>(
 /// `header` must come from a frame built by [`call`] or [`chunk`] in the process this worker was
 /// forked from, so that both addresses name functions of this same program image.
 pub(crate) unsafe fn run(header: TaskHeader, arg: &[u8], out: &mut Vec<u8>) -> Status {
+    let limit = (header.limit_us > 0).then(|| Duration::from_micros(header.limit_us));
     // SAFETY: per this function's contract the address is a `Trampoline` of this program; fn
     // pointers and usize have the same size on every platform this crate builds for.
     let trampoline: Trampoline =
         unsafe { std::mem::transmute::<usize, Trampoline>(header.trampoline as usize) };
     // SAFETY: the frame paired this trampoline with the function it was monomorphized for.
-    unsafe { trampoline(header.function, arg, out) }
+    unsafe { trampoline(header.function, arg, out, limit) }
 }
 
 /// # Safety
@@ -84,11 +91,15 @@ unsafe fn call_one<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     function: u64,
     arg: &[u8],
     out: &mut Vec<u8>,
+    limit: Option<Duration>,
 ) -> Status {
     // SAFETY: the caller guarantees `function` is a `fn(A) -> R` of this program.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function as usize) };
     match codec::decode::<A>(arg) {
-        Ok(arg) => encode_result(&f(arg), out),
+        Ok(arg) => {
+            sys::set_alarm(limit);
+            encode_result(&f(arg), out)
+        }
         Err(message) => error_reply(out, Status::DecodeFailed, &message),
     }
 }
@@ -99,11 +110,22 @@ unsafe fn call_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     function: u64,
     arg: &[u8],
     out: &mut Vec<u8>,
+    limit: Option<Duration>,
 ) -> Status {
     // SAFETY: the caller guarantees `function` is a `fn(A) -> R` of this program.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function as usize) };
     match codec::decode::<Vec<A>>(arg) {
-        Ok(args) => encode_result(&args.into_iter().map(f).collect::<Vec<R>>(), out),
+        Ok(args) => {
+            // The limit is per item: the clock restarts for each one.
+            let results: Vec<R> = args
+                .into_iter()
+                .map(|a| {
+                    sys::set_alarm(limit);
+                    f(a)
+                })
+                .collect();
+            encode_result(&results, out)
+        }
         Err(message) => error_reply(out, Status::DecodeFailed, &message),
     }
 }

@@ -1,8 +1,10 @@
 //! The worker's side: everything that runs in a forked child, and nothing else does.
 //!
-//! A worker runs the pool's initializer once, then loops: read a task frame, run it, write the
-//! reply frame. It ends when the task pipe reaches end of file (the pool closed it, or the parent
-//! died), when it has served `max_tasks` tasks, or when the parent stops reading. It never
+//! A worker runs the pool's initializer once, says it is ready, then loops: read a task frame,
+//! run it (with a SIGALRM timer armed if the task has a time limit), write the reply frame. It
+//! ends when the task pipe reaches end of file (the pool closed it, or the parent died), when it
+//! has served `max_tasks` tasks, when its resident memory passed `max_memory` (after flagging
+//! its last reply), or when the parent stops reading. It never
 //! returns or unwinds into the code that forked it: [`serve`] ends the process with `_exit`.
 //!
 //! A panic in a task is caught and reported in the reply; the worker goes on. A panic anywhere
@@ -31,6 +33,8 @@ const KEEP_BUFFER: usize = 1 << 20;
 pub(crate) struct WorkerConfig {
     pub(crate) initializer: Option<fn()>,
     pub(crate) max_tasks: Option<usize>,
+    /// Resident set size above which the worker exits after its current task.
+    pub(crate) max_memory: Option<u64>,
 }
 
 /// Serves tasks from `input` and replies on `output` until done, then ends the process.
@@ -73,11 +77,19 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig) -> i32 {
             Some(message) => task::error_reply(&mut out, Status::InitializerPanicked, message),
             None => run_caught(header, arg, &mut out),
         };
+        sys::set_alarm(None);
         drop(body);
-        frame::set_reply_status(&mut out, status);
+        // Billiard's rule: past the memory cap, answer, then make way for a fresh worker.
+        let retiring = config
+            .max_memory
+            .is_some_and(|cap| sys::resident_bytes() > cap);
+        frame::set_reply_status(&mut out, status, retiring);
         frame::seal(&mut out);
         if write_all(output, &out).is_err() {
             return EXIT_IO; // the parent is gone
+        }
+        if retiring {
+            return 0;
         }
         if out.capacity() > KEEP_BUFFER {
             out = Vec::new();
