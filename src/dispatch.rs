@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::frame::{self, FrameReader, Reply, Status};
 use crate::result::{Outcome, Sink};
 use crate::spawn::{Child, Event, ForkServer};
+use crate::stats::{Counters, Stats};
 use crate::sys::{self, PollFd};
 use crate::worker::WorkerConfig;
 
@@ -81,6 +82,12 @@ impl Task {
         self
     }
 
+    /// Counts the task's outcome, then delivers it.
+    fn finish(self, outcome: Outcome, counters: &Counters) {
+        counters.completed(&outcome);
+        self.sink.deliver(outcome);
+    }
+
     /// When the worker should have killed itself over this task's limit, plus slack; past
     /// this, the dispatcher has it killed.
     fn backstop(&self, started: Instant) -> Option<Instant> {
@@ -113,6 +120,7 @@ struct Shared {
     /// The wakeup pipe's write end; closed when the dispatcher ends, so that after `join` the
     /// pool holds no descriptor.
     wake: Mutex<Option<OwnedFd>>,
+    counters: Counters,
 }
 
 impl Shared {
@@ -147,6 +155,7 @@ impl Shared {
                 if self.tx.send(task).is_err() {
                     return Err(Error::Terminated);
                 }
+                self.counters.submitted(1);
             }
         }
         self.wake();
@@ -224,6 +233,10 @@ impl Submitter {
     pub(crate) fn is_open(&self) -> bool {
         self.shared.gate() == Gate::Open
     }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
 }
 
 /// A producer's claim that it may still submit tasks; see [`Submitter::lease`].
@@ -256,6 +269,7 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
         leases: AtomicUsize::new(0),
         sleeping: AtomicBool::new(false),
         wake: Mutex::new(Some(wake_w)),
+        counters: Counters::default(),
     });
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
     let thread_shared = Arc::clone(&shared);
@@ -384,6 +398,7 @@ impl Dispatcher {
             early_deaths: 0,
             respawn_at: None,
         };
+        dispatcher.shared.counters.set_initial(config.processes);
         for _ in 0..config.processes {
             // On error, dropping the dispatcher closes the server's socket, and the server kills
             // and reaps the workers already forked.
@@ -397,6 +412,7 @@ impl Dispatcher {
             self.server = ForkServer::start(self.worker_mask, self.config.worker)?;
         }
         let child = self.server.spawn()?;
+        self.shared.counters.spawned();
         self.workers.push(Worker {
             child,
             reader: FrameReader::new(self.config.max_frame),
@@ -416,6 +432,7 @@ impl Dispatcher {
             retiring: false,
             timed_out: false,
         });
+        self.shared.counters.workers(self.workers.len());
         Ok(())
     }
 
@@ -466,7 +483,7 @@ impl Dispatcher {
                         source: e,
                     };
                     for task in self.queue.drain(..) {
-                        task.sink.deliver(Err(error.duplicate()));
+                        task.finish(Err(error.duplicate()), &self.shared.counters);
                     }
                 }
                 return;
@@ -499,6 +516,7 @@ impl Dispatcher {
             frame::stamp_task(&mut task.frame, id, limit_us);
             worker.inflight.push_back(Sent { id, task });
             worker.assigned += 1;
+            self.shared.counters.running(true);
         }
         let now = Instant::now();
         for w in &mut self.workers {
@@ -561,7 +579,7 @@ impl Dispatcher {
             }
             if reply.readable() {
                 let was_ready = w.ready;
-                match w.read_some() {
+                match w.read_some(&self.shared.counters) {
                     Ok(false) => {}
                     Ok(true) => {
                         // End of file: it is exiting; if it lingers, have it killed.
@@ -630,8 +648,13 @@ impl Dispatcher {
     /// it died, fails the task it was running, and puts the tasks behind that one back at the
     /// front of the queue.
     fn retire(&mut self, mut w: Worker) {
+        let counters = &self.shared.counters;
         if w.protocol.is_none() {
-            w.protocol = w.read_to_end().err();
+            w.protocol = w.read_to_end(counters).err();
+        }
+        counters.workers(self.workers.len());
+        for _ in &w.inflight {
+            counters.running(false);
         }
         let pid = w.child.pid() as u32;
         let cause = w.exit.expect("retired workers have exited");
@@ -665,7 +688,7 @@ impl Dispatcher {
         let mut inflight = w.inflight.into_iter();
         if w.written > 0 || died_at_birth && inflight.len() > 0 {
             let running = inflight.next().expect("a written task is in flight");
-            running.task.sink.deliver(Err(error));
+            running.task.finish(Err(error), &self.shared.counters);
         }
         for sent in inflight.rev() {
             self.queue.push_front(sent.task);
@@ -685,12 +708,18 @@ impl Dispatcher {
                 None => break,
             }
         }
+        let counters = &self.shared.counters;
         for mut w in self.workers.drain(..) {
-            let _ = w.read_to_end();
-            // Dropping the unanswered tasks' sinks resolves them as terminated.
+            let _ = w.read_to_end(counters);
+            for sent in w.inflight {
+                counters.running(false);
+                sent.task.finish(Err(Error::Terminated), counters);
+            }
         }
-        self.queue.clear();
-        self.rx.try_iter().for_each(drop);
+        counters.workers(0);
+        for task in self.queue.drain(..).chain(self.rx.try_iter()) {
+            task.finish(Err(Error::Terminated), counters);
+        }
     }
 }
 
@@ -731,7 +760,7 @@ impl Worker {
 
     /// Reads what the reply pipe holds and delivers every whole reply.
     /// `Ok(true)` at end of file; `Err` if the worker broke the protocol.
-    fn read_some(&mut self) -> std::result::Result<bool, String> {
+    fn read_some(&mut self, counters: &Counters) -> std::result::Result<bool, String> {
         loop {
             let eof = match self.reader.fill(self.child.reply_fd()) {
                 Ok(0) => true,
@@ -740,7 +769,7 @@ impl Worker {
                 Err(_) => true,
             };
             while let Some(body) = self.reader.take().map_err(|e| e.to_string())? {
-                self.on_reply(frame::parse_reply(body)?)?;
+                self.on_reply(frame::parse_reply(body)?, counters)?;
             }
             if eof {
                 if !self.reader.is_empty() {
@@ -752,8 +781,8 @@ impl Worker {
     }
 
     /// Reads until end of file or until the pipe is empty (a grandchild may hold it open).
-    fn read_to_end(&mut self) -> std::result::Result<(), String> {
-        self.read_some().map(drop)
+    fn read_to_end(&mut self, counters: &Counters) -> std::result::Result<(), String> {
+        self.read_some(counters).map(drop)
     }
 
     /// Starts the clock of the front task once it is written, the worker is ready, and every
@@ -769,7 +798,7 @@ impl Worker {
         self.inflight.front()?.task.backstop(self.running_since?)
     }
 
-    fn on_reply(&mut self, reply: Reply) -> std::result::Result<(), String> {
+    fn on_reply(&mut self, reply: Reply, counters: &Counters) -> std::result::Result<(), String> {
         if reply.status == Status::Ready {
             if self.ready {
                 return Err("a second Ready frame".into());
@@ -800,7 +829,8 @@ impl Worker {
         self.served += 1;
         self.running_since = None;
         self.retiring |= reply.retiring;
-        sent.task.sink.deliver(outcome(reply));
+        counters.running(false);
+        sent.task.finish(outcome(reply), counters);
         Ok(())
     }
 }

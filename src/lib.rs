@@ -61,11 +61,33 @@
 //!
 //! # Fork safety
 //!
-//! Build the pool early in `main`, before other threads start. Fork copies only the thread that
-//! calls it; a lock held by another thread at that moment (the allocator's are safe, but not
-//! `stdout`'s or your own mutexes) stays locked forever in the worker. Workers close every
-//! inherited file descriptor except stdin, stdout and stderr, ignore SIGINT (Ctrl-C reaches only
-//! the parent), and die with the pool's dispatcher thread, so a killed parent leaves no orphans.
+//! Fork copies only the thread that calls it; a lock held by another thread at that moment
+//! (`stdout`'s, your own mutexes) stays locked forever in the child. So a pool forks exactly once
+//! from your process: when it is built, its dispatcher thread forks a small single-threaded
+//! *fork server*, and that server forks every worker, the first ones and every replacement
+//! (after a crash, a timeout, `max_tasks_per_child` or a memory cap). Build the pool early in
+//! `main`, before other threads start, and no worker can inherit a held lock. Workers see the
+//! program as it was when the pool was built: globals changed later are not visible to them.
+//!
+//! Workers close every inherited file descriptor except stdin, stdout and stderr, and every
+//! descriptor of the pool is close-on-exec, so a program a task starts holds no pool pipe.
+//! Workers shrug off SIGINT (Ctrl-C is the parent's to handle), and die with the fork server,
+//! which dies with the pool's dispatcher thread: a killed parent leaves no orphans.
+//!
+//! # Limits
+//!
+//! [`PoolBuilder::task_timeout`] and [`Pool::apply_async_timeout`] bound how long a task may
+//! run ([`Error::TimedOut`]); [`PoolBuilder::max_memory_per_child`] recycles a worker whose
+//! resident memory passed a cap; [`PoolBuilder::max_frame_bytes`] bounds what a worker may send
+//! back. A worker that breaks the wire protocol is killed ([`Error::Protocol`]).
+//!
+//! # Wire format and worker lifecycle
+//!
+//! Frames are length-prefixed and checked against the limit before anything is allocated for
+//! them; the layout is described in the `frame` module's source. A worker sends a Ready frame
+//! once its initializer has run, then one reply per task, in the order it was sent them: so the
+//! first unanswered task of a worker that dies is the one that killed it, and the tasks queued
+//! behind it are sent elsewhere. See `docs/DESIGN.md` in the repository.
 //!
 //! # When to use threads instead
 //!
@@ -75,6 +97,7 @@
 #![deny(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg(unix)]
 
+mod callback;
 mod codec;
 mod dispatch;
 mod error;
@@ -84,6 +107,7 @@ mod pool;
 mod result;
 mod server;
 mod spawn;
+mod stats;
 mod sys;
 mod task;
 mod worker;
@@ -102,6 +126,7 @@ pub mod fuzzing {
 pub use imap::Imap;
 pub use pool::{Pool, PoolBuilder};
 pub use result::AsyncResult;
+pub use stats::Stats;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

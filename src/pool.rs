@@ -3,18 +3,20 @@
 
 use std::fmt;
 use std::num::NonZeroUsize;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::callback::{self, Callbacks};
 use crate::dispatch::{self, Config, Submitter, Task};
 use crate::error::{Error, Result};
 use crate::frame;
 use crate::imap::Imap;
 use crate::result::{self, AsyncResult, Sink, Slot};
+use crate::stats::Stats;
 use crate::task;
 use crate::worker::WorkerConfig;
 
@@ -63,6 +65,7 @@ pub struct Pool {
     processes: usize,
     task_timeout: Option<Duration>,
     dispatcher: Mutex<Option<JoinHandle<()>>>,
+    callbacks: Callbacks,
 }
 
 /// Configures a [`Pool`] before it is built.
@@ -294,6 +297,7 @@ impl PoolBuilder {
             processes,
             task_timeout: self.task_timeout,
             dispatcher: Mutex::new(Some(handle)),
+            callbacks: Callbacks::default(),
         })
     }
 }
@@ -433,6 +437,72 @@ impl Pool {
         let frame = task::call(f, &arg)?;
         let slot = Slot::new(1);
         let task = Task::new(frame, Sink::slot(&slot, 0)).with_limit(limit, 1);
+        self.submitter.submit([task])?;
+        Ok(AsyncResult::new(slot, result::finish_one::<R>))
+    }
+
+    /// [`apply_async`](Pool::apply_async) with a callback, Python's `callback` and
+    /// `error_callback` in one: when the task ends, successfully or not, `callback` runs with
+    /// its result on the pool's callback thread, before [`AsyncResult::get`] returns.
+    ///
+    /// Callbacks run one at a time, so keep them quick. A callback that panics is caught (the
+    /// panic hook reports it on stderr) and changes nothing: `get` still returns the task's
+    /// result, and the pool goes on. [`join`](Pool::join) waits for pending callbacks, so do not
+    /// call it from one.
+    ///
+    /// # Errors
+    /// As [`apply_async`](Pool::apply_async).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let total = Arc::new(AtomicU64::new(0));
+    /// let seen = Arc::clone(&total);
+    /// let r = pool.apply_async_with(|x: u64| x * x, 9, move |result: &forkpool::Result<u64>| {
+    ///     if let Ok(v) = result {
+    ///         seen.fetch_add(*v, Ordering::SeqCst);
+    ///     }
+    /// })?;
+    /// assert_eq!(r.get()?, 81);
+    /// assert_eq!(total.load(Ordering::SeqCst), 81); // the callback ran before get returned
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn apply_async_with<A, R, C>(
+        &self,
+        f: fn(A) -> R,
+        arg: A,
+        callback: C,
+    ) -> Result<AsyncResult<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        C: FnOnce(&Result<R>) + Send + 'static,
+    {
+        let frame = task::call(f, &arg)?;
+        let jobs = self.callbacks.sender()?;
+        let slot = Slot::new(1);
+        let filled = Arc::clone(&slot);
+        let sink = Sink::then(move |outcome| {
+            let job = move || {
+                let value = match &outcome {
+                    Ok(bytes) => result::decode_result::<R>(bytes),
+                    Err(e) => Err(e.duplicate()),
+                };
+                callback::run_caught(callback, &value);
+                drop(value);
+                filled.fill(0, outcome);
+            };
+            // The callback thread outlives every task (join waits for the dispatcher first),
+            // so this send fails only if that thread died, and then the job runs here.
+            if let Err(crossbeam_channel::SendError(job)) = jobs.send(Box::new(job)) {
+                job();
+            }
+        });
+        let task = Task::new(frame, sink).with_limit(self.task_timeout, 1);
         self.submitter.submit([task])?;
         Ok(AsyncResult::new(slot, result::finish_one::<R>))
     }
@@ -639,6 +709,24 @@ impl Pool {
         )
     }
 
+    /// A snapshot of the pool's counters: tasks submitted, completed, failed (and why), running
+    /// and queued, and workers alive and replaced. Cheap: a few atomic loads.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let results: Vec<_> = pool.imap_unordered(|x: u64| x + 1, 0..100)?.collect();
+    /// assert_eq!(results.len(), 100);
+    /// let stats = pool.stats();
+    /// assert_eq!((stats.submitted, stats.completed, stats.failed), (100, 100, 0));
+    /// assert_eq!((stats.running, stats.queued), (0, 0));
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn stats(&self) -> Stats {
+        self.submitter.stats()
+    }
+
     /// Stops taking tasks. Tasks already submitted still run; the workers exit once they are
     /// done. Follow with [`join`](Pool::join) to wait for that.
     ///
@@ -712,6 +800,8 @@ impl Pool {
             // The dispatcher catches its own panics, so this join does not fail.
             let _ = handle.join();
         }
+        // Every task is resolved now; let the last callbacks run.
+        self.callbacks.finish();
         Ok(())
     }
 }

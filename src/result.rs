@@ -5,8 +5,11 @@
 //! a 64 MiB result, say) happens in the caller's thread, never in the dispatcher's.
 
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -28,12 +31,23 @@ pub(crate) struct Sink {
     target: Option<Target>,
 }
 
-#[derive(Debug)]
 enum Target {
     /// Part `index` of an [`AsyncResult`]'s slot.
     Slot(Arc<Slot>, usize),
     /// Item `index` of an [`Imap`](crate::Imap)'s stream.
     Stream(Sender<(usize, Outcome)>, usize),
+    /// Whatever the closure does with it (run a callback, then fill a slot).
+    Then(Box<dyn FnOnce(Outcome) + Send>),
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Slot(_, i) => write!(f, "Slot({i})"),
+            Target::Stream(_, i) => write!(f, "Stream({i})"),
+            Target::Then(_) => write!(f, "Then"),
+        }
+    }
 }
 
 impl Sink {
@@ -49,6 +63,12 @@ impl Sink {
         }
     }
 
+    pub(crate) fn then(f: impl FnOnce(Outcome) + Send + 'static) -> Sink {
+        Sink {
+            target: Some(Target::Then(Box::new(f))),
+        }
+    }
+
     /// Hands the outcome to whoever waits for it (nobody, if they dropped their handle).
     pub(crate) fn deliver(mut self, outcome: Outcome) {
         match self.target.take() {
@@ -56,6 +76,7 @@ impl Sink {
             Some(Target::Stream(tx, index)) => {
                 let _ = tx.send((index, outcome));
             }
+            Some(Target::Then(f)) => f(outcome),
             None => {}
         }
     }
@@ -83,6 +104,8 @@ pub(crate) struct Slot {
 struct SlotState {
     parts: Vec<Option<Outcome>>,
     missing: usize,
+    /// The task awaiting this slot as a future, to wake when it is complete.
+    waker: Option<Waker>,
 }
 
 impl Slot {
@@ -91,6 +114,7 @@ impl Slot {
             state: Mutex::new(SlotState {
                 parts: (0..parts).map(|_| None).collect(),
                 missing: parts,
+                waker: None,
             }),
             ready: Condvar::new(),
         })
@@ -102,14 +126,36 @@ impl Slot {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn fill(&self, index: usize, outcome: Outcome) {
+    pub(crate) fn fill(&self, index: usize, outcome: Outcome) {
         let mut state = self.lock();
         if state.parts[index].replace(outcome).is_none() {
             state.missing -= 1;
         }
         if state.missing == 0 {
             self.ready.notify_all();
+            if let Some(waker) = state.waker.take() {
+                drop(state);
+                waker.wake();
+            }
         }
+    }
+
+    /// The outcomes if complete; otherwise remembers `waker` to wake when they are.
+    fn poll_take(&self, waker: &Waker) -> Option<Vec<Outcome>> {
+        let mut state = self.lock();
+        if state.missing > 0 {
+            match &mut state.waker {
+                Some(w) if w.will_wake(waker) => {}
+                w => *w = Some(waker.clone()),
+            }
+            return None;
+        }
+        Some(take_parts(&mut state))
+    }
+
+    /// Forgets the waker of a future that is dropped, so a late result wakes nobody.
+    fn forget_waker(&self) {
+        self.lock().waker = None;
     }
 
     fn is_ready(&self) -> bool {
@@ -141,13 +187,18 @@ impl Slot {
 
     fn take(&self) -> Vec<Outcome> {
         self.wait_until(None);
-        let mut state = self.lock();
-        state
-            .parts
-            .iter_mut()
-            .map(|p| p.take().unwrap_or(Err(Error::Terminated)))
-            .collect()
+        take_parts(&mut self.lock())
     }
+}
+
+/// Takes the outcomes out of a complete slot; a part taken before (a future polled after it
+/// completed) reads as terminated.
+fn take_parts(state: &mut SlotState) -> Vec<Outcome> {
+    state
+        .parts
+        .iter_mut()
+        .map(|p| p.take().unwrap_or(Err(Error::Terminated)))
+        .collect()
 }
 
 /// Decodes a worker's encoded result.
@@ -180,6 +231,10 @@ pub(crate) fn finish_chunks<R: DeserializeOwned + 'static>(parts: Vec<Outcome>) 
 /// It may be sent to another thread and may outlive its pool: a result that was ready before the
 /// pool was terminated or dropped stays `Ok`, and one that was not becomes
 /// [`Error::Terminated`].
+///
+/// It is also a [`Future`]: `.await` it in any async runtime (the pool wakes the task when the
+/// result arrives; no runtime is needed or assumed). Awaiting it a second time after it
+/// completed gives [`Error::Terminated`].
 ///
 /// # Examples
 ///
@@ -278,6 +333,50 @@ impl<R> AsyncResult<R> {
     /// ```
     pub fn ready(&self) -> bool {
         self.slot.is_ready()
+    }
+}
+
+impl<R> Future for AsyncResult<R> {
+    type Output = Result<R>;
+
+    /// Ready with the task's value once it has finished; never blocks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     struct Unpark(std::thread::Thread);
+    /// #     impl std::task::Wake for Unpark {
+    /// #         fn wake(self: std::sync::Arc<Self>) { self.0.unpark() }
+    /// #     }
+    /// #     let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+    /// #     let mut cx = std::task::Context::from_waker(&waker);
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     loop {
+    /// #         if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; }
+    /// #         std::thread::park();
+    /// #     }
+    /// # }
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let squared = block_on(async {
+    ///     let a = pool.apply_async(|x: u64| x * x, 3)?;
+    ///     let b = pool.apply_async(|x: u64| x * x, 4)?;
+    ///     Ok::<_, forkpool::Error>(a.await? + b.await?)
+    /// })?;
+    /// assert_eq!(squared, 25);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        match self.slot.poll_take(cx.waker()) {
+            Some(parts) => Poll::Ready((self.finish)(parts)),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl<R> Drop for AsyncResult<R> {
+    fn drop(&mut self) {
+        self.slot.forget_waker();
     }
 }
 

@@ -39,6 +39,9 @@ pub(crate) const SPAWN_FAILED: u64 = 12;
 /// status is `code` for an exit and `1 << 32 | signal` for a signal.
 pub(crate) const EXITED: u64 = 13;
 
+/// The pipe buffer each worker pipe asks for: 1 MiB, Linux's default ceiling for unprivileged
+/// users (`/proc/sys/fs/pipe-max-size`).
+const PIPE_BYTES: usize = 1 << 20;
 /// How long the parent waits for the server to answer a spawn request before giving up on it.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the server may take to exit once its socket is closed, before it is killed.
@@ -178,6 +181,8 @@ impl ForkServer {
     pub(crate) fn spawn(&mut self) -> io::Result<Child> {
         let (task_r, task_w) = sys::pipe()?;
         let (reply_r, reply_w) = sys::pipe()?;
+        sys::grow_pipe(&task_w, PIPE_BYTES);
+        sys::grow_pipe(&reply_w, PIPE_BYTES);
         let Some(sock) = self.fd() else {
             return Err(lost());
         };

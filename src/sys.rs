@@ -46,6 +46,19 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Asks for a pipe buffer of `bytes` (Linux `F_SETPIPE_SZ`). Fewer, larger transfers mean fewer
+/// wakeups for large payloads. Best effort: an unprivileged user past its pipe quota keeps the
+/// default 64 KiB, which only costs speed.
+pub(crate) fn grow_pipe(fd: &OwnedFd, bytes: usize) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: F_SETPIPE_SZ takes an int and changes only the pipe's capacity.
+    unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes as libc::c_int);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (fd, bytes);
+}
+
 /// Puts a descriptor in non-blocking mode.
 pub(crate) fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     let fd = fd.as_raw_fd();

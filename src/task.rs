@@ -97,7 +97,9 @@ unsafe fn call_one<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function as usize) };
     match codec::decode::<A>(arg) {
         Ok(arg) => {
-            sys::set_alarm(limit);
+            if limit.is_some() {
+                sys::set_alarm(limit);
+            }
             encode_result(&f(arg), out)
         }
         Err(message) => error_reply(out, Status::DecodeFailed, &message),
@@ -116,14 +118,17 @@ unsafe fn call_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function as usize) };
     match codec::decode::<Vec<A>>(arg) {
         Ok(args) => {
-            // The limit is per item: the clock restarts for each one.
-            let results: Vec<R> = args
-                .into_iter()
-                .map(|a| {
-                    sys::set_alarm(limit);
-                    f(a)
-                })
-                .collect();
+            let results: Vec<R> = match limit {
+                None => args.into_iter().map(f).collect(),
+                // The limit is per item: the clock restarts for each one.
+                Some(_) => args
+                    .into_iter()
+                    .map(|a| {
+                        sys::set_alarm(limit);
+                        f(a)
+                    })
+                    .collect(),
+            };
             encode_result(&results, out)
         }
         Err(message) => error_reply(out, Status::DecodeFailed, &message),

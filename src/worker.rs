@@ -77,7 +77,9 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig) -> i32 {
             Some(message) => task::error_reply(&mut out, Status::InitializerPanicked, message),
             None => run_caught(header, arg, &mut out),
         };
-        sys::set_alarm(None);
+        if header.limit_us > 0 {
+            sys::set_alarm(None);
+        }
         drop(body);
         // Billiard's rule: past the memory cap, answer, then make way for a fresh worker.
         let retiring = config
