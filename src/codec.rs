@@ -13,6 +13,8 @@ use std::any::{Any, TypeId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::frame::Bytes;
+
 const CONFIG: bincode::config::Configuration = bincode::config::standard();
 
 /// Appends the encoding of `value` to `out`. On error `out` may hold a partial encoding after
@@ -28,6 +30,29 @@ pub(crate) fn encode_into<T: Serialize + ?Sized + 'static>(
     bincode::serde::encode_into_std_write(value, out, CONFIG)
         .map(drop)
         .map_err(|e| e.to_string())
+}
+
+/// Encodes `value` for a frame whose head is `head`: a `Vec<u8>` comes back whole to go out as
+/// the frame's tail, anything else is appended to `head` (and an empty tail comes back).
+pub(crate) fn encode_owned<T: Serialize + 'static>(
+    value: T,
+    head: &mut Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    let mut value = Some(value);
+    if let Some(bytes) = (&mut value as &mut dyn Any).downcast_mut::<Option<Vec<u8>>>() {
+        return Ok(bytes.take().expect("just set"));
+    }
+    encode_into(value.as_ref().expect("still set"), head)?;
+    Ok(Vec::new())
+}
+
+/// Decodes an owned buffer as one `T`; a `Vec<u8>` is the buffer itself, not a copy.
+pub(crate) fn decode_owned<T: DeserializeOwned + 'static>(bytes: Bytes) -> Result<T, String> {
+    if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
+        let boxed: Box<dyn Any> = Box::new(bytes.into_vec());
+        return Ok(*boxed.downcast::<T>().expect("T is Vec<u8>"));
+    }
+    decode(&bytes)
 }
 
 /// Decodes a whole buffer as one `T`.

@@ -25,12 +25,12 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::ExitCause;
 use crate::error::{Error, Result};
-use crate::frame::{self, FrameReader, Reply, Status};
+use crate::frame::{self, FrameReader, OutFrame, Reply, Status};
 use crate::result::{Outcome, Sink};
 use crate::spawn::{Child, Event, ForkServer};
 use crate::stats::{Counters, Stats};
 use crate::sys::{self, PollFd};
-use crate::worker::WorkerConfig;
+use crate::worker::{self, WorkerConfig};
 
 /// How many tasks a worker may hold at once: the one it runs and the ones waiting in its pipe.
 const PIPELINE_DEPTH: usize = 2;
@@ -58,7 +58,7 @@ pub(crate) struct Config {
 /// goes.
 #[derive(Debug)]
 pub(crate) struct Task {
-    frame: Vec<u8>,
+    frame: OutFrame,
     sink: Sink,
     /// Time limit per item, and how many items the frame holds (1, or a chunk's length).
     limit: Option<Duration>,
@@ -66,7 +66,7 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    pub(crate) fn new(frame: Vec<u8>, sink: Sink) -> Task {
+    pub(crate) fn new(frame: OutFrame, sink: Sink) -> Task {
         Task {
             frame,
             sink,
@@ -258,6 +258,7 @@ impl Drop for Lease {
 /// [`Error::Io`] if the thread, a pipe or a fork could not be made; workers already forked are
 /// killed and reaped first.
 pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
+    worker::install_panic_hook();
     let (tx, rx) = crossbeam_channel::unbounded();
     let (wake_r, wake_w) = sys::pipe().map_err(Error::io("pipe"))?;
     sys::set_nonblocking(&wake_r).map_err(Error::io("fcntl"))?;
@@ -513,7 +514,7 @@ impl Dispatcher {
             let limit_us = task
                 .limit
                 .map_or(0, |l| l.as_micros().clamp(1, u64::MAX as u128) as u64);
-            frame::stamp_task(&mut task.frame, id, limit_us);
+            frame::stamp_task(&mut task.frame.head, id, limit_us);
             worker.inflight.push_back(Sent { id, task });
             worker.assigned += 1;
             self.shared.counters.running(true);
@@ -730,14 +731,17 @@ impl Worker {
             return;
         };
         while self.written < self.inflight.len() && !self.write_failed {
-            let mut slices: Vec<&[u8]> = Vec::with_capacity(self.inflight.len() - self.written);
-            slices.push(&self.inflight[self.written].task.frame[self.offset..]);
-            slices.extend(
-                self.inflight
-                    .iter()
-                    .skip(self.written + 1)
-                    .map(|s| &s.task.frame[..]),
-            );
+            let pending = self.inflight.iter().skip(self.written);
+            let slices: Vec<&[u8]> = pending
+                .enumerate()
+                .flat_map(|(i, s)| {
+                    s.task
+                        .frame
+                        .parts_from(if i == 0 { self.offset } else { 0 })
+                })
+                .filter(|part| !part.is_empty())
+                .take(sys::IOV_MAX)
+                .collect();
             match sys::writev(fd, &slices) {
                 Ok(mut n) => {
                     while n > 0 {

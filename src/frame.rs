@@ -34,6 +34,9 @@ const REPLY_HEADER: usize = 9;
 /// How much a reader asks the kernel for when it is between frames or in a small one.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// The least a reader grows its buffer by inside a large frame.
+const GROW_STEP: usize = 1 << 20;
+
 /// The largest frame body accepted unless the pool is told otherwise: 4 GiB.
 pub(crate) const DEFAULT_MAX_FRAME: u64 = 4 << 30;
 
@@ -79,7 +82,39 @@ impl Status {
     }
 }
 
-/// Starts a task frame; the caller appends the encoded argument, then calls [`seal`].
+/// A frame on its way out, in two parts written back to back: the head (length prefix, fixed
+/// fields, and usually the payload) and a tail, which is a raw byte payload moved in whole
+/// rather than copied into the head.
+#[derive(Debug, Default)]
+pub(crate) struct OutFrame {
+    pub(crate) head: Vec<u8>,
+    pub(crate) tail: Vec<u8>,
+}
+
+impl OutFrame {
+    /// Bytes on the wire.
+    pub(crate) fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    /// The bytes from `offset` on, as at most two slices.
+    pub(crate) fn parts_from(&self, offset: usize) -> [&[u8]; 2] {
+        let h = self.head.len();
+        if offset < h {
+            [&self.head[offset..], &self.tail]
+        } else {
+            [&[], &self.tail[offset - h..]]
+        }
+    }
+
+    /// Fills in the length prefix, counting the tail.
+    pub(crate) fn seal(&mut self) {
+        let body = (self.len() - LEN) as u64;
+        self.head[..LEN].copy_from_slice(&body.to_le_bytes());
+    }
+}
+
+/// Starts a task frame; the caller adds the encoded argument, then calls [`OutFrame::seal`].
 pub(crate) fn begin_task(header: TaskHeader) -> Vec<u8> {
     let mut frame = Vec::with_capacity(LEN + TASK_HEADER + 64);
     frame.extend_from_slice(&[0; LEN]);
@@ -96,8 +131,8 @@ pub(crate) fn stamp_task(frame: &mut [u8], id: u64, limit_us: u64) {
     frame[LEN + 24..LEN + 32].copy_from_slice(&limit_us.to_le_bytes());
 }
 
-/// Starts a reply frame in `out` (cleared first); the caller appends the payload, then calls
-/// [`seal`].
+/// Starts a reply frame in `out` (cleared first); the caller appends the payload, then seals
+/// it.
 pub(crate) fn begin_reply(out: &mut Vec<u8>, id: u64, status: Status) {
     out.clear();
     out.extend_from_slice(&[0; LEN]);
@@ -113,14 +148,15 @@ pub(crate) fn set_reply_status(frame: &mut [u8], status: Status, retiring: bool)
 /// The length of a reply frame holding no payload yet: where its payload starts.
 pub(crate) const REPLY_PAYLOAD_START: usize = LEN + REPLY_HEADER;
 
-/// Fills in the length prefix of a frame built by [`begin_task`] or [`begin_reply`].
+/// Fills in the length prefix of a one-part frame.
+#[cfg(test)]
 pub(crate) fn seal(frame: &mut [u8]) {
     let body = (frame.len() - LEN) as u64;
     frame[..LEN].copy_from_slice(&body.to_le_bytes());
 }
 
 /// Splits a task body into its header and argument bytes.
-pub(crate) fn parse_task(body: &[u8]) -> Option<(TaskHeader, &[u8])> {
+pub(crate) fn parse_task(mut body: Bytes) -> Option<(TaskHeader, Bytes)> {
     if body.len() < TASK_HEADER {
         return None;
     }
@@ -131,7 +167,8 @@ pub(crate) fn parse_task(body: &[u8]) -> Option<(TaskHeader, &[u8])> {
         function: word(2),
         limit_us: word(3),
     };
-    Some((header, &body[TASK_HEADER..]))
+    body.advance(TASK_HEADER);
+    Some((header, body))
 }
 
 /// A reply as the parent receives it.
@@ -172,6 +209,14 @@ pub(crate) struct Bytes {
 impl Bytes {
     fn advance(&mut self, n: usize) {
         self.start += n;
+    }
+
+    /// The bytes as a `Vec` of their own: the buffer itself, its head cut off in place (a
+    /// move within memory already touched, not a new allocation).
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        let mut buf = self.buf;
+        buf.drain(..self.start);
+        buf
     }
 }
 
@@ -287,9 +332,18 @@ impl FrameReader {
             // A frame over the limit is reported by `take`; read a little so the caller sees it.
             _ => READ_CHUNK,
         };
-        self.buf.reserve_exact(want);
-        // Read no further than asked, so a large frame's buffer holds that frame alone.
-        read(&mut self.buf, want)
+        // Grow with the data, not with the announced length: a length prefix costs the sender
+        // nothing, so it must not make us reserve gigabytes (that abort cannot be caught).
+        // Doubling keeps a large frame's reads in a buffer of about its own size.
+        let step = want.min(self.buf.len().max(GROW_STEP));
+        if self.buf.capacity() - self.buf.len() < step {
+            self.buf
+                .try_reserve_exact(step)
+                .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        }
+        // Read no further than the frame, so a large frame's buffer holds that frame alone.
+        let room = want.min(self.buf.capacity() - self.buf.len());
+        read(&mut self.buf, room)
     }
 
     /// True if no bytes of a next frame are buffered.
@@ -364,7 +418,10 @@ mod tests {
         assert!(reader.take().unwrap().is_none());
         reader.fill(r.as_raw_fd()).unwrap();
         let body = reader.take().unwrap().unwrap();
-        assert_eq!(parse_task(&body), Some((header, &b"arg"[..])));
+        let (parsed, arg) = parse_task(body).unwrap();
+        assert_eq!(parsed, header);
+        assert_eq!(&arg[..], b"arg");
+        assert_eq!(arg.into_vec(), b"arg");
         assert!(reader.is_empty());
     }
 
@@ -425,6 +482,34 @@ mod tests {
         assert_eq!(parse_reply_stream(&stream, DEFAULT_MAX_FRAME), Ok(5));
         assert!(parse_reply_stream(&stream[..stream.len() - 1], DEFAULT_MAX_FRAME).is_err());
         assert!(parse_reply_stream(&stream, 4000).is_err());
+    }
+
+    /// Regression (found by the fuzzer): a length prefix made the reader reserve the whole
+    /// announced length at once, so 8 bytes from a worker could abort the parent on a system
+    /// that refused the allocation.
+    #[test]
+    fn a_huge_length_prefix_reserves_only_what_arrives() {
+        let mut reader = FrameReader::new(u64::MAX);
+        let mut input = (1u64 << 62).to_le_bytes().to_vec();
+        input.push(0);
+        let mut fed = false;
+        for _ in 0..3 {
+            reader
+                .fill_from(|buf, want| {
+                    let piece: &[u8] = if fed { &[0; 100] } else { &input };
+                    fed = true;
+                    let n = piece.len().min(want);
+                    buf.extend_from_slice(&piece[..n]);
+                    Ok(n)
+                })
+                .unwrap();
+            assert!(reader.take().unwrap().is_none());
+            assert!(
+                reader.buf.capacity() <= 4 << 20,
+                "reserved {}",
+                reader.buf.capacity()
+            );
+        }
     }
 
     #[test]

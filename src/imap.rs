@@ -16,10 +16,11 @@ use serde::de::DeserializeOwned;
 
 use crate::dispatch::{Lease, Submitter, Task};
 use crate::error::Result;
-use crate::result::{decode_result, Outcome, Sink};
+use crate::frame::OutFrame;
+use crate::result::{decode_result_owned, Outcome, Sink};
 
 /// Pulls the next input item and encodes it as a task frame; `None` once the input is done.
-pub(crate) type Feed = Box<dyn FnMut() -> Option<Result<Vec<u8>>> + Send>;
+pub(crate) type Feed = Box<dyn FnMut() -> Option<Result<OutFrame>> + Send>;
 
 /// An iterator over the results of [`Pool::imap`](crate::Pool::imap) (input order) or
 /// [`Pool::imap_unordered`](crate::Pool::imap_unordered) (completion order).
@@ -116,7 +117,7 @@ impl<R: DeserializeOwned + 'static> Imap<R> {
 
     fn finish(&mut self, outcome: Outcome) -> Result<R> {
         self.yielded += 1;
-        decode_result(&outcome?)
+        decode_result_owned(outcome?)
     }
 }
 

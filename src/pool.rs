@@ -434,7 +434,7 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let frame = task::call(f, &arg)?;
+        let frame = task::call(f, arg)?;
         let slot = Slot::new(1);
         let task = Task::new(frame, Sink::slot(&slot, 0)).with_limit(limit, 1);
         self.submitter.submit([task])?;
@@ -482,7 +482,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
         C: FnOnce(&Result<R>) + Send + 'static,
     {
-        let frame = task::call(f, &arg)?;
+        let frame = task::call(f, arg)?;
         let jobs = self.callbacks.sender()?;
         let slot = Slot::new(1);
         let filled = Arc::clone(&slot);
@@ -698,7 +698,7 @@ impl Pool {
         I::IntoIter: Send + 'static,
     {
         let mut args = args.into_iter();
-        let feed = Box::new(move || args.next().map(|arg| task::call(f, &arg)));
+        let feed = Box::new(move || args.next().map(|arg| task::call(f, arg)));
         let window = IMAP_WINDOW_PER_WORKER * self.processes;
         Imap::new(
             self.submitter.clone(),

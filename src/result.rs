@@ -209,17 +209,25 @@ pub(crate) fn decode_result<R: DeserializeOwned + 'static>(bytes: &[u8]) -> Resu
     })
 }
 
+/// Decodes a worker's encoded result, taking the buffer (a `Vec<u8>` result is the buffer).
+pub(crate) fn decode_result_owned<R: DeserializeOwned + 'static>(bytes: Bytes) -> Result<R> {
+    codec::decode_owned(bytes).map_err(|message| Error::Decode {
+        what: "result",
+        message,
+    })
+}
+
 /// Turns the outcome of a single task into its value.
 pub(crate) fn finish_one<R: DeserializeOwned + 'static>(parts: Vec<Outcome>) -> Result<R> {
     let bytes = parts.into_iter().next().unwrap_or(Err(Error::Terminated))?;
-    decode_result(&bytes)
+    decode_result_owned(bytes)
 }
 
 /// Concatenates the results of chunks in input order; the first failed chunk's error wins.
 pub(crate) fn finish_chunks<R: DeserializeOwned + 'static>(parts: Vec<Outcome>) -> Result<Vec<R>> {
     let mut all = Vec::new();
     for part in parts {
-        let chunk: Vec<R> = decode_result(&part?)?;
+        let chunk: Vec<R> = decode_result_owned(part?)?;
         all.extend(chunk);
     }
     Ok(all)

@@ -13,28 +13,30 @@ use serde::Serialize;
 
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::frame::{self, Status, TaskHeader};
+use crate::frame::{self, Bytes, OutFrame, Status, TaskHeader};
 use crate::sys;
 
 /// The erased signature of every trampoline: the function's address, the argument bytes, the
-/// reply buffer to append the encoded result (or an error message) to, and the time limit of
-/// each call, which the trampoline arms before each item (the worker disarms it afterwards).
+/// reply frame to put the encoded result (or an error message) in, and the time limit of each
+/// call, which the trampoline arms before each item (the worker disarms it afterwards).
 ///
 /// # Safety
 /// `function` must be the address of the `fn(A) -> R` this trampoline was monomorphized for.
 pub(crate) type Trampoline =
-    unsafe fn(function: u64, arg: &[u8], out: &mut Vec<u8>, limit: Option<Duration>) -> Status;
+    unsafe fn(function: u64, arg: Bytes, out: &mut OutFrame, limit: Option<Duration>) -> Status;
 
 /// Builds the frame for one call of `f` on `arg`.
 ///
 /// # Errors
 /// [`Error::Encode`] if the argument cannot be encoded; nothing is sent then.
-pub(crate) fn call<A, R>(f: fn(A) -> R, arg: &A) -> Result<Vec<u8>>
+pub(crate) fn call<A, R>(f: fn(A) -> R, arg: A) -> Result<OutFrame>
 where
     A: Serialize + DeserializeOwned + 'static,
     R: Serialize + DeserializeOwned + 'static,
 {
-    encode_frame(call_one::<A, R>, f as usize, arg)
+    let mut head = begin(call_one::<A, R>, f as usize);
+    let tail = codec::encode_owned(arg, &mut head).map_err(encode_error)?;
+    Ok(sealed(head, tail))
 }
 
 /// Builds the frame for one chunk: `f` applied to each of `args` in the same worker, the
@@ -42,32 +44,37 @@ where
 ///
 /// # Errors
 /// [`Error::Encode`] if an argument cannot be encoded; nothing is sent then.
-pub(crate) fn chunk<A, R>(f: fn(A) -> R, args: &[A]) -> Result<Vec<u8>>
+pub(crate) fn chunk<A, R>(f: fn(A) -> R, args: &[A]) -> Result<OutFrame>
 where
     A: Serialize + DeserializeOwned + 'static,
     R: Serialize + DeserializeOwned + 'static,
 {
+    let mut head = begin(call_chunk::<A, R>, f as usize);
     // A slice encodes exactly as the Vec<A> the trampoline decodes.
-    encode_frame(call_chunk::<A, R>, f as usize, args)
+    codec::encode_into(args, &mut head).map_err(encode_error)?;
+    Ok(sealed(head, Vec::new()))
 }
 
-fn encode_frame<T: Serialize + ?Sized + 'static>(
-    trampoline: Trampoline,
-    function: usize,
-    arg: &T,
-) -> Result<Vec<u8>> {
-    let mut frame = frame::begin_task(TaskHeader {
+fn begin(trampoline: Trampoline, function: usize) -> Vec<u8> {
+    frame::begin_task(TaskHeader {
         id: 0,
         trampoline: trampoline as usize as u64,
         function: function as u64,
         limit_us: 0,
-    });
-    codec::encode_into(arg, &mut frame).map_err(|message| Error::Encode {
+    })
+}
+
+fn sealed(head: Vec<u8>, tail: Vec<u8>) -> OutFrame {
+    let mut frame = OutFrame { head, tail };
+    frame.seal();
+    frame
+}
+
+fn encode_error(message: String) -> Error {
+    Error::Encode {
         what: "argument",
         message,
-    })?;
-    frame::seal(&mut frame);
-    Ok(frame)
+    }
 }
 
 /// Runs a task in the worker: resolves the trampoline's address and calls it.
@@ -75,7 +82,7 @@ fn encode_frame<T: Serialize + ?Sized + 'static>(
 /// # Safety
 /// `header` must come from a frame built by [`call`] or [`chunk`] in the process this worker was
 /// forked from, so that both addresses name functions of this same program image.
-pub(crate) unsafe fn run(header: TaskHeader, arg: &[u8], out: &mut Vec<u8>) -> Status {
+pub(crate) unsafe fn run(header: TaskHeader, arg: Bytes, out: &mut OutFrame) -> Status {
     let limit = (header.limit_us > 0).then(|| Duration::from_micros(header.limit_us));
     // SAFETY: per this function's contract the address is a `Trampoline` of this program; fn
     // pointers and usize have the same size on every platform this crate builds for.
@@ -89,18 +96,18 @@ pub(crate) unsafe fn run(header: TaskHeader, arg: &[u8], out: &mut Vec<u8>) -> S
 /// `function` is the address of a `fn(A) -> R` (see [`Trampoline`]).
 unsafe fn call_one<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     function: u64,
-    arg: &[u8],
-    out: &mut Vec<u8>,
+    arg: Bytes,
+    out: &mut OutFrame,
     limit: Option<Duration>,
 ) -> Status {
     // SAFETY: the caller guarantees `function` is a `fn(A) -> R` of this program.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function as usize) };
-    match codec::decode::<A>(arg) {
+    match codec::decode_owned::<A>(arg) {
         Ok(arg) => {
             if limit.is_some() {
                 sys::set_alarm(limit);
             }
-            encode_result(&f(arg), out)
+            encode_result(f(arg), out)
         }
         Err(message) => error_reply(out, Status::DecodeFailed, &message),
     }
@@ -110,13 +117,13 @@ unsafe fn call_one<A: DeserializeOwned + 'static, R: Serialize + 'static>(
 /// `function` is the address of a `fn(A) -> R` (see [`Trampoline`]).
 unsafe fn call_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     function: u64,
-    arg: &[u8],
-    out: &mut Vec<u8>,
+    arg: Bytes,
+    out: &mut OutFrame,
     limit: Option<Duration>,
 ) -> Status {
     // SAFETY: the caller guarantees `function` is a `fn(A) -> R` of this program.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function as usize) };
-    match codec::decode::<Vec<A>>(arg) {
+    match codec::decode::<Vec<A>>(&arg) {
         Ok(args) => {
             let results: Vec<R> = match limit {
                 None => args.into_iter().map(f).collect(),
@@ -129,22 +136,26 @@ unsafe fn call_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
                     })
                     .collect(),
             };
-            encode_result(&results, out)
+            encode_result(results, out)
         }
         Err(message) => error_reply(out, Status::DecodeFailed, &message),
     }
 }
 
-fn encode_result<R: Serialize + 'static>(result: &R, out: &mut Vec<u8>) -> Status {
-    match codec::encode_into(result, out) {
-        Ok(()) => Status::Ok,
+fn encode_result<R: Serialize + 'static>(result: R, out: &mut OutFrame) -> Status {
+    match codec::encode_owned(result, &mut out.head) {
+        Ok(tail) => {
+            out.tail = tail;
+            Status::Ok
+        }
         Err(message) => error_reply(out, Status::EncodeFailed, &message),
     }
 }
 
 /// Replaces whatever payload `out` holds with an error message.
-pub(crate) fn error_reply(out: &mut Vec<u8>, status: Status, message: &str) -> Status {
-    out.truncate(frame::REPLY_PAYLOAD_START);
-    out.extend_from_slice(message.as_bytes());
+pub(crate) fn error_reply(out: &mut OutFrame, status: Status, message: &str) -> Status {
+    out.head.truncate(frame::REPLY_PAYLOAD_START);
+    out.head.extend_from_slice(message.as_bytes());
+    out.tail = Vec::new();
     status
 }

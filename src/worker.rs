@@ -13,8 +13,10 @@
 use std::any::Any;
 use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Once;
 
-use crate::frame::{self, FrameReader, Status};
+use crate::frame::{self, Bytes, FrameReader, OutFrame, Status};
 use crate::sys;
 use crate::task;
 
@@ -44,15 +46,15 @@ pub(crate) fn serve(input: RawFd, output: RawFd, config: WorkerConfig) -> ! {
 }
 
 fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig) -> i32 {
-    panic::set_hook(Box::new(report_panic));
+    IN_WORKER.store(true, Ordering::Relaxed);
     let init_failure = config
         .initializer
         .and_then(|init| panic::catch_unwind(init).err().map(panic_message));
     let mut reader = FrameReader::new(u64::MAX);
-    let mut out = Vec::new();
-    frame::begin_reply(&mut out, 0, Status::Ready);
-    frame::seal(&mut out);
-    if write_all(output, &out).is_err() {
+    let mut out = OutFrame::default();
+    frame::begin_reply(&mut out.head, 0, Status::Ready);
+    out.seal();
+    if write_frame(output, &out).is_err() {
         return EXIT_IO;
     }
     let mut served = 0usize;
@@ -69,10 +71,10 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig) -> i32 {
                 Err(_) => return EXIT_IO,
             }
         };
-        let Some((header, arg)) = frame::parse_task(&body) else {
+        let Some((header, arg)) = frame::parse_task(body) else {
             return EXIT_PROTOCOL;
         };
-        frame::begin_reply(&mut out, header.id, Status::Ok);
+        frame::begin_reply(&mut out.head, header.id, Status::Ok);
         let status = match &init_failure {
             Some(message) => task::error_reply(&mut out, Status::InitializerPanicked, message),
             None => run_caught(header, arg, &mut out),
@@ -80,21 +82,21 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig) -> i32 {
         if header.limit_us > 0 {
             sys::set_alarm(None);
         }
-        drop(body);
         // Billiard's rule: past the memory cap, answer, then make way for a fresh worker.
         let retiring = config
             .max_memory
             .is_some_and(|cap| sys::resident_bytes() > cap);
-        frame::set_reply_status(&mut out, status, retiring);
-        frame::seal(&mut out);
-        if write_all(output, &out).is_err() {
+        frame::set_reply_status(&mut out.head, status, retiring);
+        out.seal();
+        if write_frame(output, &out).is_err() {
             return EXIT_IO; // the parent is gone
         }
         if retiring {
             return 0;
         }
-        if out.capacity() > KEEP_BUFFER {
-            out = Vec::new();
+        out.tail = Vec::new();
+        if out.head.capacity() > KEEP_BUFFER {
+            out.head = Vec::new();
         }
         served += 1;
     }
@@ -102,7 +104,7 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig) -> i32 {
 }
 
 /// Runs one task, turning a panic into a [`Status::Panicked`] reply.
-fn run_caught(header: frame::TaskHeader, arg: &[u8], out: &mut Vec<u8>) -> Status {
+fn run_caught(header: frame::TaskHeader, arg: Bytes, out: &mut OutFrame) -> Status {
     // SAFETY: the header came from our parent, which built it with task::call or task::chunk in
     // the program image this process is a fork of.
     match panic::catch_unwind(AssertUnwindSafe(|| unsafe { task::run(header, arg, out) })) {
@@ -114,7 +116,30 @@ fn run_caught(header: frame::TaskHeader, arg: &[u8], out: &mut Vec<u8>) -> Statu
     }
 }
 
-/// The worker's panic hook: one line on stderr, written with a single `write(2)`.
+/// True in a worker process: the panic hook reports panics the worker's way.
+static IN_WORKER: AtomicBool = AtomicBool::new(false);
+
+/// Installs, once per process and in the parent, a panic hook that reports a worker's panics
+/// with [`report_panic`] and hands every other panic to the hook it replaced.
+///
+/// Installing it in a worker instead would take the hook's lock after the fork, and a thread of
+/// the parent may have held that lock when the fork server was forked (it does while it
+/// panics): the worker would hang. Reading the hook, as a panic does, only shares the lock.
+pub(crate) fn install_panic_hook() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if IN_WORKER.load(Ordering::Relaxed) {
+                report_panic(info);
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// How a worker reports a panic: one line on stderr, written with a single `write(2)`.
 ///
 /// The default hook would lock `stderr`, or the test harness's capture buffer, and another
 /// thread of the parent may have held either lock at the moment of the fork, which would hang
@@ -156,6 +181,15 @@ fn write_all(fd: RawFd, mut buf: &[u8]) -> std::io::Result<()> {
     while !buf.is_empty() {
         let n = sys::write(fd, buf)?;
         buf = &buf[n..];
+    }
+    Ok(())
+}
+
+/// Writes both parts of a frame, blocking until done.
+fn write_frame(fd: RawFd, frame: &OutFrame) -> std::io::Result<()> {
+    let mut offset = 0;
+    while offset < frame.len() {
+        offset += sys::writev(fd, &frame.parts_from(offset))?;
     }
     Ok(())
 }

@@ -305,8 +305,10 @@ fn stats_count_what_happened() {
         assert_eq!(s.completed, s.submitted);
         assert_eq!((s.failed, s.panicked, s.died, s.timed_out), (3, 1, 1, 1));
         assert_eq!((s.running, s.queued), (0, 0));
-        // 39 tasks at 10 per worker, plus a crash and a timeout: at least 4 replacements.
-        assert!(s.workers_replaced >= 4, "{s:?}");
+        // The crash and the timeout each cost a worker. Of the 37 other tasks, the two workers
+        // alive now served at most 9 each and the two that died at most 9 each, so at least one
+        // more worker reached 10 and was replaced: 3 replacements at least.
+        assert!(s.workers_replaced >= 3, "{s:?}");
         assert!(common::eventually(Duration::from_secs(5), || pool
             .stats()
             .workers_alive
