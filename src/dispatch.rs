@@ -2,8 +2,10 @@
 //! byte that crosses a pipe.
 //!
 //! Callers hand tasks in through a [`Submitter`] (a channel, plus a pipe that wakes the thread
-//! from `poll`). The dispatcher sends each worker up to [`PIPELINE_DEPTH`] tasks at once, so a
-//! worker finds its next task waiting when it finishes one, and reads replies as they come. All
+//! from `poll`). The dispatcher sends a worker whose tasks are short up to [`PIPELINE_DEPTH`]
+//! tasks at once, so it finds its next task waiting when it finishes one; a worker whose tasks
+//! take longer than [`SHORT_TASK`] gets one at a time, so that no task waits behind a long one
+//! while another worker idles, and reads replies as they come. All
 //! pipes on this side are non-blocking and watched by one `poll`, so a 64 MiB argument going out
 //! and a 64 MiB result coming back never wait on each other.
 //!
@@ -33,7 +35,10 @@ use crate::sys::{self, PollFd};
 use crate::worker::{self, WorkerConfig};
 
 /// How many tasks a worker may hold at once: the one it runs and the ones waiting in its pipe.
-const PIPELINE_DEPTH: usize = 2;
+const PIPELINE_DEPTH: usize = 8;
+/// Below this average service time a worker's tasks count as short (see [`PIPELINE_DEPTH`]);
+/// above it, one task at a time costs a worker at most a few percent of idle time.
+const SHORT_TASK: Duration = Duration::from_millis(1);
 /// Stack of the dispatcher thread, which is also the stack every worker's tasks run on.
 const DISPATCHER_STACK: usize = 8 << 20;
 /// How long a worker that closed its reply pipe may linger before it is killed.
@@ -352,6 +357,8 @@ struct Worker {
     retiring: bool,
     /// It is being killed because its task ran past its time limit.
     timed_out: bool,
+    /// Average time from a task's start to its reply.
+    avg_service: Duration,
 }
 
 #[derive(Debug)]
@@ -432,6 +439,7 @@ impl Dispatcher {
             running_since: None,
             retiring: false,
             timed_out: false,
+            avg_service: Duration::ZERO,
         });
         self.shared.counters.workers(self.workers.len());
         Ok(())
@@ -503,7 +511,7 @@ impl Dispatcher {
                     w.child.task_fd().is_some()
                         && !w.write_failed
                         && !w.retiring
-                        && w.inflight.len() < PIPELINE_DEPTH
+                        && w.inflight.len() < w.depth()
                         && max_tasks.is_none_or(|max| w.assigned < max)
                 })
                 .min_by_key(|w| w.inflight.len());
@@ -517,12 +525,11 @@ impl Dispatcher {
             frame::stamp_task(&mut task.frame.head, id, limit_us);
             worker.inflight.push_back(Sent { id, task });
             worker.assigned += 1;
-            self.shared.counters.running(true);
         }
         let now = Instant::now();
         for w in &mut self.workers {
             w.write_some();
-            w.note_start(now);
+            w.note_start(now, &self.shared.counters);
         }
     }
 
@@ -595,7 +602,7 @@ impl Dispatcher {
                 }
                 became_ready |= w.ready && !was_ready;
             }
-            w.note_start(now);
+            w.note_start(now, &self.shared.counters);
             if w.backstop().is_some_and(|at| at <= now) && !w.kill_sent {
                 w.timed_out = true;
                 w.kill_at = Some(now);
@@ -654,7 +661,7 @@ impl Dispatcher {
             w.protocol = w.read_to_end(counters).err();
         }
         counters.workers(self.workers.len());
-        for _ in &w.inflight {
+        if w.running_since.is_some() {
             counters.running(false);
         }
         let pid = w.child.pid() as u32;
@@ -712,8 +719,10 @@ impl Dispatcher {
         let counters = &self.shared.counters;
         for mut w in self.workers.drain(..) {
             let _ = w.read_to_end(counters);
-            for sent in w.inflight {
+            if w.running_since.is_some() {
                 counters.running(false);
+            }
+            for sent in w.inflight {
                 sent.task.finish(Err(Error::Terminated), counters);
             }
         }
@@ -791,9 +800,20 @@ impl Worker {
 
     /// Starts the clock of the front task once it is written, the worker is ready, and every
     /// task before it has been answered.
-    fn note_start(&mut self, now: Instant) {
+    fn note_start(&mut self, now: Instant, counters: &Counters) {
         if self.running_since.is_none() && self.ready && self.written > 0 {
             self.running_since = Some(now);
+            counters.running(true);
+        }
+    }
+
+    /// How many tasks it may hold: many while its tasks are short, else one. One until it has
+    /// served a task, so a first batch of long tasks spreads over all workers.
+    fn depth(&self) -> usize {
+        if self.served > 0 && self.avg_service < SHORT_TASK {
+            PIPELINE_DEPTH
+        } else {
+            1
         }
     }
 
@@ -831,9 +851,12 @@ impl Worker {
         let sent = self.inflight.pop_front().expect("checked above");
         self.written -= 1;
         self.served += 1;
-        self.running_since = None;
+        if let Some(since) = self.running_since.take() {
+            counters.running(false);
+            // An average over the last few tasks (weight 1/8 for the newest).
+            self.avg_service = (self.avg_service * 7 + since.elapsed()) / 8;
+        }
         self.retiring |= reply.retiring;
-        counters.running(false);
         sent.task.finish(outcome(reply), counters);
         Ok(())
     }

@@ -39,9 +39,10 @@ pub struct Stats {
     pub died: u64,
     /// Of the failed tasks, those that ran past their time limit.
     pub timed_out: u64,
-    /// Tasks sent to a worker and not yet answered.
+    /// Tasks a worker is running now (at most one per worker).
     pub running: u64,
-    /// Tasks accepted and not yet sent to a worker.
+    /// Tasks accepted and not yet running: waiting in the pool's queue, or in a worker's pipe
+    /// behind the task it runs.
     pub queued: u64,
     /// Worker processes alive now.
     pub workers_alive: u64,
@@ -70,7 +71,7 @@ impl Counters {
         self.submitted.fetch_add(n, Relaxed);
     }
 
-    /// A task was sent to a worker (`+1`) or left it, answered or not (`-1`).
+    /// A task started running in a worker (`+1`) or stopped, answered or not (`-1`).
     pub(crate) fn running(&self, up: bool) {
         if up {
             self.running.fetch_add(1, Relaxed);

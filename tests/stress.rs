@@ -386,7 +386,9 @@ fn a_thousand_pools_built_and_dropped_leave_nothing() {
         let fds_before = open_fds();
         let procs_before = descendants();
         let started = Instant::now();
+        let mut slowest = (Duration::ZERO, 0);
         for i in 0..1000u64 {
+            let lap = Instant::now();
             let pool = Pool::new(2).unwrap();
             match i % 3 {
                 0 => drop(pool),
@@ -399,13 +401,17 @@ fn a_thousand_pools_built_and_dropped_leave_nothing() {
                     pool.join().unwrap();
                 }
             }
+            slowest = slowest.max((lap.elapsed(), i));
         }
         let elapsed = started.elapsed();
         let procs_after = descendants();
         let fds_after = open_fds();
         println!(
             "1000 pools of 2 (dropped at once / after one apply / closed and joined): \
-             {elapsed:.2?}; fds before {} after {}; descendant processes before {} after {}",
+             {elapsed:.2?}, the slowest (number {}) {:.2?}; fds before {} after {}; descendant \
+             processes before {} after {}",
+            slowest.1,
+            slowest.0,
             fds_before.len(),
             fds_after.len(),
             procs_before.len(),
