@@ -19,6 +19,9 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::frame::Bytes;
 
+/// How long a caller spins for a result before it sleeps.
+const SPIN: Duration = Duration::from_micros(30);
+
 /// What became of one task: the worker's encoded result, or why there is none.
 pub(crate) type Outcome = Result<Bytes>;
 
@@ -163,6 +166,12 @@ impl Slot {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        // An answer is often a few microseconds away; waking from a condvar wait on the other
+        // CPU costs tens. Spin a moment first, yielding the CPU.
+        let spin = Instant::now();
+        while spin.elapsed() < SPIN && !self.is_ready() {
+            std::thread::yield_now();
+        }
         let mut state = self.lock();
         while state.missing > 0 {
             state = match deadline {

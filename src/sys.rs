@@ -176,6 +176,22 @@ pub(crate) fn poll(fds: &mut [PollFd], timeout: Option<Duration>) -> io::Result<
     }
 }
 
+/// Spins up to `limit` until `fd` is readable, yielding the CPU between looks; returns whether
+/// it is. For the moment before a blocking read, when data is likely to arrive soon.
+pub(crate) fn wait_readable(fd: RawFd, limit: Duration) -> bool {
+    let start = std::time::Instant::now();
+    let mut fds = [PollFd::new(fd, true, false)];
+    loop {
+        if matches!(poll(&mut fds, Some(Duration::ZERO)), Ok(n) if n > 0) {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// How a process ended, as `waitpid` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WaitStatus {

@@ -15,6 +15,7 @@ use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
+use std::time::Duration;
 
 use crate::frame::{self, Bytes, FrameReader, OutFrame, Status};
 use crate::sys;
@@ -26,6 +27,8 @@ const EXIT_PANICKED: i32 = 121;
 const EXIT_PROTOCOL: i32 = 122;
 /// Exit status of a worker whose pipes failed.
 const EXIT_IO: i32 = 123;
+/// How long a worker spins for its next task before it sleeps in `read`.
+const SPIN: Duration = Duration::from_micros(50);
 /// A reply buffer above this size is released after use, so one large result does not pin
 /// memory in the worker.
 const KEEP_BUFFER: usize = 1 << 20;
@@ -65,6 +68,9 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig) -> i32 {
                 Ok(None) => {}
                 Err(_) => return EXIT_PROTOCOL,
             }
+            // The next task often follows at once: spin a moment before sleeping in read,
+            // since waking a sleeping process on the other CPU is slow.
+            sys::wait_readable(input, SPIN);
             match reader.fill(input) {
                 Ok(0) => return 0, // the pool closed our task pipe: done
                 Ok(_) => {}

@@ -324,3 +324,34 @@ fn workers_exit_when_the_parent_is_killed() {
         );
     })
 }
+
+/// CPU time (user + system, in clock ticks) a process has used, from /proc/PID/stat.
+fn cpu_ticks(pid: u32) -> u64 {
+    let utime: u64 = common::stat_field(pid, 14).unwrap().parse().unwrap();
+    let stime: u64 = common::stat_field(pid, 15).unwrap().parse().unwrap();
+    utime + stime
+}
+
+#[test]
+fn an_idle_pool_burns_no_cpu() {
+    let _guard = serial();
+    within(Duration::from_secs(30), || {
+        let pool = Pool::new(2).unwrap();
+        // Busy first, so that every spin-before-sleep path has run.
+        pool.map_chunked(square, 0..2000, 1).unwrap();
+        let mut watched = worker_pids(&pool);
+        watched.push(std::process::id());
+        std::thread::sleep(Duration::from_millis(200));
+        let before: Vec<u64> = watched.iter().map(|&p| cpu_ticks(p)).collect();
+        std::thread::sleep(Duration::from_secs(1));
+        let after: Vec<u64> = watched.iter().map(|&p| cpu_ticks(p)).collect();
+        // Clock ticks are 10 ms: allow one or two for the test's own threads and noise.
+        for ((p, b), a) in watched.iter().zip(before).zip(after) {
+            assert!(
+                a - b <= 2,
+                "process {p} used {} ticks while the pool was idle",
+                a - b
+            );
+        }
+    })
+}
