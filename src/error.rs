@@ -176,6 +176,22 @@ impl Error {
 }
 
 /// How a worker process ended.
+///
+/// # Examples
+///
+/// ```
+/// use forkpool::{Error, ExitCause, Pool};
+///
+/// let pool = Pool::new(1)?;
+/// match pool.apply(|code: i32| -> u8 { std::process::exit(code) }, 3) {
+///     Err(Error::WorkerDied { cause, .. }) => {
+///         assert_eq!(cause, ExitCause::Exited(3));
+///         assert_eq!(cause.to_string(), "exited with status 3");
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok::<(), forkpool::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ExitCause {
