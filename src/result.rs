@@ -253,6 +253,12 @@ pub(crate) fn finish_chunks<R: DeserializeOwned + 'static>(parts: Vec<Outcome>) 
 /// result arrives; no runtime is needed or assumed). Awaiting it a second time after it
 /// completed gives [`Error::Terminated`].
 ///
+/// # Caveats
+/// Dropping an `AsyncResult` (or a future awaiting it, as `tokio::time::timeout` does when it
+/// gives up) does not cancel its task: the task runs to its end, its result is discarded, and
+/// [`Pool::join`](crate::Pool::join) after `close` waits for it. To bound a task, give it a time
+/// limit ([`Pool::apply_async_timeout`](crate::Pool::apply_async_timeout)).
+///
 /// # Examples
 ///
 /// ```

@@ -329,10 +329,14 @@ impl ForkServer {
             return;
         }
         let deadline = Instant::now() + SHUTDOWN_GRACE;
+        // It exits within microseconds of seeing the socket close: look again soon, then less
+        // and less often.
+        let mut pause = Duration::from_micros(20);
         loop {
             match sys::try_wait(self.pid) {
                 Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1))
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(5));
                 }
                 Ok(None) => {
                     sys::kill(self.pid);

@@ -20,7 +20,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{eventually, exists, open_fds, stat_field, state, within};
+use common::{eventually, open_fds, stat_field, state, within};
 use forkpool::{AsyncResult, Error, ExitCause, Pool, PoolBuilder};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -76,6 +76,26 @@ fn live(pid: u32) -> bool {
 /// True if the process is gone, or a zombie waiting for whoever adopted it.
 fn gone_or_zombie(pid: u32) -> bool {
     matches!(state(pid), None | Some('Z') | Some('X'))
+}
+
+/// A process's identity: its pid and its start time (field 22 of /proc/PID/stat), so that a
+/// later process that reuses the pid is not mistaken for it.
+type Identity = (u32, String);
+
+/// The identities of these processes that exist now.
+fn identities(pids: &[u32]) -> Vec<Identity> {
+    pids.iter()
+        .filter_map(|&p| Some((p, stat_field(p, 22)?)))
+        .collect()
+}
+
+/// The processes among `known` that still exist (zombies included), with their states.
+fn still_there(known: &[Identity]) -> Vec<(u32, Option<char>)> {
+    known
+        .iter()
+        .filter(|(p, start)| stat_field(*p, 22).as_deref() == Some(start.as_str()))
+        .map(|&(p, _)| (p, state(p)))
+        .collect()
 }
 
 fn states(pids: &[u32]) -> Vec<(u32, Option<char>)> {
@@ -312,6 +332,7 @@ fn random_deaths_and_panics(total_tasks: usize, limit: Duration) {
             workers.iter().all(|p| procs_during.contains(p)),
             "workers {workers:?} are not among the live descendants {procs_during:?}"
         );
+        let known = identities(&procs_during);
 
         pool.close();
         pool.join().unwrap();
@@ -359,6 +380,11 @@ fn random_deaths_and_panics(total_tasks: usize, limit: Duration) {
             states(&procs_after)
         );
         assert_eq!(fds_after, fds_before, "no descriptor leaked");
+        let left = still_there(&known);
+        assert!(
+            left.is_empty(),
+            "processes of the pool outlived join (adopted by someone else?): {left:?}"
+        );
     })
 }
 
@@ -387,9 +413,20 @@ fn a_thousand_pools_built_and_dropped_leave_nothing() {
         let procs_before = descendants();
         let started = Instant::now();
         let mut slowest = (Duration::ZERO, 0);
+        let mut known = Vec::new();
+        // Time spent reading /proc for the sample, left out of the figures.
+        let mut sampling = Duration::ZERO;
         for i in 0..1000u64 {
             let lap = Instant::now();
             let pool = Pool::new(2).unwrap();
+            let mut sampled = Duration::ZERO;
+            if i % 10 == 0 {
+                // A sample of the pools' processes, to look for after the loop by identity.
+                let sample = Instant::now();
+                known.extend(identities(&descendants()));
+                sampled = sample.elapsed();
+                sampling += sampled;
+            }
             match i % 3 {
                 0 => drop(pool),
                 1 => {
@@ -401,15 +438,15 @@ fn a_thousand_pools_built_and_dropped_leave_nothing() {
                     pool.join().unwrap();
                 }
             }
-            slowest = slowest.max((lap.elapsed(), i));
+            slowest = slowest.max((lap.elapsed() - sampled, i));
         }
-        let elapsed = started.elapsed();
+        let elapsed = started.elapsed() - sampling;
         let procs_after = descendants();
         let fds_after = open_fds();
         println!(
             "1000 pools of 2 (dropped at once / after one apply / closed and joined): \
-             {elapsed:.2?}, the slowest (number {}) {:.2?}; fds before {} after {}; descendant \
-             processes before {} after {}",
+             {elapsed:.2?} (not counting {sampling:.2?} spent sampling /proc), the slowest \
+             (number {}) {:.2?}; fds before {} after {}; descendant processes before {} after {}",
             slowest.1,
             slowest.0,
             fds_before.len(),
@@ -424,6 +461,12 @@ fn a_thousand_pools_built_and_dropped_leave_nothing() {
             states(&procs_after)
         );
         assert_eq!(fds_after, fds_before, "no descriptor leaked");
+        assert!(known.len() >= 200, "sampled {} processes", known.len());
+        let left = still_there(&known);
+        assert!(
+            left.is_empty(),
+            "processes of dropped pools are still there (adopted by someone else?): {left:?}"
+        );
     })
 }
 
@@ -511,8 +554,11 @@ fn every_worker_killed_from_outside_at_once_recovers() {
         }
         let more: Vec<u64> = pool.map_chunked(square, 0..100u64, 1).unwrap();
         assert_eq!(more, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
+        let known = identities(&descendants());
         pool.close();
         pool.join().unwrap();
+        let left = still_there(&known);
+        assert!(left.is_empty(), "processes outlived join: {left:?}");
     })
 }
 
@@ -719,7 +765,9 @@ fn unknown_status(_: u64) -> u64 {
     0
 }
 
-/// (d) A length prefix of 16 followed by only 4 bytes, then a clean exit.
+/// (d) A length prefix of 16 followed by only 4 bytes, then a clean exit. Either error is
+/// right; what we saw is `Error::Protocol` ("the reply pipe closed in the middle of a frame"),
+/// both with the pool's own thread forking workers and with a fork server.
 fn truncated_then_exit(_: u64) -> u64 {
     let mut bytes = 16u64.to_le_bytes().to_vec();
     bytes.extend_from_slice(&[1, 2, 3, 4]);
@@ -732,6 +780,7 @@ fn truncated_then_exit(_: u64) -> u64 {
 /// with a new worker. Returns the error.
 fn garbage_fails_promptly(builder: PoolBuilder, hostile: Task, what: &str) -> Error {
     let pool = builder.processes(1).build().unwrap();
+    let mut known = identities(&descendants());
     let started = Instant::now();
     let result = pool.apply_async(hostile, 0).unwrap();
     assert!(
@@ -756,9 +805,11 @@ fn garbage_fails_promptly(builder: PoolBuilder, hostile: Task, what: &str) -> Er
         state(culprit)
     );
     assert_eq!(pool.apply(square, 12).unwrap(), 144);
+    known.extend(identities(&descendants()));
     pool.close();
     pool.join().unwrap();
-    assert!(!exists(culprit) || gone_or_zombie(culprit));
+    let left = still_there(&known);
+    assert!(left.is_empty(), "{what}: processes outlived join: {left:?}");
     err
 }
 
