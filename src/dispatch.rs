@@ -508,6 +508,16 @@ impl Dispatcher {
     /// Moves queued tasks to the workers with the fewest in flight, then writes what it can.
     fn assign(&mut self) {
         let max_tasks = self.config.worker.max_tasks;
+        // No worker holds more than its fair share of the work in hand, so a batch of tasks
+        // longer than the ones before it spreads evenly instead of piling into one pipe.
+        let in_hand =
+            self.queue.len() + self.workers.iter().map(|w| w.inflight.len()).sum::<usize>();
+        let fair = in_hand.div_ceil(self.workers.len().max(1)).max(1);
+        // A fresh worker's tasks are likely as short as its siblings' have been.
+        let short = self
+            .workers
+            .iter()
+            .any(|w| w.served > 0 && w.avg_service < SHORT_TASK);
         while !self.queue.is_empty() {
             let best = self
                 .workers
@@ -516,7 +526,7 @@ impl Dispatcher {
                     w.child.task_fd().is_some()
                         && !w.write_failed
                         && !w.retiring
-                        && w.inflight.len() < w.depth()
+                        && w.inflight.len() < w.depth(short).min(fair)
                         && max_tasks.is_none_or(|max| w.assigned < max)
                 })
                 .min_by_key(|w| w.inflight.len());
@@ -838,10 +848,15 @@ impl Worker {
         }
     }
 
-    /// How many tasks it may hold: many while its tasks are short, else one. One until it has
-    /// served a task, so a first batch of long tasks spreads over all workers.
-    fn depth(&self) -> usize {
-        if self.served > 0 && self.avg_service < SHORT_TASK {
+    /// How many tasks it may hold: many while its tasks are short, else one. Until it has served
+    /// a task, it goes by its siblings' (one in a fresh pool).
+    fn depth(&self, siblings_short: bool) -> usize {
+        let short = if self.served > 0 {
+            self.avg_service < SHORT_TASK
+        } else {
+            siblings_short
+        };
+        if short {
             PIPELINE_DEPTH
         } else {
             1

@@ -378,3 +378,29 @@ fn concurrent_join_and_close_from_threads() {
         assert_eq!(r.get().unwrap(), 36);
     })
 }
+
+/// Regression: after many short tasks, a worker was trusted to hold 8 tasks at once, so a
+/// following batch of long tasks piled into its pipe while the other worker idled.
+#[test]
+fn long_tasks_after_short_ones_spread_over_the_workers() {
+    within(Duration::from_secs(60), || {
+        fn busy(ms: u64) -> u32 {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(ms) {
+                std::hint::spin_loop();
+            }
+            std::process::id()
+        }
+        let pool = Pool::new(2).unwrap();
+        for i in 0..2000 {
+            pool.apply(square, i).unwrap();
+        }
+        let pids = pool.map_chunked(busy, vec![30u64; 8], 1).unwrap();
+        let mut per_worker = std::collections::HashMap::<u32, usize>::new();
+        for p in pids {
+            *per_worker.entry(p).or_default() += 1;
+        }
+        assert_eq!(per_worker.len(), 2, "{per_worker:?}");
+        assert!(per_worker.values().all(|&n| n <= 5), "{per_worker:?}");
+    })
+}
