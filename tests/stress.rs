@@ -15,12 +15,12 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{eventually, open_fds, stat_field, state, within};
+use common::{descendants, descendants_of, eventually, open_fds, stat_field, state, within};
 use forkpool::{AsyncResult, Error, ExitCause, Pool, PoolBuilder};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -32,41 +32,6 @@ fn serial() -> MutexGuard<'static, ()> {
 // ---------------------------------------------------------------------------------------------
 // Processes, from /proc
 // ---------------------------------------------------------------------------------------------
-
-/// Pids of every descendant of this process (children, grandchildren, ...), zombies included,
-/// sorted. /proc lists processes, not threads, so this process's own threads are not among them.
-fn descendants() -> Vec<u32> {
-    descendants_of(std::process::id())
-}
-
-/// Pids of every descendant of `root`, zombies included, sorted.
-fn descendants_of(root: u32) -> Vec<u32> {
-    let mut by_parent: HashMap<u32, Vec<u32>> = HashMap::new();
-    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some(ppid) = stat_field(pid, 4).and_then(|p| p.parse::<u32>().ok()) {
-            by_parent.entry(ppid).or_default().push(pid);
-        }
-    }
-    let mut found = Vec::new();
-    let mut frontier = vec![root];
-    while let Some(p) = frontier.pop() {
-        for &child in by_parent.get(&p).map(Vec::as_slice).unwrap_or_default() {
-            if child != root && !found.contains(&child) {
-                found.push(child);
-                frontier.push(child);
-            }
-        }
-    }
-    found.sort();
-    found
-}
 
 /// True if the process exists and is neither a zombie nor dead.
 fn live(pid: u32) -> bool {

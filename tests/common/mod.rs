@@ -69,10 +69,16 @@ pub fn children() -> Vec<u32> {
 }
 
 /// Pids of every process descended from this one (children, grandchildren...), zombies
-/// included: a pool's fork server and its workers.
+/// included, sorted: a pool's fork server and its workers. /proc lists processes, not threads,
+/// so this process's own threads are not among them.
 pub fn descendants() -> Vec<u32> {
-    let mut by_parent: Vec<(u32, u32)> = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+    descendants_of(std::process::id())
+}
+
+/// Pids of every descendant of `root`, zombies included, sorted.
+pub fn descendants_of(root: u32) -> Vec<u32> {
+    let mut by_parent: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
         let Some(pid) = entry
             .file_name()
             .to_str()
@@ -80,23 +86,20 @@ pub fn descendants() -> Vec<u32> {
         else {
             continue;
         };
-        if let Some(ppid) = stat_field(pid, 4).and_then(|p| p.parse().ok()) {
-            by_parent.push((ppid, pid));
+        if let Some(ppid) = stat_field(pid, 4).and_then(|p| p.parse::<u32>().ok()) {
+            by_parent.entry(ppid).or_default().push(pid);
         }
     }
-    let mut found = vec![std::process::id()];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        found.extend(
-            by_parent
-                .iter()
-                .filter(|(pp, _)| *pp == parent)
-                .map(|(_, p)| *p),
-        );
-        i += 1;
+    let mut found = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for &child in by_parent.get(&p).map(Vec::as_slice).unwrap_or_default() {
+            if child != root && !found.contains(&child) {
+                found.push(child);
+                frontier.push(child);
+            }
+        }
     }
-    found.remove(0);
     found.sort();
     found
 }
