@@ -56,13 +56,33 @@ pub(crate) fn decode_owned<T: DeserializeOwned + 'static>(bytes: Bytes) -> Resul
 }
 
 /// Decodes a whole buffer as one `T`.
+///
+/// The bytes may come from a broken worker, so decoding runs under a memory budget: bincode
+/// allocates a string's or a vector's buffer from its length prefix before it reads the
+/// contents, and a garbage prefix would otherwise ask for exabytes and abort the process. The
+/// budget is [`EXPANSION`] times the input (at least 16 MiB): a value whose decoded form claims
+/// more fails with a decode error instead.
 pub(crate) fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> {
     if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
         let boxed: Box<dyn Any> = Box::new(bytes.to_vec());
         return Ok(*boxed.downcast::<T>().expect("T is Vec<u8>"));
     }
-    let (value, used) =
-        bincode::serde::decode_from_slice(bytes, CONFIG).map_err(|e| e.to_string())?;
+    // The limit is a type parameter in bincode, so pick the smallest class that fits.
+    match bytes.len().saturating_mul(EXPANSION) {
+        0..=0xFF_FFFF => decode_within::<T, { 1 << 24 }>(bytes),
+        0x100_0000..=0xFFF_FFFF => decode_within::<T, { 1 << 28 }>(bytes),
+        0x1000_0000..=0xFFFF_FFFF => decode_within::<T, { 1 << 32 }>(bytes),
+        0x1_0000_0000..=0xF_FFFF_FFFF => decode_within::<T, { 1 << 36 }>(bytes),
+        _ => decode_within::<T, { 1 << 40 }>(bytes),
+    }
+}
+
+/// How many bytes of memory a decoded value may claim per byte of input.
+const EXPANSION: usize = 64;
+
+fn decode_within<T: DeserializeOwned, const LIMIT: usize>(bytes: &[u8]) -> Result<T, String> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, CONFIG.with_limit::<LIMIT>())
+        .map_err(|e| e.to_string())?;
     if used != bytes.len() {
         return Err(format!(
             "{} trailing bytes after the value ({} bytes in all)",
@@ -129,6 +149,37 @@ mod tests {
         encode_into(&vec![1u16, 2, 3], &mut out).unwrap();
         assert_eq!(decode::<Vec<u16>>(&out).unwrap(), [1, 2, 3]);
         assert_eq!(out[0], 3);
+    }
+
+    /// A worker's reply payload is untrusted: garbage, or a length prefix claiming far more
+    /// than the bytes at hand, must give an error, never a panic or a huge allocation.
+    #[test]
+    fn garbage_decodes_to_errors_not_panics() {
+        use std::collections::HashMap;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut inputs: Vec<Vec<u8>> = vec![
+            // Lengths of 2^64 - 1 and 2^32 in bincode's varint encoding.
+            vec![255, 255, 255, 255, 255, 255, 255, 255, 255],
+            vec![253, 0, 0, 0, 0, 1, 0, 0, 0],
+            vec![252, 255, 255, 255, 255, 7],
+        ];
+        for _ in 0..20_000 {
+            let len = (next() % 40) as usize;
+            inputs.push((0..len).map(|_| next() as u8).collect());
+        }
+        for input in &inputs {
+            let _ = decode::<Vec<Vec<u64>>>(input);
+            let _ = decode::<String>(input);
+            let _ = decode::<Vec<String>>(input);
+            let _ = decode::<HashMap<String, Vec<u8>>>(input);
+            let _ = decode::<(u8, Option<Vec<i32>>, bool)>(input);
+        }
     }
 
     #[test]

@@ -811,3 +811,38 @@ fn a_task_that_writes_garbage_to_its_reply_pipe_is_killed_not_believed() {
         );
     })
 }
+
+/// A worker's "successful" reply whose payload claims an absurd length must fail `get` with a
+/// decode error: bincode sizes a string's buffer from its length prefix before reading it, and
+/// without a budget that allocation aborted the whole parent.
+#[test]
+fn a_forged_result_with_an_absurd_length_is_a_decode_error() {
+    let _guard = serial();
+    within(Duration::from_secs(60), || {
+        fn forge(_: ()) -> String {
+            // The first task of a fresh pool has id 0. Payload: a varint length of 2^64 - 1.
+            let payload = [255u8; 9];
+            let mut frame = ((8 + 1 + payload.len()) as u64).to_le_bytes().to_vec();
+            frame.extend_from_slice(&0u64.to_le_bytes());
+            frame.push(0); // status Ok
+            frame.extend_from_slice(&payload);
+            // SAFETY: writing a byte slice to a descriptor has no memory-safety preconditions;
+            // 4 is this worker's reply pipe.
+            unsafe { libc::write(4, frame.as_ptr().cast(), frame.len()) };
+            std::thread::sleep(Duration::from_secs(10));
+            String::new()
+        }
+        let pool = Pool::new(1).unwrap();
+        match pool.apply(forge, ()) {
+            Err(Error::Decode { what: "result", .. }) => {}
+            other => panic!("expected a decode error, got {other:?}"),
+        }
+        // The worker's real answer then comes for a task no longer running: the pool kills it,
+        // which fails the task it was running by then, and goes on with a fresh worker.
+        match pool.apply(|x: u32| x + 1, 1) {
+            Ok(2) | Err(Error::Protocol { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(pool.apply(|x: u32| x + 1, 2).unwrap(), 3);
+    })
+}
