@@ -820,8 +820,10 @@ fn a_forged_result_with_an_absurd_length_is_a_decode_error() {
     let _guard = serial();
     within(Duration::from_secs(60), || {
         fn forge(_: ()) -> String {
-            // The first task of a fresh pool has id 0. Payload: a varint length of 2^64 - 1.
-            let payload = [255u8; 9];
+            // The first task of a fresh pool has id 0. Payload: bincode's varint for a length
+            // of 2^61 (the u64 marker 253, then 8 bytes), and nothing behind it.
+            let mut payload = vec![253u8];
+            payload.extend_from_slice(&(1u64 << 61).to_le_bytes());
             let mut frame = ((8 + 1 + payload.len()) as u64).to_le_bytes().to_vec();
             frame.extend_from_slice(&0u64.to_le_bytes());
             frame.push(0); // status Ok
