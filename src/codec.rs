@@ -60,8 +60,8 @@ pub(crate) fn decode_owned<T: DeserializeOwned + 'static>(bytes: Bytes) -> Resul
 /// The bytes may come from a broken worker, so decoding runs under a memory budget: bincode
 /// allocates a string's or a vector's buffer from its length prefix before it reads the
 /// contents, and a garbage prefix would otherwise ask for exabytes and abort the process. The
-/// budget is [`EXPANSION`] times the input (at least 16 MiB): a value whose decoded form claims
-/// more fails with a decode error instead.
+/// budget is [`EXPANSION`] times the input, rounded up to the next of 16 MiB, 256 MiB, 4 GiB,
+/// 64 GiB or 1 TiB: a value whose decoded form claims more fails with a decode error instead.
 pub(crate) fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> {
     if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
         let boxed: Box<dyn Any> = Box::new(bytes.to_vec());
