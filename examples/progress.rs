@@ -22,10 +22,9 @@ const TASKS: u64 = 5_000;
 /// Runs in a worker: some CPU work whose amount depends only on `n`, then its digest.
 fn digest(n: u64) -> u64 {
     if n % 1000 == 999 {
-        // A panic that skips the panic hook. A plain `panic!` (or a failed `unwrap`) would work
-        // the same, but the worker's hook would also print a line on stderr, which would tear
-        // the bar; the message reaches us anyway, in `Error::TaskPanicked`.
-        std::panic::resume_unwind(Box::new(format!("item {n} is malformed")));
+        // The message reaches us in `Error::TaskPanicked`; the pool is built with
+        // `print_panics(false)` so that the worker prints no line that would tear the bar.
+        panic!("item {n} is malformed");
     }
     let rounds = 20_000 + n.wrapping_mul(7919) % 100_000;
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ n; // FNV-1a, over the round numbers
@@ -39,7 +38,7 @@ fn digest(n: u64) -> u64 {
 fn main() -> forkpool::Result<()> {
     // Build the pool first thing in main, before any other thread exists (indicatif's ticker
     // would be one).
-    let pool = Pool::builder().build()?;
+    let pool = Pool::builder().print_panics(false).build()?;
     let start = Instant::now();
 
     let bar = ProgressBar::new(TASKS).with_style(

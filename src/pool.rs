@@ -103,6 +103,7 @@ pub struct PoolBuilder {
     max_frame_bytes: u64,
     task_timeout: Option<Duration>,
     max_memory_per_child: Option<u64>,
+    print_panics: bool,
 }
 
 impl PoolBuilder {
@@ -228,6 +229,23 @@ impl PoolBuilder {
         self
     }
 
+    /// Whether a worker writes a line to its stderr when a task panics (default: yes). The
+    /// panic's message reaches the caller in [`Error::TaskPanicked`] either way; turn the line
+    /// off when stderr belongs to something else, such as a progress bar.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::builder().processes(1).print_panics(false).build()?;
+    /// let quiet = pool.apply(|_: ()| -> u8 { panic!("nobody sees this line") }, ());
+    /// assert!(matches!(quiet, Err(forkpool::Error::TaskPanicked { .. })));
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn print_panics(mut self, yes: bool) -> Self {
+        self.print_panics = yes;
+        self
+    }
+
     /// The largest reply frame accepted from a worker, in bytes; default 4 GiB. A worker that
     /// announces a larger one is killed and its task fails with [`Error::Protocol`].
     ///
@@ -289,6 +307,7 @@ impl PoolBuilder {
                 initializer: self.initializer,
                 max_tasks: self.max_tasks_per_child,
                 max_memory: self.max_memory_per_child,
+                print_panics: self.print_panics,
             },
             max_frame: self.max_frame_bytes,
         })?;
@@ -311,6 +330,7 @@ impl Default for PoolBuilder {
             max_frame_bytes: frame::DEFAULT_MAX_FRAME,
             task_timeout: None,
             max_memory_per_child: None,
+            print_panics: true,
         }
     }
 }

@@ -40,6 +40,8 @@ pub(crate) struct WorkerConfig {
     pub(crate) max_tasks: Option<usize>,
     /// Resident set size above which the worker exits after its current task.
     pub(crate) max_memory: Option<u64>,
+    /// Whether a task's panic is reported on the worker's stderr.
+    pub(crate) print_panics: bool,
 }
 
 /// Serves tasks from `input` and replies on `output` until done, then ends the process.
@@ -50,6 +52,7 @@ pub(crate) fn serve(input: RawFd, output: RawFd, config: WorkerConfig) -> ! {
 
 fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig) -> i32 {
     IN_WORKER.store(true, Ordering::Relaxed);
+    PRINT_PANICS.store(config.print_panics, Ordering::Relaxed);
     let init_failure = config
         .initializer
         .and_then(|init| panic::catch_unwind(init).err().map(panic_message));
@@ -124,6 +127,8 @@ fn run_caught(header: frame::TaskHeader, arg: Bytes, out: &mut OutFrame) -> Stat
 
 /// True in a worker process: the panic hook reports panics the worker's way.
 static IN_WORKER: AtomicBool = AtomicBool::new(false);
+/// In a worker: whether to report a task's panic on stderr at all.
+static PRINT_PANICS: AtomicBool = AtomicBool::new(true);
 
 /// Installs, once per process and in the parent, a panic hook that reports a worker's panics
 /// with [`report_panic`] and hands every other panic to the hook it replaced.
@@ -137,7 +142,9 @@ pub(crate) fn install_panic_hook() {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
             if IN_WORKER.load(Ordering::Relaxed) {
-                report_panic(info);
+                if PRINT_PANICS.load(Ordering::Relaxed) {
+                    report_panic(info);
+                }
             } else {
                 previous(info);
             }

@@ -328,3 +328,43 @@ fn initializer_that_crashes_fails_tasks_without_hanging() {
         pool.join().unwrap();
     })
 }
+
+/// Helper for `print_panics_controls_the_workers_stderr_line`: run in a child process of the
+/// test binary with its stderr captured.
+#[test]
+#[ignore = "run by print_panics_controls_the_workers_stderr_line in a separate process"]
+fn print_panics_helper() {
+    let Some(print) = std::env::var_os("FORKPOOL_PRINT_PANICS") else {
+        return;
+    };
+    let pool = Pool::builder()
+        .processes(1)
+        .print_panics(print == "1")
+        .build()
+        .unwrap();
+    assert!(pool.apply(panics, "marker-7f3a".to_string()).is_err());
+}
+
+#[test]
+fn print_panics_controls_the_workers_stderr_line() {
+    within(Duration::from_secs(60), || {
+        let stderr_of = |print: &str| {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--ignored", "--exact", "print_panics_helper", "--nocapture"])
+                .env("FORKPOOL_PRINT_PANICS", print)
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        };
+        assert!(
+            stderr_of("1").contains("task panicked at"),
+            "the default prints the panic"
+        );
+        let quiet = stderr_of("0");
+        assert!(
+            !quiet.contains("marker-7f3a"),
+            "print_panics(false) printed: {quiet}"
+        );
+    })
+}
