@@ -8,6 +8,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -101,6 +102,9 @@ impl Drop for Sink {
 pub(crate) struct Slot {
     state: Mutex<SlotState>,
     ready: Condvar,
+    /// Set (under the lock) once every part is in: lets a spinning caller look without taking
+    /// the lock the dispatcher needs to fill the slot.
+    complete: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -124,6 +128,7 @@ impl Slot {
                 sleepers: 0,
             }),
             ready: Condvar::new(),
+            complete: AtomicBool::new(parts == 0),
         })
     }
 
@@ -139,6 +144,7 @@ impl Slot {
             state.missing -= 1;
         }
         if state.missing == 0 {
+            self.complete.store(true, Ordering::Release);
             if state.sleepers > 0 {
                 self.ready.notify_all();
             }
@@ -168,7 +174,7 @@ impl Slot {
     }
 
     fn is_ready(&self) -> bool {
-        self.lock().missing == 0
+        self.complete.load(Ordering::Acquire)
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
