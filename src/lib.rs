@@ -15,8 +15,8 @@
 //!
 //! # How it works
 //!
-//! [`Pool::new`] starts a dispatcher thread, which forks the worker processes and lives as long
-//! as the pool. A task is a function pointer `fn(A) -> R` and an argument `A`. The argument is
+//! [`Pool::new`] starts a dispatcher thread, which lives as long as the pool, moves every byte,
+//! and has a small fork server fork the worker processes (see *Fork safety*). A task is a function pointer `fn(A) -> R` and an argument `A`. The argument is
 //! encoded with serde and bincode and written to a worker's task pipe in a length-prefixed frame,
 //! together with the function's address and that of a small generic "trampoline" that knows `A`
 //! and `R`. Since a worker is a fork of the same program, both addresses are valid in it: the
@@ -27,6 +27,10 @@
 //! (`|x: u64| x * x` coerces to `fn(u64) -> u64`). A capturing closure would carry pointers into
 //! the parent's heap that mean nothing to a process that lives on after the call, so the type
 //! refuses it at compile time. Pass what the task needs in its argument instead.
+//!
+//! Results can be awaited too: [`AsyncResult`] is a [`Future`](std::future::Future), with no
+//! runtime dependency. [`Pool::apply_async_with`] runs a callback when a task ends, and
+//! [`Pool::stats`] counts what the pool has done, for progress bars.
 //!
 //! # What processes buy
 //!
