@@ -73,17 +73,18 @@ pub struct Pool {
 /// # Examples
 ///
 /// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
 /// use forkpool::Pool;
 ///
-/// static mut SEED: u64 = 0;
+/// static SEED: AtomicU64 = AtomicU64::new(0);
 ///
 /// fn init() {
 ///     // Runs once in each worker, before its first task.
-///     unsafe { SEED = 42 };
+///     SEED.store(42, Ordering::Relaxed);
 /// }
 ///
 /// fn seeded(x: u64) -> u64 {
-///     x + unsafe { SEED }
+///     x + SEED.load(Ordering::Relaxed)
 /// }
 ///
 /// let pool = Pool::builder()

@@ -264,67 +264,6 @@ fn max_tasks_per_child_recycles_without_losing_tasks() {
     })
 }
 
-/// Helper for `workers_exit_when_the_parent_is_killed`: run in a child process of the test
-/// binary, it builds a pool, prints the worker pids and waits to be killed.
-#[test]
-#[ignore = "run by workers_exit_when_the_parent_is_killed in a separate process"]
-fn parent_death_helper() {
-    if std::env::var_os("FORKPOOL_PARENT_DEATH_HELPER").is_none() {
-        return;
-    }
-    let pool = Pool::new(2).unwrap();
-    let pids = worker_pids(&pool);
-    let busy = pool.apply_async(nap, 60_000).unwrap();
-    println!(
-        "PIDS {}",
-        pids.iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    std::thread::sleep(Duration::from_secs(60));
-    drop(busy);
-}
-
-#[test]
-fn workers_exit_when_the_parent_is_killed() {
-    let _guard = serial();
-    within(Duration::from_secs(60), || {
-        use std::io::{BufRead, BufReader};
-        let mut helper = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--ignored",
-                "--exact",
-                "parent_death_helper",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("FORKPOOL_PARENT_DEATH_HELPER", "1")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut pids = Vec::new();
-        for line in BufReader::new(helper.stdout.take().unwrap()).lines() {
-            let line = line.unwrap();
-            // The harness prints "test parent_death_helper ... " before it on the same line.
-            if let Some(rest) = line.split("PIDS ").nth(1) {
-                pids = rest.split(' ').map(|p| p.parse::<u32>().unwrap()).collect();
-                break;
-            }
-        }
-        assert_eq!(pids.len(), 2, "the helper reported its workers");
-        helper.kill().unwrap();
-        helper.wait().unwrap();
-        // Orphaned workers are reparented; whoever adopts them may leave a zombie for a moment.
-        let gone = |p: u32| matches!(state(p), None | Some('Z'));
-        assert!(
-            eventually(Duration::from_secs(1), || pids.iter().all(|&p| gone(p))),
-            "workers outlived their killed parent: {:?}",
-            pids.iter().map(|&p| state(p)).collect::<Vec<_>>()
-        );
-    })
-}
-
 /// CPU time (user + system, in clock ticks) a process has used, from /proc/PID/stat.
 fn cpu_ticks(pid: u32) -> u64 {
     let utime: u64 = common::stat_field(pid, 14).unwrap().parse().unwrap();
