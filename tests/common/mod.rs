@@ -47,27 +47,6 @@ pub fn open_fds() -> Vec<i32> {
     fds
 }
 
-/// Pids of this process's children (any state, zombies included), from /proc.
-pub fn children() -> Vec<u32> {
-    let me = std::process::id();
-    let mut kids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some(ppid) = stat_field(pid, 4) {
-            if ppid == me.to_string() {
-                kids.push(pid);
-            }
-        }
-    }
-    kids
-}
-
 /// Pids of every process descended from this one (children, grandchildren...), zombies
 /// included, sorted: a pool's fork server and its workers. /proc lists processes, not threads,
 /// so this process's own threads are not among them.
