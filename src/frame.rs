@@ -346,6 +346,13 @@ impl FrameReader {
         read(&mut self.buf, room)
     }
 
+    /// The whole length (prefix included) of a frame whose prefix is in but whose body is not
+    /// yet complete: how much the sender has still to push through the pipe.
+    pub(crate) fn partial_len(&self) -> Option<usize> {
+        let len = self.front_len().ok()??;
+        (self.buf.len() - self.start < LEN + len).then_some(LEN + len)
+    }
+
     /// True if no bytes of a next frame are buffered.
     pub(crate) fn is_empty(&self) -> bool {
         self.start == self.buf.len()

@@ -108,6 +108,7 @@ mod error;
 mod frame;
 mod imap;
 mod pool;
+mod proto;
 mod result;
 mod server;
 mod spawn;

@@ -5,14 +5,14 @@
 //! as they end and reports their exit statuses, and SIGKILLs a worker when asked, if that worker
 //! is still unreaped. When the parent closes the socket (the pool is done, or the parent died)
 //! it kills and reaps whatever workers remain and exits. It never returns or unwinds into the
-//! code that forked it: [`serve`] ends the process with `_exit`. See [`crate::spawn`] for the
+//! code that forked it: [`serve`] ends the process with `_exit`. See [`crate::proto`] for the
 //! protocol.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 
-use crate::spawn::{self, EXITED, KILL, MESSAGE, SPAWN, SPAWNED, SPAWN_FAILED};
+use crate::proto::{self, EXITED, KILL, MESSAGE, SPAWN, SPAWNED, SPAWN_FAILED};
 use crate::sys::{self, Pid, PollFd};
 use crate::worker::{self, WorkerConfig};
 
@@ -57,7 +57,7 @@ fn serve_loop(sock: RawFd, worker_mask: &libc::sigset_t, config: WorkerConfig) -
             break; // the parent closed the socket
         }
         read_rest(sock, &mut buf, n)?;
-        let [kind, a, _] = spawn::parse(&buf);
+        let [kind, a, _] = proto::parse(&buf);
         match kind {
             SPAWN => {
                 let [task, reply] = match <[_; 2]>::try_from(fds) {
@@ -114,7 +114,7 @@ fn serve_loop(sock: RawFd, worker_mask: &libc::sigset_t, config: WorkerConfig) -
 fn reap(sock: RawFd, live: &mut Vec<Pid>) -> io::Result<()> {
     while let Some((pid, status)) = sys::wait_any()? {
         live.retain(|&p| p != pid);
-        send(sock, EXITED, pid as u64, spawn::encode_status(status))?;
+        send(sock, EXITED, pid as u64, proto::encode_status(status))?;
     }
     Ok(())
 }
@@ -131,5 +131,5 @@ fn read_rest(sock: RawFd, buf: &mut [u8; MESSAGE], mut n: usize) -> io::Result<(
 }
 
 fn send(sock: RawFd, kind: u64, a: u64, b: u64) -> io::Result<()> {
-    sys::send_with_fds(sock, &spawn::message(kind, a, b), &[])
+    sys::send_with_fds(sock, &proto::message(kind, a, b), &[])
 }

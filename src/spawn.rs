@@ -1,4 +1,5 @@
-//! How a worker comes to exist: the parent's side of the fork server.
+//! How a worker comes to exist: the parent's side of the fork server, behind the small
+//! [`Processes`] seam the dispatcher schedules against.
 //!
 //! Forking a process that has other threads copies only the forking thread; a lock another thread
 //! held at that moment stays locked forever in the child. So the pool forks exactly once from
@@ -12,7 +13,9 @@
 //! only process that ever signals a worker, so a kill never hits a reused pid. The server dies
 //! with the dispatcher thread (PR_SET_PDEATHSIG) and the workers die with the server.
 //!
-//! Messages on the socket are three little-endian `u64`s: a kind and two arguments.
+//! Nothing here blocks the dispatcher: a spawn request is queued and sent as the socket takes it,
+//! and its answer arrives later as an [`Event`] keyed by the request's token. The messages are
+//! in [`crate::proto`].
 
 use std::collections::VecDeque;
 use std::io;
@@ -20,101 +23,57 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::error::ExitCause;
+use crate::proto::{self, EXITED, KILL, MESSAGE, SPAWN, SPAWNED, SPAWN_FAILED};
 use crate::server;
-use crate::sys::{self, Pid, PollFd, WaitStatus};
+use crate::sys::{self, Pid};
 use crate::worker::WorkerConfig;
 
-/// Bytes in one message.
-pub(crate) const MESSAGE: usize = 24;
-
-/// Parent to server: fork a worker on the two attached descriptors. `[SPAWN, token, 0]`.
-pub(crate) const SPAWN: u64 = 1;
-/// Parent to server: SIGKILL this worker if it has not been reaped. `[KILL, pid, 0]`.
-pub(crate) const KILL: u64 = 2;
-/// Server to parent: the worker for `token` is `pid`. `[SPAWNED, token, pid]`.
-pub(crate) const SPAWNED: u64 = 11;
-/// Server to parent: fork failed with `errno`. `[SPAWN_FAILED, token, errno]`.
-pub(crate) const SPAWN_FAILED: u64 = 12;
-/// Server to parent: the worker `pid` ended and was reaped. `[EXITED, pid, status]`, where
-/// status is `code` for an exit and `1 << 32 | signal` for a signal.
-pub(crate) const EXITED: u64 = 13;
-
-/// The pipe buffer each worker pipe asks for: 1 MiB, Linux's default ceiling for unprivileged
-/// users (`/proc/sys/fs/pipe-max-size`).
-const PIPE_BYTES: usize = 1 << 20;
-/// How long the parent waits for the server to answer a spawn request before giving up on it.
-const SPAWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the server may take to exit once its socket is closed, before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Encodes a message.
-pub(crate) fn message(kind: u64, a: u64, b: u64) -> [u8; MESSAGE] {
-    let mut m = [0; MESSAGE];
-    for (i, word) in [kind, a, b].into_iter().enumerate() {
-        m[i * 8..i * 8 + 8].copy_from_slice(&word.to_le_bytes());
-    }
-    m
-}
+/// Names one spawn request, so that its answer finds it whenever it comes.
+pub(crate) type Token = u64;
 
-/// Decodes a message.
-pub(crate) fn parse(m: &[u8]) -> [u64; 3] {
-    let word = |i: usize| u64::from_le_bytes(m[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-    [word(0), word(1), word(2)]
-}
-
-/// Encodes an exit status for an [`EXITED`] message.
-pub(crate) fn encode_status(status: WaitStatus) -> u64 {
-    match status {
-        WaitStatus::Exited(code) => code as u32 as u64,
-        WaitStatus::Signaled(sig) => 1 << 32 | sig as u32 as u64,
-    }
-}
-
-fn decode_status(word: u64) -> ExitCause {
-    if word >> 32 == 1 {
-        ExitCause::Signal(word as u32 as i32)
-    } else {
-        ExitCause::Exited(word as u32 as i32)
-    }
-}
-
-/// Something the server told the parent, outside of a spawn's answer.
+/// Something the process layer reports to the dispatcher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Event {
+    /// The worker asked for with `token` was forked as `pid`.
+    Spawned { token: Token, pid: Pid },
+    /// The worker asked for with `token` could not be forked (`errno`).
+    SpawnFailed { token: Token, errno: i32 },
     /// A worker ended and was reaped.
     Exited { pid: Pid, cause: ExitCause },
     /// The server itself is gone (killed from outside): its workers died with it.
     Lost,
 }
 
-/// The parent's handle on its fork server.
+/// The parent's ends of one worker's pipes, both non-blocking.
 #[derive(Debug)]
-pub(crate) struct ForkServer {
-    pid: Pid,
-    sock: Option<OwnedFd>,
-    inbuf: Vec<u8>,
-    events: VecDeque<Event>,
-    next_token: u64,
-    reaped: bool,
-}
-
-/// The parent's handle on one worker process: its pid and its two pipes.
-#[derive(Debug)]
-pub(crate) struct Child {
-    pid: Pid,
+pub(crate) struct Pipes {
     /// The task pipe's write end; `None` once closed to tell the worker to finish.
     tasks: Option<OwnedFd>,
-    /// The reply pipe's read end (non-blocking).
-    replies: OwnedFd,
+    /// The reply pipe's read end.
+    pub(crate) replies: OwnedFd,
 }
 
-impl Child {
-    pub(crate) fn pid(&self) -> Pid {
-        self.pid
+impl Pipes {
+    /// Wraps a task pipe's write end and a reply pipe's read end, making both non-blocking.
+    pub(crate) fn new(tasks: OwnedFd, replies: OwnedFd) -> io::Result<Pipes> {
+        sys::set_nonblocking(&tasks)?;
+        sys::set_nonblocking(&replies)?;
+        Ok(Pipes {
+            tasks: Some(tasks),
+            replies,
+        })
     }
 
     pub(crate) fn task_fd(&self) -> Option<RawFd> {
         self.tasks.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// The task pipe's write end; only while it is open.
+    pub(crate) fn tasks(&self) -> &OwnedFd {
+        self.tasks.as_ref().expect("the task pipe is open")
     }
 
     pub(crate) fn reply_fd(&self) -> RawFd {
@@ -125,6 +84,46 @@ impl Child {
     pub(crate) fn close_tasks(&mut self) {
         self.tasks = None;
     }
+}
+
+/// The seam in front of worker processes: what the dispatcher asks of them and hears back.
+/// [`ForkServer`] is the real one; the dispatcher's unit tests use a fake that forks nothing.
+pub(crate) trait Processes {
+    /// Asks for a new worker and returns at once with the parent's ends of its pipes; the answer
+    /// comes later as [`Event::Spawned`] or [`Event::SpawnFailed`] with the same token.
+    fn spawn(&mut self) -> io::Result<(Token, Pipes)>;
+    /// Has a worker SIGKILLed, unless it has already been reaped.
+    fn kill(&mut self, pid: Pid);
+    /// The descriptor to poll, and whether to poll it for writing too (requests are waiting);
+    /// `None` once the layer is lost.
+    fn poll_fd(&self) -> Option<(RawFd, bool)>;
+    /// Does what `poll` found possible: sends queued requests, reads reports.
+    fn service(&mut self, readable: bool, writable: bool);
+    /// The next report, if any.
+    fn next_event(&mut self) -> Option<Event>;
+    /// Re-creates a lost layer. See [`ForkServer::recreate`].
+    fn recreate(&mut self) -> io::Result<()>;
+}
+
+/// A message waiting to be sent, with the descriptors that go with its first byte.
+#[derive(Debug)]
+struct Outgoing {
+    bytes: [u8; MESSAGE],
+    sent: usize,
+    fds: Vec<OwnedFd>,
+}
+
+/// The parent's handle on its fork server.
+#[derive(Debug)]
+pub(crate) struct ForkServer {
+    pid: Pid,
+    sock: Option<OwnedFd>,
+    inbuf: Vec<u8>,
+    /// Requests the socket did not take yet, in order; sent when it is writable again.
+    outbox: VecDeque<Outgoing>,
+    events: VecDeque<Event>,
+    next_token: Token,
+    reaped: bool,
 }
 
 impl ForkServer {
@@ -139,12 +138,7 @@ impl ForkServer {
         let (ours, theirs) = sys::socketpair()?;
         let parent = sys::getpid();
         // The server keeps this thread's mask (SIGPIPE blocked): it writes to our socket.
-        // SAFETY: pthread_sigmask with a null new set only reads the current mask into `mask`.
-        let server_mask = unsafe {
-            let mut mask: libc::sigset_t = std::mem::zeroed();
-            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
-            mask
-        };
+        let server_mask = sys::current_sigmask()?;
         // SAFETY: in the child, only child_setup (raw libc calls) and server::serve run, and
         // serve ends in _exit, never returning or unwinding into this function.
         let pid = unsafe { sys::fork()? };
@@ -154,168 +148,110 @@ impl ForkServer {
             server::serve(sock, worker_mask, config);
         }
         drop(theirs);
-        let server = ForkServer {
-            pid,
-            sock: Some(ours),
-            inbuf: Vec::new(),
-            events: VecDeque::new(),
-            next_token: 0,
-            reaped: false,
-        };
+        let server = ForkServer::on_socket(pid, ours);
         sys::set_nonblocking(server.sock.as_ref().expect("just set"))?;
         Ok(server)
     }
 
-    /// The socket to poll for [`read_events`](Self::read_events); `None` once the server is
-    /// lost.
-    pub(crate) fn fd(&self) -> Option<RawFd> {
+    fn on_socket(pid: Pid, sock: OwnedFd) -> ForkServer {
+        ForkServer {
+            pid,
+            sock: Some(sock),
+            inbuf: Vec::new(),
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            next_token: 0,
+            reaped: false,
+        }
+    }
+
+    fn fd(&self) -> Option<RawFd> {
         self.sock.as_ref().map(AsRawFd::as_raw_fd)
     }
 
-    /// True once the server is gone.
-    pub(crate) fn is_lost(&self) -> bool {
-        self.sock.is_none()
+    fn send(&mut self, kind: u64, a: u64, fds: Vec<OwnedFd>) {
+        self.outbox.push_back(Outgoing {
+            bytes: proto::message(kind, a, 0),
+            sent: 0,
+            fds,
+        });
+        self.flush();
     }
 
-    /// Has the server fork a worker, and returns the parent's handle on it.
-    pub(crate) fn spawn(&mut self) -> io::Result<Child> {
-        let (task_r, task_w) = sys::pipe()?;
-        let (reply_r, reply_w) = sys::pipe()?;
-        sys::grow_pipe(&task_w, PIPE_BYTES);
-        sys::grow_pipe(&reply_w, PIPE_BYTES);
-        let Some(sock) = self.fd() else {
-            return Err(lost());
-        };
-        let token = self.next_token;
-        self.next_token += 1;
-        if let Err(e) = sys::send_with_fds(
-            sock,
-            &message(SPAWN, token, 0),
-            &[task_r.as_raw_fd(), reply_w.as_raw_fd()],
-        ) {
-            self.mark_lost();
-            return Err(e);
-        }
-        // The server holds its own copies now; ours would keep the pipes open after the worker
-        // dies.
-        drop((task_r, reply_w));
-        let deadline = Instant::now() + SPAWN_TIMEOUT;
-        loop {
-            while self.inbuf.len() >= MESSAGE {
-                let [kind, a, b] = parse(&self.inbuf[..MESSAGE]);
-                self.inbuf.drain(..MESSAGE);
-                match kind {
-                    SPAWNED if a == token => {
-                        // Reports that came in the same read are events to apply now, not
-                        // bytes to leave until the socket next wakes the dispatcher.
-                        self.parse_events();
-                        let child = Child {
-                            pid: b as Pid,
-                            tasks: Some(task_w),
-                            replies: reply_r,
-                        };
-                        sys::set_nonblocking(child.tasks.as_ref().expect("just set"))?;
-                        sys::set_nonblocking(&child.replies)?;
-                        return Ok(child);
-                    }
-                    SPAWN_FAILED if a == token => {
-                        self.parse_events();
-                        return Err(io::Error::from_raw_os_error(b as i32));
-                    }
-                    _ => self.queue_event([kind, a, b]),
-                }
-            }
-            self.read_some(true, deadline)?;
-        }
-    }
-
-    /// Asks the server to SIGKILL a worker; it does so only if the worker is not yet reaped.
-    pub(crate) fn kill(&mut self, pid: Pid) {
+    /// Sends queued messages until the socket is full (the rest wait for `POLLOUT`).
+    fn flush(&mut self) {
         let Some(sock) = self.fd() else { return };
-        if sys::send_with_fds(sock, &message(KILL, pid as u64, 0), &[]).is_err() {
-            self.mark_lost();
+        while let Some(out) = self.outbox.front_mut() {
+            let fds: Vec<RawFd> = if out.sent == 0 {
+                out.fds.iter().map(AsRawFd::as_raw_fd).collect()
+            } else {
+                Vec::new()
+            };
+            match sys::send_some(sock, &out.bytes[out.sent..], &fds) {
+                Ok(n) => {
+                    out.sent += n;
+                    if out.sent == MESSAGE {
+                        // The server holds its own copies of the descriptors now; ours would
+                        // keep the pipes open after the worker dies.
+                        self.outbox.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.mark_lost(),
+            }
         }
     }
 
     /// Reads what the socket holds without blocking, and queues the events in it.
-    pub(crate) fn read_events(&mut self) {
-        if self.read_some(false, Instant::now()).is_ok() {
-            self.parse_events();
-        }
-    }
-
-    /// Blocks until an event arrives or `deadline` passes.
-    pub(crate) fn wait_event(&mut self, deadline: Instant) -> Option<Event> {
-        while self.events.is_empty() {
-            if self.read_some(true, deadline).is_err() {
-                break;
+    fn read_events(&mut self) {
+        let Some(sock) = self.fd() else { return };
+        let mut buf = [0u8; 4096];
+        loop {
+            match sys::read(sock, &mut buf) {
+                Ok(0) => {
+                    self.parse_events();
+                    return self.mark_lost();
+                }
+                Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.parse_events();
+                    return self.mark_lost();
+                }
             }
-            self.parse_events();
         }
-        self.events.pop_front()
-    }
-
-    /// The next queued event.
-    pub(crate) fn next_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.parse_events();
     }
 
     fn parse_events(&mut self) {
-        while self.inbuf.len() >= MESSAGE {
-            let words = parse(&self.inbuf[..MESSAGE]);
-            self.inbuf.drain(..MESSAGE);
-            self.queue_event(words);
+        let whole = self.inbuf.len() / MESSAGE * MESSAGE;
+        for m in self.inbuf[..whole].chunks_exact(MESSAGE) {
+            let [kind, a, b] = proto::parse(m.try_into().expect("MESSAGE bytes"));
+            let event = match kind {
+                SPAWNED => Event::Spawned {
+                    token: a,
+                    pid: b as Pid,
+                },
+                SPAWN_FAILED => Event::SpawnFailed {
+                    token: a,
+                    errno: b as i32,
+                },
+                EXITED => Event::Exited {
+                    pid: a as Pid,
+                    cause: proto::decode_status(b),
+                },
+                // The server speaks no other kind; ignore rather than guess.
+                _ => continue,
+            };
+            self.events.push_back(event);
         }
-    }
-
-    fn queue_event(&mut self, [kind, a, b]: [u64; 3]) {
-        if kind == EXITED {
-            self.events.push_back(Event::Exited {
-                pid: a as Pid,
-                cause: decode_status(b),
-            });
-        }
-        // Anything else is an answer to a spawn we stopped waiting for; its worker, if any,
-        // has no pipes left and exits at once.
-    }
-
-    /// Reads once (waiting up to `deadline` if `block`), appending to the buffer. An error means
-    /// nothing could be read: the deadline passed, or the server is lost.
-    fn read_some(&mut self, block: bool, deadline: Instant) -> io::Result<()> {
-        let Some(sock) = self.fd() else {
-            return Err(lost());
-        };
-        if block {
-            let mut fds = [PollFd::new(sock, true, false)];
-            let left = deadline.saturating_duration_since(Instant::now());
-            if sys::poll(&mut fds, Some(left))? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the fork server did not answer in time",
-                ));
-            }
-        }
-        let mut buf = [0u8; 4096];
-        match sys::read(sock, &mut buf) {
-            Ok(0) => {
-                self.mark_lost();
-                Err(lost())
-            }
-            Ok(n) => {
-                self.inbuf.extend_from_slice(&buf[..n]);
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => {
-                self.mark_lost();
-                Err(e)
-            }
-        }
+        self.inbuf.drain(..whole);
     }
 
     /// The server is gone: close our end, reap it, and tell the dispatcher.
     fn mark_lost(&mut self) {
-        if self.sock.take().is_some() {
+        if self.sock.is_some() {
+            self.outbox.clear();
             self.reap();
             self.events.push_back(Event::Lost);
         }
@@ -348,6 +284,56 @@ impl ForkServer {
         }
         self.reaped = true;
     }
+
+    /// **The re-creation path** for a server lost while the pool runs (killed from outside).
+    ///
+    /// Forking a new server now would fork the pool's parent, which has other threads by now (a
+    /// lock one of them holds would stay locked in every worker), so this refuses: the
+    /// dispatcher then fails the pool's tasks with [`server_lost`]'s error. A process-wide
+    /// server forked while the program was single-threaded can re-create it here instead.
+    pub(crate) fn recreate(&mut self) -> io::Result<()> {
+        Err(server_lost())
+    }
+}
+
+impl Processes for ForkServer {
+    fn spawn(&mut self) -> io::Result<(Token, Pipes)> {
+        if self.sock.is_none() {
+            return Err(server_lost());
+        }
+        let (task_r, task_w) = sys::pipe()?;
+        let (reply_r, reply_w) = sys::pipe()?;
+        let pipes = Pipes::new(task_w, reply_r)?;
+        let token = self.next_token;
+        self.next_token += 1;
+        self.send(SPAWN, token, vec![task_r, reply_w]);
+        Ok((token, pipes))
+    }
+
+    fn kill(&mut self, pid: Pid) {
+        self.send(KILL, pid as u64, Vec::new());
+    }
+
+    fn poll_fd(&self) -> Option<(RawFd, bool)> {
+        Some((self.fd()?, !self.outbox.is_empty()))
+    }
+
+    fn service(&mut self, readable: bool, writable: bool) {
+        if writable {
+            self.flush();
+        }
+        if readable {
+            self.read_events();
+        }
+    }
+
+    fn next_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn recreate(&mut self) -> io::Result<()> {
+        ForkServer::recreate(self)
+    }
 }
 
 impl Drop for ForkServer {
@@ -356,42 +342,51 @@ impl Drop for ForkServer {
     }
 }
 
-fn lost() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "the pool's fork server is gone")
+/// The error for a pool whose fork server is gone.
+pub(crate) fn server_lost() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the pool's fork server is gone (killed from outside?); the pool cannot fork workers \
+         safely from a multi-threaded process, so it fails its tasks: build a new pool",
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Regression: a report that arrived in the same read as a spawn's answer was left in the
-    /// buffer, unparsed, until the socket next woke the dispatcher, which could be never; the
-    /// pool then waited forever on a dead worker. Here the test plays the server's part.
-    #[test]
-    fn reports_read_along_with_a_spawn_answer_become_events() {
+    /// A fork server played by this test: the socket's other end.
+    fn fake_server() -> (ForkServer, OwnedFd) {
         let (ours, theirs) = sys::socketpair().unwrap();
         sys::set_nonblocking(&ours).unwrap();
-        let mut server = ForkServer {
-            pid: sys::getpid(),
-            sock: Some(ours),
-            inbuf: Vec::new(),
-            events: VecDeque::new(),
-            next_token: 0,
-            reaped: true,
-        };
-        let peer = std::thread::spawn(move || {
-            let mut request = [0u8; MESSAGE];
-            let (n, fds) = sys::recv_with_fds(theirs.as_raw_fd(), &mut request).unwrap();
-            assert_eq!((n, fds.len()), (MESSAGE, 2));
-            assert_eq!(parse(&request), [SPAWN, 0, 0]);
-            let mut answer = message(SPAWNED, 0, 4242).to_vec();
-            answer.extend_from_slice(&message(EXITED, 99, 1 << 32 | 9));
-            sys::send_with_fds(theirs.as_raw_fd(), &answer, &[]).unwrap();
-            theirs
-        });
-        let child = server.spawn().unwrap();
-        assert_eq!(child.pid(), 4242);
-        let _theirs = peer.join().unwrap();
+        let mut server = ForkServer::on_socket(sys::getpid(), ours);
+        server.reaped = true;
+        (server, theirs)
+    }
+
+    /// Regression: a report that arrived in the same read as a spawn's answer was left in the
+    /// buffer, unparsed, until the socket next woke the dispatcher, which could be never; the
+    /// pool then waited forever on a dead worker.
+    #[test]
+    fn reports_read_along_with_a_spawn_answer_become_events() {
+        let (mut server, theirs) = fake_server();
+        let (token, _pipes) = server.spawn().unwrap();
+        let mut request = [0u8; MESSAGE];
+        let (n, fds) = sys::recv_with_fds(theirs.as_raw_fd(), &mut request).unwrap();
+        assert_eq!((n, fds.len()), (MESSAGE, 2));
+        assert_eq!(proto::parse(&request), [SPAWN, token, 0]);
+        let mut answer = proto::message(SPAWNED, token, 4242).to_vec();
+        answer.extend_from_slice(&proto::message(EXITED, 99, 1 << 32 | 9));
+        sys::send_with_fds(theirs.as_raw_fd(), &answer, &[]).unwrap();
+        assert!(sys::wait_readable(
+            server.fd().unwrap(),
+            Duration::from_secs(10)
+        ));
+        server.service(true, false);
+        assert_eq!(
+            server.next_event(),
+            Some(Event::Spawned { token, pid: 4242 })
+        );
         assert_eq!(
             server.next_event(),
             Some(Event::Exited {
@@ -401,18 +396,50 @@ mod tests {
         );
     }
 
+    /// Regression (issue 8, item 13): a full socket (EAGAIN) was taken as "server lost", so
+    /// `terminate` with a few hundred workers lost the pool's server. Requests now queue, and go
+    /// out in order once the socket drains.
     #[test]
-    fn statuses_round_trip() {
-        for status in [
-            WaitStatus::Exited(0),
-            WaitStatus::Exited(255),
-            WaitStatus::Signaled(9),
-        ] {
-            let cause = decode_status(encode_status(status));
-            match status {
-                WaitStatus::Exited(c) => assert_eq!(cause, ExitCause::Exited(c)),
-                WaitStatus::Signaled(s) => assert_eq!(cause, ExitCause::Signal(s)),
-            }
+    fn a_full_socket_queues_requests_instead_of_losing_the_server() {
+        let (mut server, theirs) = fake_server();
+        // Far more than a socket buffer holds (a few hundred KiB at most).
+        let kills = 100_000;
+        for pid in 0..kills {
+            server.kill(pid);
         }
+        assert!(server.poll_fd().is_some_and(|(_, write)| write));
+        assert!(!server.outbox.is_empty(), "the socket cannot hold them all");
+        assert_eq!(
+            server.next_event(),
+            None,
+            "a full socket is not a lost server"
+        );
+        let mut got = 0u64;
+        let mut buf = vec![0u8; MESSAGE * 1024];
+        let mut pending = Vec::new();
+        while got < kills as u64 {
+            server.service(false, true);
+            let n = sys::read(theirs.as_raw_fd(), &mut buf).unwrap();
+            assert!(n > 0);
+            pending.extend_from_slice(&buf[..n]);
+            let whole = pending.len() / MESSAGE * MESSAGE;
+            for m in pending[..whole].chunks_exact(MESSAGE) {
+                assert_eq!(proto::parse(m.try_into().unwrap()), [KILL, got, 0]);
+                got += 1;
+            }
+            pending.drain(..whole);
+        }
+        assert!(server.outbox.is_empty());
+        assert_eq!(server.next_event(), None);
+    }
+
+    #[test]
+    fn end_of_file_on_the_socket_is_a_lost_server() {
+        let (mut server, theirs) = fake_server();
+        drop(theirs);
+        server.service(true, false);
+        assert_eq!(server.next_event(), Some(Event::Lost));
+        assert!(server.poll_fd().is_none());
+        assert!(server.spawn().is_err());
     }
 }

@@ -135,6 +135,7 @@ pub(crate) const IOV_MAX: usize = 64;
 
 /// What [`poll`] watches one descriptor for, and what it found.
 #[derive(Debug, Clone, Copy)]
+#[repr(transparent)]
 pub(crate) struct PollFd(libc::pollfd);
 
 impl PollFd {
@@ -168,7 +169,7 @@ pub(crate) fn poll(fds: &mut [PollFd], timeout: Option<Duration>) -> io::Result<
         None => -1,
         Some(t) => t.as_millis().min(i32::MAX as u128) as libc::c_int,
     };
-    // SAFETY: PollFd is repr-transparent in effect (a single pollfd field), and `fds` is a valid
+    // SAFETY: PollFd is #[repr(transparent)] over libc::pollfd, and `fds` is a valid
     // slice of them for poll to read and write.
     match syscall!(poll(fds.as_mut_ptr().cast(), fds.len() as libc::nfds_t, ms)) {
         Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
@@ -263,6 +264,20 @@ pub(crate) fn block_sigpipe() -> io::Result<libc::sigset_t> {
     }
 }
 
+/// The calling thread's signal mask.
+pub(crate) fn current_sigmask() -> io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; pthread_sigmask with a null new set only writes the
+    // current mask into `mask`.
+    unsafe {
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(mask)
+    }
+}
+
 /// A connected pair of Unix stream sockets, both close-on-exec.
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
@@ -299,12 +314,23 @@ union ControlBuf {
 /// Sends all of `bytes` on a stream socket, with `fds` attached (SCM_RIGHTS) to the first byte.
 /// The sender's copies of the descriptors stay open; the receiver gets its own.
 pub(crate) fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
-    assert!(fds.len() <= MAX_FDS);
     let mut sent = 0;
     while sent < bytes.len() {
+        let fds = if sent == 0 { fds } else { &[] };
+        sent += send_some(sock, &bytes[sent..], fds)?;
+    }
+    Ok(())
+}
+
+/// One `sendmsg` of as much of `bytes` as the socket takes, with `fds` attached (SCM_RIGHTS) to
+/// the first byte; retried on `EINTR`. Returns how many bytes went (at least one on success);
+/// on a non-blocking socket that is full, `WouldBlock` and nothing sent.
+pub(crate) fn send_some(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+    assert!(fds.len() <= MAX_FDS);
+    loop {
         let mut iov = libc::iovec {
-            iov_base: bytes[sent..].as_ptr() as *mut libc::c_void,
-            iov_len: bytes.len() - sent,
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
         };
         let mut control = ControlBuf { bytes: [0; 64] };
         // SAFETY: msghdr is plain data; every pointer in it refers to locals that outlive the
@@ -314,7 +340,7 @@ pub(crate) fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Res
             let mut msg: libc::msghdr = std::mem::zeroed();
             msg.msg_iov = &mut iov;
             msg.msg_iovlen = 1;
-            if sent == 0 && !fds.is_empty() {
+            if !fds.is_empty() {
                 let data_len = std::mem::size_of_val(fds) as libc::c_uint;
                 msg.msg_control = control.bytes.as_mut_ptr().cast();
                 msg.msg_controllen = libc::CMSG_SPACE(data_len) as _;
@@ -337,9 +363,8 @@ pub(crate) fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Res
             }
             return Err(e);
         }
-        sent += n as usize;
+        return Ok(n as usize);
     }
-    Ok(())
 }
 
 /// Receives up to `buf.len()` bytes from a stream socket, and the descriptors sent with them

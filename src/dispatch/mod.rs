@@ -1,0 +1,633 @@
+//! The parent's scheduler: one thread per pool that owns the workers, the task queue, and every
+//! byte that crosses a pipe.
+//!
+//! - [`submit`]: the submission front, how callers hand tasks in and wake the thread;
+//! - [`task`]: a task on its way, and what a reply means for its caller;
+//! - [`worker`]: one worker's life, the tasks it holds, its pipes;
+//! - this module: the event loop over all of them.
+//!
+//! The dispatcher sends a worker whose tasks are short up to
+//! [`PIPELINE_DEPTH`](worker::PIPELINE_DEPTH) tasks at once,
+//! so it finds its next task waiting when it finishes one; a worker whose tasks take longer than
+//! [`SHORT_TASK`] gets one at a time, so that no task waits behind a long one while another
+//! worker idles. All pipes on this side are non-blocking and watched by one `poll`, together
+//! with the wake pipe and the fork server's socket: spawning is events on the same loop
+//! ([`Processes`]), so nothing here ever blocks on one process.
+//!
+//! Workers answer in the order they were sent tasks, so the first unanswered task of a worker is
+//! the one it is running. When a worker dies, that task alone fails with
+//! [`Error::WorkerDied`]; the tasks queued behind it go back to the front of the queue, and a new
+//! worker is forked in its place. See docs/DESIGN.md.
+
+mod submit;
+mod task;
+mod worker;
+
+use std::collections::VecDeque;
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ExitCause, Result};
+use crate::frame;
+use crate::spawn::{Event, ForkServer, Processes};
+use crate::sys::{self, PollFd};
+use crate::worker::{self as child, WorkerConfig};
+
+pub(crate) use submit::{front, Front, Lease, Submitter};
+pub(crate) use task::Task;
+
+use submit::{Gate, Seen};
+use task::Sent;
+use worker::{Life, Why, Worker, SHORT_TASK};
+
+/// Stack of the dispatcher thread, which is also the stack every worker's tasks run on.
+const DISPATCHER_STACK: usize = 8 << 20;
+/// How long the dispatcher spins before it sleeps when an answer is imminent.
+const SPIN: Duration = Duration::from_micros(50);
+/// How long a worker that has nothing left to do after its task pipe closed (or that closed its
+/// reply pipe) may take to exit before it is killed: a worker stopped by SIGSTOP, or still in
+/// its initializer, must not make `join` wait forever (issue 8, items 4 and 12).
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+/// How long `terminate` waits for the fork server to report its killed workers reaped.
+const TERMINATE_WAIT: Duration = Duration::from_secs(5);
+/// How long `Pool::new` waits for the fork server to fork the first workers.
+const START_WAIT: Duration = Duration::from_secs(30);
+/// Longest pause between attempts to replace workers that keep dying before their first task.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What the dispatcher needs to know, fixed when the pool is built.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    pub(crate) worker: WorkerConfig,
+    pub(crate) max_frame: u64,
+}
+
+/// Starts a pool's dispatcher thread, which has the first workers forked before this returns.
+///
+/// # Errors
+/// [`Error::Io`] if the thread, a pipe or a fork could not be made; workers already forked are
+/// killed and reaped first.
+pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
+    child::install_panic_hook();
+    let (submitter, front) = front()?;
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+    let handle = thread::Builder::new()
+        .name("forkpool-dispatch".into())
+        .stack_size(DISPATCHER_STACK)
+        .spawn(move || {
+            let mut dispatcher = match Dispatcher::start(config, front) {
+                Ok(d) => d,
+                Err((e, front)) => {
+                    front.close_wake();
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            let outcome = panic::catch_unwind(AssertUnwindSafe(|| dispatcher.run()));
+            if outcome.is_err() {
+                // A bug, not a user error: refuse new tasks; dropping the dispatcher kills and
+                // reaps the workers and resolves every pending task as terminated.
+                dispatcher.front.terminate();
+            }
+            let Dispatcher { front, .. } = dispatcher;
+            front.close_wake();
+        })
+        .map_err(Error::io("spawning the dispatcher thread"))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok((submitter, handle)),
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = handle.join();
+            Err(Error::Io {
+                op: "starting the dispatcher",
+                source: io::Error::other("the dispatcher thread ended before it started"),
+            })
+        }
+    }
+}
+
+/// The scheduler, over any process layer `P` (the fork server; a fake in unit tests).
+pub(crate) struct Dispatcher<P: Processes> {
+    config: Config,
+    procs: P,
+    front: Front,
+    workers: Vec<Worker>,
+    queue: VecDeque<Task>,
+    next_id: u64,
+    /// Consecutive workers that died before serving a task, and when to fork the next one.
+    early_deaths: u32,
+    respawn_at: Option<Instant>,
+    /// When a worker last answered a task.
+    last_answer: Option<Instant>,
+    /// Why no worker can be forked any more (the fork server is lost): every task fails so.
+    lost: Option<String>,
+    /// A spawn request the fork server refused (`errno`), for `Pool::new` to report.
+    spawn_failed: Option<i32>,
+}
+
+impl Dispatcher<ForkServer> {
+    /// Forks the fork server (first thing on this thread, before the pool has any other), then
+    /// has it fork the first workers, and waits, on the event loop and bounded, until they are.
+    #[allow(clippy::result_large_err)]
+    fn start(config: Config, front: Front) -> std::result::Result<Self, (Error, Front)> {
+        let worker_mask = match sys::block_sigpipe() {
+            Ok(mask) => mask,
+            Err(e) => return Err((Error::io("pthread_sigmask")(e), front)),
+        };
+        let server = match ForkServer::start(worker_mask, config.worker) {
+            Ok(server) => server,
+            Err(e) => return Err((Error::io("fork")(e), front)),
+        };
+        let mut dispatcher = Dispatcher::new(config, server, front);
+        match dispatcher.start_workers(Instant::now() + START_WAIT) {
+            Ok(()) => Ok(dispatcher),
+            Err(e) => {
+                // Dropping the server closes its socket; it kills and reaps the workers
+                // already forked.
+                let Dispatcher { front, .. } = dispatcher;
+                Err((e, front))
+            }
+        }
+    }
+}
+
+impl<P: Processes> Dispatcher<P> {
+    fn new(config: Config, procs: P, front: Front) -> Self {
+        front.counters().set_initial(config.processes);
+        Dispatcher {
+            config,
+            procs,
+            front,
+            workers: Vec::with_capacity(config.processes),
+            queue: VecDeque::new(),
+            next_id: 0,
+            early_deaths: 0,
+            respawn_at: None,
+            last_answer: None,
+            lost: None,
+            spawn_failed: None,
+        }
+    }
+
+    /// Asks for the first workers and runs the loop until every request is answered. (One that
+    /// dies at once, in its initializer, is replaced later, as in a running pool.)
+    fn start_workers(&mut self, deadline: Instant) -> Result<()> {
+        self.replace_workers(Instant::now());
+        loop {
+            if let Some(errno) = self.spawn_failed {
+                return Err(Error::Io {
+                    op: "fork",
+                    source: io::Error::from_raw_os_error(errno),
+                });
+            }
+            if let Some(message) = &self.lost {
+                return Err(Error::Io {
+                    op: "fork server",
+                    source: io::Error::other(message.clone()),
+                });
+            }
+            let starting = self
+                .workers
+                .iter()
+                .any(|w| matches!(w.life, Life::Starting { .. }));
+            if !starting {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Io {
+                    op: "fork",
+                    source: io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the fork server did not fork the workers in time",
+                    ),
+                });
+            }
+            // The loop's own wait: a signal (EINTR) only makes it look again.
+            self.poll_once(None, deadline - now);
+        }
+    }
+
+    fn run(&mut self) {
+        loop {
+            // Step D1 of the wake-up protocol (DESIGN.md): read what callers published, then
+            // take the tasks.
+            let seen = self.front.seen();
+            if seen.gate == Gate::Terminated {
+                return self.terminate();
+            }
+            self.queue.extend(self.front.take());
+            self.fail_if_lost();
+            let winding_down =
+                seen.gate == Gate::Closed && seen.leases == 0 && self.queue.is_empty();
+            let now = Instant::now();
+            if !winding_down {
+                self.replace_workers(now);
+            }
+            self.assign(now);
+            if winding_down {
+                for w in &mut self.workers {
+                    if w.work.written == w.work.inflight.len() {
+                        w.pipes.close_tasks();
+                    }
+                    if w.pipes.task_fd().is_none() && w.work.inflight.is_empty() {
+                        // Nothing left for it to do: it exits at once, unless it is stopped or
+                        // stuck in its initializer; then it is killed after a grace period.
+                        w.end(Why::Closing, Some(now + EXIT_GRACE));
+                    }
+                }
+                if self.workers.is_empty() {
+                    return;
+                }
+            }
+            let timeout = self.sleep_timeout(winding_down, Instant::now());
+            self.poll_once(Some(seen), timeout.unwrap_or(Duration::MAX));
+        }
+    }
+
+    /// Fails every queued task if the fork server is lost.
+    fn fail_if_lost(&mut self) {
+        let Some(message) = &self.lost else { return };
+        if self.workers.is_empty() {
+            for task in self.queue.drain(..) {
+                task.finish(
+                    Err(Error::Io {
+                        op: "fork server",
+                        source: io::Error::other(message.clone()),
+                    }),
+                    self.front.counters(),
+                );
+            }
+        }
+    }
+
+    /// Asks for workers until the pool is full again, unless workers keep dying at birth or the
+    /// fork server is lost.
+    fn replace_workers(&mut self, now: Instant) {
+        if self.lost.is_some() || self.respawn_at.is_some_and(|at| now < at) {
+            return;
+        }
+        self.respawn_at = None;
+        while self.workers.len() < self.config.processes {
+            match self.procs.spawn() {
+                Ok((token, pipes)) => {
+                    self.workers
+                        .push(Worker::new(token, pipes, self.config.max_frame));
+                }
+                Err(e) => return self.spawn_failed(e, now),
+            }
+        }
+    }
+
+    /// A worker could not be had: try again later; with no worker at all, fail the queue
+    /// rather than leave callers waiting.
+    fn spawn_failed(&mut self, e: io::Error, now: Instant) {
+        self.respawn_at = Some(now + MAX_BACKOFF);
+        self.spawn_failed = Some(e.raw_os_error().unwrap_or(libc::EAGAIN));
+        if self.workers.is_empty() {
+            let error = Error::Io {
+                op: "fork",
+                source: e,
+            };
+            for task in self.queue.drain(..) {
+                task.finish(Err(error.duplicate()), self.front.counters());
+            }
+        }
+    }
+
+    /// Moves queued tasks to the serving workers with the fewest in flight, then writes what it
+    /// can.
+    fn assign(&mut self, now: Instant) {
+        let max_tasks = self.config.worker.max_tasks;
+        // No worker holds more than its fair share of the work in hand, so a batch of tasks
+        // longer than the ones before it spreads evenly instead of piling into one pipe.
+        let in_hand = self.queue.len()
+            + self
+                .workers
+                .iter()
+                .map(|w| w.work.inflight.len())
+                .sum::<usize>();
+        let fair = in_hand.div_ceil(self.workers.len().max(1)).max(1);
+        // A fresh worker's tasks are likely as short as its siblings' have been.
+        let short = self
+            .workers
+            .iter()
+            .any(|w| w.work.served > 0 && w.work.avg_service < SHORT_TASK);
+        while !self.queue.is_empty() {
+            let best = self
+                .workers
+                .iter_mut()
+                .filter(|w| {
+                    w.takes_tasks(max_tasks) && w.work.inflight.len() < w.depth(short).min(fair)
+                })
+                .min_by_key(|w| w.work.inflight.len());
+            let Some(worker) = best else { break };
+            let mut task = self.queue.pop_front().expect("queue is not empty");
+            let id = self.next_id;
+            self.next_id += 1;
+            let limit_us = task
+                .limit
+                .map_or(0, |l| l.as_micros().clamp(1, u64::MAX as u128) as u64);
+            frame::stamp_task(&mut task.frame.head, id, limit_us);
+            worker.work.inflight.push_back(Sent { id, task });
+            worker.work.assigned += 1;
+        }
+        for w in &mut self.workers {
+            w.write_some();
+            w.note_start(now, self.front.counters());
+        }
+    }
+
+    /// How long the loop may sleep: until the next kill, backstop, slow start or respawn is due,
+    /// or without a bound.
+    fn sleep_timeout(&self, winding_down: bool, now: Instant) -> Option<Duration> {
+        // A pending respawn matters only while the pool still wants workers: winding down, it
+        // would make every poll return at once (issue 8, item 13: a busy loop).
+        let respawn = self
+            .respawn_at
+            .filter(|_| !winding_down && self.workers.len() < self.config.processes);
+        let front_limit = self.queue.front().and_then(Task::total_limit);
+        let timers = self.workers.iter().flat_map(|w| {
+            let slow_start = match (w.life, front_limit) {
+                (Life::Booting { since, .. }, Some(limit)) if w.end.is_none() => {
+                    task::deadline(since, limit)
+                }
+                _ => None,
+            };
+            [
+                w.kill_at(),
+                w.backstop().filter(|_| w.end.is_none()),
+                slow_start,
+            ]
+        });
+        [respawn]
+            .into_iter()
+            .chain(timers)
+            .flatten()
+            .min()
+            .map(|at| at.saturating_duration_since(now))
+    }
+
+    /// One turn of the loop: sleep in `poll` until something happens or `timeout` passes (only
+    /// if no caller published anything since `seen`; `None` during start-up), then do what
+    /// `poll` found possible.
+    fn poll_once(&mut self, seen: Option<Seen>, timeout: Duration) {
+        let mut fds = Vec::with_capacity(2 + 2 * self.workers.len());
+        fds.push(PollFd::new(self.front.wake_fd(), true, false));
+        match self.procs.poll_fd() {
+            Some((fd, write)) => fds.push(PollFd::new(fd, true, write)),
+            None => fds.push(PollFd::new(-1, false, false)),
+        }
+        for w in &self.workers {
+            fds.push(PollFd::new(w.write_fd().unwrap_or(-1), false, true));
+            fds.push(PollFd::new(w.read_fd().unwrap_or(-1), true, false));
+        }
+        if seen.is_some() && self.answer_imminent() {
+            // Waking a thread that sleeps on the other CPU costs tens of microseconds on a
+            // busy machine; a short spin, yielding the CPU, costs a few.
+            let start = Instant::now();
+            while start.elapsed() < SPIN
+                && !self.front.has_tasks()
+                && matches!(sys::poll(&mut fds, Some(Duration::ZERO)), Ok(0))
+            {
+                thread::yield_now();
+            }
+        }
+        // Step D2 (DESIGN.md): announce the sleep, then look once more.
+        let may_sleep = seen.is_none_or(|seen| self.front.prepare_sleep(seen));
+        let timeout = if may_sleep { timeout } else { Duration::ZERO };
+        let polled = sys::poll(&mut fds, (timeout != Duration::MAX).then_some(timeout));
+        self.front.woke(fds[0].readable());
+        if let Err(e) = polled {
+            // poll fails only for reasons (EFAULT, EINVAL, ENOMEM) that retrying cannot fix
+            // quickly; back off instead of spinning.
+            debug_assert!(false, "poll failed: {e}");
+            thread::sleep(Duration::from_millis(10));
+            return;
+        }
+        let now = Instant::now();
+        let served_before: usize = self.workers.iter().map(|w| w.work.served).sum();
+        for (i, w) in self.workers.iter_mut().enumerate() {
+            let [task, reply] = [fds[2 + 2 * i], fds[3 + 2 * i]];
+            if task.writable() {
+                w.write_some();
+            }
+            if reply.readable() {
+                let was_serving = matches!(w.life, Life::Serving { .. });
+                w.read_some(now, self.front.counters());
+                if !was_serving && matches!(w.life, Life::Serving { .. }) {
+                    self.early_deaths = 0;
+                }
+            }
+        }
+        if self.workers.iter().map(|w| w.work.served).sum::<usize>() != served_before {
+            self.last_answer = Some(now);
+        }
+        self.procs.service(fds[1].readable(), fds[1].writable());
+        self.tick(now);
+        self.apply_events(now);
+    }
+
+    /// Starts clocks, and ends workers whose time is up: a task past its limit, a worker still
+    /// in its initializer when the task waiting for it ran out of time, a kill that is due.
+    fn tick(&mut self, now: Instant) {
+        let front_limit = self.queue.front().and_then(Task::total_limit);
+        for w in &mut self.workers {
+            w.note_start(now, self.front.counters());
+            if w.end.is_none() && w.backstop().is_some_and(|at| at <= now) {
+                w.end(Why::TimedOut, Some(now));
+            }
+            if let (Life::Booting { since, .. }, Some(limit)) = (w.life, front_limit) {
+                if w.end.is_none() && task::deadline(since, limit).is_some_and(|at| at <= now) {
+                    w.end(Why::SlowStart { limit }, Some(now));
+                }
+            }
+            if let Some(pid) = w.due_for_kill(now) {
+                self.procs.kill(pid);
+            }
+        }
+    }
+
+    /// Applies the process layer's reports, and retires every worker known to be dead.
+    fn apply_events(&mut self, now: Instant) {
+        while let Some(event) = self.procs.next_event() {
+            self.on_event(event, now);
+        }
+        // Highest index first, so swap_remove leaves the lower indices valid.
+        for i in (0..self.workers.len()).rev() {
+            if matches!(self.workers[i].life, Life::Gone { .. }) {
+                let worker = self.workers.swap_remove(i);
+                self.retire(worker, now);
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event, now: Instant) {
+        match event {
+            Event::Spawned { token, pid } => {
+                let starting = self
+                    .workers
+                    .iter_mut()
+                    .find(|w| w.life == Life::Starting { token });
+                // Otherwise the request was given up on: the worker finds its pipes closed and
+                // exits at once, and the server reaps it.
+                if let Some(w) = starting {
+                    w.life = Life::Booting { pid, since: now };
+                    self.front.counters().spawned();
+                    self.front.counters().workers(self.workers.len());
+                }
+            }
+            Event::SpawnFailed { token, errno } => {
+                self.workers.retain(|w| w.life != Life::Starting { token });
+                self.spawn_failed(io::Error::from_raw_os_error(errno), now);
+            }
+            Event::Exited { pid, cause } => {
+                if let Some(w) = self.workers.iter_mut().find(|w| w.pid() == Some(pid)) {
+                    w.reaped(cause, self.front.counters());
+                }
+            }
+            Event::Lost => {
+                // Every worker died with the server (PR_SET_PDEATHSIG sends SIGKILL).
+                self.workers
+                    .retain(|w| !matches!(w.life, Life::Starting { .. }));
+                for w in &mut self.workers {
+                    w.reaped(ExitCause::Signal(libc::SIGKILL), self.front.counters());
+                }
+                if let Err(e) = self.procs.recreate() {
+                    self.lost = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Removes a worker that the fork server reported dead: delivers the replies it sent before
+    /// it died, fails the task it was running, and puts the tasks behind that one back at the
+    /// front of the queue.
+    fn retire(&mut self, mut w: Worker, now: Instant) {
+        let counters = self.front.counters();
+        counters.workers(self.workers.len());
+        if w.work.running_since.is_some() {
+            counters.running(false);
+        }
+        let Life::Gone { pid, cause } = w.life else {
+            unreachable!("only gone workers are retired")
+        };
+        let pid = pid as u32;
+        let why = w.end.take().map(|e| e.why);
+        if why == Some(Why::Retiring) && cause == ExitCause::Exited(0) {
+            // It passed its memory cap and left after its last answer, as it said it would:
+            // whatever else was sent to it never started.
+            for sent in w.work.inflight.into_iter().rev() {
+                self.queue.push_front(sent.task);
+            }
+            return;
+        }
+        let limit = w.work.inflight.front().and_then(|s| s.task.total_limit());
+        let mut inflight = w.work.inflight.into_iter();
+        let error = match (why, limit) {
+            (Some(Why::Protocol(message)), _) => Error::Protocol { pid, message },
+            (Some(Why::SlowStart { limit }), _) => Error::TimedOut { pid, limit },
+            // Its own timer (SIGALRM), or our backstop, ended it.
+            (Some(Why::TimedOut), Some(limit)) => Error::TimedOut { pid, limit },
+            (_, Some(limit)) if cause == ExitCause::Signal(libc::SIGALRM) => {
+                Error::TimedOut { pid, limit }
+            }
+            _ => Error::WorkerDied { pid, cause },
+        };
+        if w.work.served == 0 && w.work.written == 0 {
+            // It died before it served a task, most likely in its initializer. The task waiting
+            // at the front of the queue fails (else a task could wait forever on workers that
+            // keep dying), and it is replaced after a pause that grows while that goes on.
+            self.early_deaths += 1;
+            let backoff = Duration::from_millis(1 << self.early_deaths.min(10)).min(MAX_BACKOFF);
+            self.respawn_at = Some(now + backoff);
+            if let Some(task) = self.queue.pop_front() {
+                task.finish(Err(error), self.front.counters());
+            }
+            for sent in inflight.rev() {
+                self.queue.push_front(sent.task);
+            }
+            return;
+        }
+        if w.work.written > 0 {
+            let running = inflight.next().expect("a written task is in flight");
+            running.task.finish(Err(error), self.front.counters());
+        }
+        for sent in inflight.rev() {
+            self.queue.push_front(sent.task);
+        }
+    }
+
+    /// Kills every worker at once, delivers the replies already in the pipes, and resolves every
+    /// other task as terminated.
+    fn terminate(&mut self) {
+        for w in &self.workers {
+            if let Some(pid) = w.pid() {
+                self.procs.kill(pid);
+            }
+        }
+        let deadline = Instant::now() + TERMINATE_WAIT;
+        loop {
+            let waiting = self
+                .workers
+                .iter()
+                .any(|w| matches!(w.life, Life::Booting { .. } | Life::Serving { .. }));
+            let now = Instant::now();
+            if !waiting || now >= deadline || self.procs.poll_fd().is_none() {
+                break;
+            }
+            // Only the server's socket matters now; a signal (EINTR) only makes it look again.
+            let (fd, write) = self.procs.poll_fd().expect("checked above");
+            let mut fds = [PollFd::new(fd, true, write)];
+            let _ = sys::poll(&mut fds, Some(deadline - now));
+            self.procs.service(fds[0].readable(), fds[0].writable());
+            while let Some(event) = self.procs.next_event() {
+                if let Event::Exited { pid, cause } = event {
+                    if let Some(w) = self.workers.iter_mut().find(|w| w.pid() == Some(pid)) {
+                        w.reaped(cause, self.front.counters());
+                    }
+                }
+            }
+        }
+        let counters = self.front.counters();
+        for mut w in self.workers.drain(..) {
+            w.read_rest(counters);
+            if w.work.running_since.is_some() {
+                counters.running(false);
+            }
+            for sent in w.work.inflight {
+                sent.task.finish(Err(Error::Terminated), counters);
+            }
+        }
+        counters.workers(0);
+        for task in self.queue.drain(..).chain(self.front.take()) {
+            task.finish(Err(Error::Terminated), counters);
+        }
+    }
+
+    /// True when something is likely to happen within a spin: a worker runs a task whose
+    /// kind takes less than a spin, or a caller just had an answer and may submit the next task.
+    fn answer_imminent(&self) -> bool {
+        let recent = self.last_answer.is_some_and(|at| at.elapsed() < SPIN);
+        recent
+            || self.workers.iter().any(|w| {
+                w.work.running_since.is_some() && w.work.served > 0 && w.work.avg_service < SPIN
+            })
+    }
+}
+
+impl<P: Processes> std::fmt::Debug for Dispatcher<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("workers", &self.workers.len())
+            .field("queue", &self.queue.len())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,124 @@
+//! A task on its way through the dispatcher, and what a worker's reply means for its caller.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::frame::{OutFrame, Reply, Status};
+use crate::result::{Outcome, Sink};
+use crate::stats::Counters;
+
+/// How long past a task's time limit the dispatcher waits for the worker's own timer (SIGALRM)
+/// before it has the worker killed itself.
+pub(super) const BACKSTOP_SLACK: Duration = Duration::from_millis(500);
+
+/// A task on its way: its frame (argument encoded, id stamped at dispatch) and where its outcome
+/// goes.
+#[derive(Debug)]
+pub(crate) struct Task {
+    pub(super) frame: OutFrame,
+    sink: Sink,
+    /// Time limit per item, and how many items the frame holds (1, or a chunk's length).
+    pub(super) limit: Option<Duration>,
+    items: u32,
+}
+
+impl Task {
+    pub(crate) fn new(frame: OutFrame, sink: Sink) -> Task {
+        Task {
+            frame,
+            sink,
+            limit: None,
+            items: 1,
+        }
+    }
+
+    /// Gives each of the task's `items` the time limit `limit`.
+    pub(crate) fn with_limit(mut self, limit: Option<Duration>, items: usize) -> Task {
+        self.limit = limit;
+        self.items = items.clamp(1, u32::MAX as usize) as u32;
+        self
+    }
+
+    /// Counts the task's outcome, then delivers it. A panic on the way (a user's `Waker` that
+    /// panics in `wake`) is caught: it must not end the dispatcher (issue 8, item 13).
+    pub(super) fn finish(self, outcome: Outcome, counters: &Counters) {
+        counters.completed(&outcome);
+        let sink = self.sink;
+        let _ = panic::catch_unwind(AssertUnwindSafe(move || sink.deliver(outcome)));
+    }
+
+    /// How long the whole task may run: the limit per item times the items. `None` without a
+    /// limit, and for a limit so large that it is no practical limit (it does not fit in a
+    /// `Duration`).
+    pub(super) fn total_limit(&self) -> Option<Duration> {
+        self.limit?.checked_mul(self.items)
+    }
+
+    /// When the worker should have killed itself over this task's limit, plus slack; past
+    /// this, the dispatcher has it killed. `None` if there is no limit or it lies beyond what an
+    /// `Instant` can say (issue 8, item 3: `Duration::MAX` panicked here).
+    pub(super) fn backstop(&self, started: Instant) -> Option<Instant> {
+        deadline(started, self.total_limit()?)
+    }
+}
+
+/// `start + limit + BACKSTOP_SLACK`, or `None` if that overflows (no practical limit).
+pub(super) fn deadline(start: Instant, limit: Duration) -> Option<Instant> {
+    start.checked_add(limit.checked_add(BACKSTOP_SLACK)?)
+}
+
+/// A task written (or being written) to a worker, under the id stamped into its frame.
+#[derive(Debug)]
+pub(super) struct Sent {
+    pub(super) id: u64,
+    pub(super) task: Task,
+}
+
+/// What a reply means for its caller.
+pub(super) fn outcome(reply: Reply) -> Outcome {
+    if reply.status == Status::Ok {
+        return Ok(reply.payload);
+    }
+    let message = String::from_utf8_lossy(&reply.payload).into_owned();
+    Err(match reply.status {
+        Status::Ok => unreachable!("handled above"),
+        Status::Panicked => Error::TaskPanicked { message },
+        Status::EncodeFailed => Error::Encode {
+            what: "result",
+            message,
+        },
+        Status::DecodeFailed => Error::Decode {
+            what: "argument",
+            message,
+        },
+        Status::InitializerPanicked => Error::InitializerPanicked { message },
+        Status::Ready => unreachable!("Ready frames are handled by the worker's reader"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 8, item 3): `task_timeout(Duration::MAX)` overflowed here and the
+    /// panic ended the dispatcher.
+    #[test]
+    fn a_huge_limit_has_no_backstop_and_does_not_panic() {
+        let now = Instant::now();
+        for (limit, items) in [(Duration::MAX, 1), (Duration::MAX - BACKSTOP_SLACK, 1)] {
+            let task =
+                Task::new(OutFrame::default(), Sink::then(drop)).with_limit(Some(limit), items);
+            assert_eq!(task.backstop(now), None);
+        }
+        let long = Duration::from_secs(u64::MAX / 4);
+        let task = Task::new(OutFrame::default(), Sink::then(drop)).with_limit(Some(long), 8);
+        assert_eq!(task.backstop(now), None);
+        let short = Task::new(OutFrame::default(), Sink::then(drop))
+            .with_limit(Some(Duration::from_secs(1)), 3);
+        assert_eq!(
+            short.backstop(now),
+            Some(now + Duration::from_secs(3) + BACKSTOP_SLACK)
+        );
+    }
+}

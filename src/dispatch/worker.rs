@@ -1,0 +1,396 @@
+//! The dispatcher's view of one worker: where it is in its life ([`Life`]), why it is leaving
+//! if it is ([`End`]), and the tasks it holds ([`Work`]), with the reading and writing of its
+//! pipes.
+//!
+//! A worker is given tasks only while it is [`Life::Serving`], that is, after its Ready frame:
+//! a worker whose initializer has not returned holds nothing, so a task's time limit is never
+//! spent waiting for an initializer in a pipe (issue 8, item 4).
+
+use std::collections::VecDeque;
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::error::ExitCause;
+use crate::frame::{self, FrameReader, Reply, Status};
+use crate::spawn::{Pipes, Token};
+use crate::stats::Counters;
+use crate::sys::{self, Pid};
+
+use super::task::{self, Sent};
+
+/// How many tasks a worker may hold at once: the one it runs and the ones waiting in its pipe.
+pub(super) const PIPELINE_DEPTH: usize = 8;
+/// Below this average service time a worker's tasks count as short (see [`PIPELINE_DEPTH`]);
+/// above it, one task at a time costs a worker at most a few percent of idle time.
+pub(super) const SHORT_TASK: Duration = Duration::from_millis(1);
+/// The pipe size a worker's pipes have, and return to after a large frame.
+const PIPE_DEFAULT: usize = 64 << 10;
+/// The most a task pipe is grown to for a large frame: Linux's default ceiling for unprivileged
+/// users (`/proc/sys/fs/pipe-max-size`).
+const PIPE_LARGE: usize = 1 << 20;
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Life {
+    /// The fork server was asked to fork it; it has no pid yet.
+    Starting { token: Token },
+    /// Forked; its initializer runs. It holds no task.
+    Booting { pid: Pid, since: Instant },
+    /// It sent its Ready frame and takes tasks.
+    Serving { pid: Pid },
+    /// The fork server reaped it.
+    Gone { pid: Pid, cause: ExitCause },
+}
+
+/// Why a worker is on its way out, strongest reason last (a stronger one replaces a weaker).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Why {
+    /// Its task pipe was closed (the pool winds down) or its reply pipe ended.
+    Closing,
+    /// It flagged its last reply (memory cap): it takes no more tasks, and it exits by itself.
+    Retiring,
+    /// It was still in its initializer when the task waiting for it ran out of time.
+    SlowStart { limit: Duration },
+    /// Its running task ran past its time limit.
+    TimedOut,
+    /// It broke the protocol.
+    Protocol(String),
+}
+
+/// A worker on its way out.
+#[derive(Debug)]
+pub(super) struct End {
+    pub(super) why: Why,
+    /// When to have it killed if it has not been reported dead yet.
+    kill_at: Option<Instant>,
+    kill_sent: bool,
+}
+
+/// The tasks a serving worker holds, and how fast it serves them.
+#[derive(Debug, Default)]
+pub(super) struct Work {
+    /// Tasks sent or being sent, in order; the front one is running once fully written.
+    pub(super) inflight: VecDeque<Sent>,
+    /// How many of `inflight` are fully written.
+    pub(super) written: usize,
+    /// Bytes of `inflight[written]` already written.
+    offset: usize,
+    /// Tasks ever assigned, counted against `max_tasks_per_child`.
+    pub(super) assigned: usize,
+    /// Replies received.
+    pub(super) served: usize,
+    /// Since when the front task has been running (it is written and all before it answered).
+    pub(super) running_since: Option<Instant>,
+    /// Average time from a task's start to its reply.
+    pub(super) avg_service: Duration,
+    /// The task pipe was grown for a large frame.
+    grown: bool,
+}
+
+/// The dispatcher's view of one worker.
+#[derive(Debug)]
+pub(super) struct Worker {
+    pub(super) pipes: Pipes,
+    reader: FrameReader,
+    /// The reply pipe ended (or carried garbage): it is no longer watched.
+    reply_done: bool,
+    /// The reply pipe was grown for a large frame.
+    reply_grown: bool,
+    pub(super) life: Life,
+    pub(super) end: Option<End>,
+    pub(super) work: Work,
+}
+
+impl Worker {
+    pub(super) fn new(token: Token, pipes: Pipes, max_frame: u64) -> Worker {
+        Worker {
+            pipes,
+            reader: FrameReader::new(max_frame),
+            reply_done: false,
+            reply_grown: false,
+            life: Life::Starting { token },
+            end: None,
+            work: Work::default(),
+        }
+    }
+
+    pub(super) fn pid(&self) -> Option<Pid> {
+        match self.life {
+            Life::Starting { .. } => None,
+            Life::Booting { pid, .. } | Life::Serving { pid } | Life::Gone { pid, .. } => Some(pid),
+        }
+    }
+
+    /// True if it may be given another task (depth and fairness aside).
+    pub(super) fn takes_tasks(&self, max_tasks: Option<usize>) -> bool {
+        matches!(self.life, Life::Serving { .. })
+            && self.end.is_none()
+            && self.pipes.task_fd().is_some()
+            && max_tasks.is_none_or(|max| self.work.assigned < max)
+    }
+
+    /// Marks it as leaving for `why`, to be killed at `kill_at` (`None`: let it exit by itself).
+    /// A stronger reason replaces a weaker one, and the earlier kill time wins.
+    pub(super) fn end(&mut self, why: Why, kill_at: Option<Instant>) {
+        match &mut self.end {
+            None => {
+                self.end = Some(End {
+                    why,
+                    kill_at,
+                    kill_sent: false,
+                })
+            }
+            Some(end) => {
+                if why > end.why {
+                    end.why = why;
+                }
+                end.kill_at = match (end.kill_at, kill_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+    }
+
+    /// When it is to be killed, unless that was already asked.
+    pub(super) fn kill_at(&self) -> Option<Instant> {
+        self.end
+            .as_ref()
+            .filter(|e| !e.kill_sent && self.pid().is_some())
+            .and_then(|e| e.kill_at)
+    }
+
+    /// If its kill time has come, returns its pid (once) to have it killed.
+    pub(super) fn due_for_kill(&mut self, now: Instant) -> Option<Pid> {
+        let pid = match self.life {
+            Life::Booting { pid, .. } | Life::Serving { pid } => pid,
+            _ => return None,
+        };
+        let end = self.end.as_mut()?;
+        if end.kill_sent || end.kill_at.is_none_or(|at| at > now) {
+            return None;
+        }
+        end.kill_sent = true;
+        Some(pid)
+    }
+
+    /// The descriptor to poll for writing: the task pipe while tasks wait to be written.
+    pub(super) fn write_fd(&self) -> Option<i32> {
+        let fd = self.pipes.task_fd()?;
+        (self.work.written < self.work.inflight.len()).then_some(fd)
+    }
+
+    /// The descriptor to poll for reading, while the reply pipe is open and the worker forked.
+    pub(super) fn read_fd(&self) -> Option<i32> {
+        match self.life {
+            Life::Starting { .. } => None,
+            _ if self.reply_done => None,
+            _ => Some(self.pipes.reply_fd()),
+        }
+    }
+
+    /// Writes as much of the pending task frames as the pipe takes without blocking.
+    pub(super) fn write_some(&mut self) {
+        let Some(fd) = self.pipes.task_fd() else {
+            return;
+        };
+        let work = &mut self.work;
+        while work.written < work.inflight.len() {
+            let next = work.inflight[work.written].task.frame.len() - work.offset;
+            // Grow the pipe only for a large frame, and give the pages back after it: every
+            // pipe of a user counts against one quota (pipe-user-pages-soft; issue 8, item 13).
+            if next > PIPE_DEFAULT && !work.grown {
+                work.grown = true;
+                sys::grow_pipe(self.pipes.tasks(), next.min(PIPE_LARGE));
+            } else if next <= PIPE_DEFAULT && work.grown && work.offset == 0 {
+                work.grown = false;
+                sys::grow_pipe(self.pipes.tasks(), PIPE_DEFAULT);
+            }
+            let pending = work.inflight.iter().skip(work.written);
+            let slices: Vec<&[u8]> = pending
+                .enumerate()
+                .flat_map(|(i, s)| {
+                    s.task
+                        .frame
+                        .parts_from(if i == 0 { work.offset } else { 0 })
+                })
+                .filter(|part| !part.is_empty())
+                .take(sys::IOV_MAX)
+                .collect();
+            match sys::writev(fd, &slices) {
+                Ok(mut n) => {
+                    while n > 0 {
+                        let left = work.inflight[work.written].task.frame.len() - work.offset;
+                        if n >= left {
+                            n -= left;
+                            work.written += 1;
+                            work.offset = 0;
+                        } else {
+                            work.offset += n;
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // The worker is gone or going: what is unwritten goes back to the queue when
+                // its death is reported.
+                Err(_) => return self.pipes.close_tasks(),
+            }
+        }
+        if work.grown && work.written == work.inflight.len() {
+            work.grown = false;
+            sys::grow_pipe(self.pipes.tasks(), PIPE_DEFAULT);
+        }
+    }
+
+    /// Reads what the reply pipe holds and delivers every whole reply; at end of file, or on a
+    /// protocol breach, stops watching the pipe and marks the worker as ending.
+    pub(super) fn read_some(&mut self, now: Instant, counters: &Counters) {
+        if self.reply_done {
+            return;
+        }
+        match self.read_replies(counters) {
+            Ok(false) => {}
+            Ok(true) => {
+                // End of file: it is exiting; if it lingers, have it killed.
+                self.reply_done = true;
+                self.end(Why::Closing, Some(now + super::EXIT_GRACE));
+            }
+            Err(message) => {
+                self.reply_done = true;
+                self.end(Why::Protocol(message), Some(now));
+            }
+        }
+    }
+
+    /// The fork server reaped it: reads the replies it sent before it died (in the state it
+    /// was in when it sent them), then marks it gone.
+    pub(super) fn reaped(&mut self, cause: ExitCause, counters: &Counters) {
+        let Some(pid) = self.pid() else { return };
+        self.read_rest(counters);
+        self.life = Life::Gone { pid, cause };
+    }
+
+    /// Reads until the pipe is empty (a grandchild may hold it open) or ends; for a worker that
+    /// is gone. A protocol breach found here becomes its end's reason.
+    pub(super) fn read_rest(&mut self, counters: &Counters) {
+        if self.reply_done || matches!(self.life, Life::Starting { .. }) {
+            return;
+        }
+        if let Err(message) = self.read_replies(counters) {
+            self.end(Why::Protocol(message), None);
+        }
+        self.reply_done = true;
+    }
+
+    /// `Ok(true)` at end of file; `Err` if the worker broke the protocol.
+    fn read_replies(&mut self, counters: &Counters) -> Result<bool, String> {
+        loop {
+            let eof = match self.reader.fill(self.pipes.reply_fd()) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(_) => true,
+            };
+            while let Some(body) = self.reader.take().map_err(|e| e.to_string())? {
+                self.on_reply(frame::parse_reply(body)?, counters)?;
+            }
+            // As for the task pipe: a large reply on its way gets a larger pipe, until it is in.
+            match self.reader.partial_len() {
+                Some(len) if len > PIPE_DEFAULT && !self.reply_grown => {
+                    self.reply_grown = true;
+                    sys::grow_pipe(&self.pipes.replies, len.min(PIPE_LARGE));
+                }
+                None if self.reply_grown => {
+                    self.reply_grown = false;
+                    sys::grow_pipe(&self.pipes.replies, PIPE_DEFAULT);
+                }
+                _ => {}
+            }
+            if eof {
+                if !self.reader.is_empty() {
+                    return Err("the reply pipe closed in the middle of a frame".into());
+                }
+                return Ok(true);
+            }
+        }
+    }
+
+    fn on_reply(&mut self, reply: Reply, counters: &Counters) -> Result<(), String> {
+        if reply.status == Status::Ready {
+            return match self.life {
+                Life::Booting { pid, .. } => {
+                    self.life = Life::Serving { pid };
+                    Ok(())
+                }
+                _ => Err("a second Ready frame".into()),
+            };
+        }
+        if !matches!(self.life, Life::Serving { .. }) {
+            return Err("a reply before the Ready frame".into());
+        }
+        let work = &mut self.work;
+        let expected = match work.inflight.front() {
+            Some(front) if work.written > 0 => front.id,
+            _ => {
+                return Err(format!(
+                    "a reply for task {} that was not running",
+                    reply.id
+                ))
+            }
+        };
+        if reply.id != expected {
+            return Err(format!(
+                "a reply for task {} while task {expected} was running",
+                reply.id
+            ));
+        }
+        let sent = work.inflight.pop_front().expect("checked above");
+        work.written -= 1;
+        work.served += 1;
+        if let Some(since) = work.running_since.take() {
+            counters.running(false);
+            // An average over the last few tasks (weight 1/8 for the newest).
+            work.avg_service = (work.avg_service * 7 + since.elapsed()) / 8;
+        }
+        if reply.retiring {
+            self.end(Why::Retiring, None);
+        }
+        sent.task.finish(task::outcome(reply), counters);
+        Ok(())
+    }
+
+    /// Starts the clock of the front task once it is written, the worker is serving, and
+    /// every task before it has been answered.
+    pub(super) fn note_start(&mut self, now: Instant, counters: &Counters) {
+        let work = &mut self.work;
+        if work.running_since.is_none()
+            && matches!(self.life, Life::Serving { .. })
+            && work.written > 0
+        {
+            work.running_since = Some(now);
+            counters.running(true);
+        }
+    }
+
+    /// How many tasks it may hold: many while its tasks are short, else one. Until it has served
+    /// a task, it goes by its siblings' (one in a fresh pool).
+    pub(super) fn depth(&self, siblings_short: bool) -> usize {
+        let short = if self.work.served > 0 {
+            self.work.avg_service < SHORT_TASK
+        } else {
+            siblings_short
+        };
+        if short {
+            PIPELINE_DEPTH
+        } else {
+            1
+        }
+    }
+
+    /// When the running task's time limit, with slack, runs out.
+    pub(super) fn backstop(&self) -> Option<Instant> {
+        let work = &self.work;
+        work.inflight.front()?.task.backstop(work.running_since?)
+    }
+}
