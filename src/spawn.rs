@@ -51,7 +51,7 @@ pub(crate) enum Event {
 #[derive(Debug)]
 pub(crate) struct Pipes {
     /// The task pipe's write end; `None` once closed to tell the worker to finish.
-    tasks: Option<OwnedFd>,
+    pub(crate) tasks: Option<OwnedFd>,
     /// The reply pipe's read end.
     pub(crate) replies: OwnedFd,
 }

@@ -43,20 +43,38 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
         }
     }
     // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((above_stdio(r)?, above_stdio(w)?))
 }
 
-/// Asks for a pipe buffer of `bytes` (Linux `F_SETPIPE_SZ`). Fewer, larger transfers mean fewer
-/// wakeups for large payloads. Best effort: an unprivileged user past its pipe quota keeps the
-/// default 64 KiB, which only costs speed.
-pub(crate) fn grow_pipe(fd: &OwnedFd, bytes: usize) {
+/// Moves a descriptor that landed on 0, 1 or 2 (the parent runs with stdio closed) to the lowest
+/// free number from 3 up, close-on-exec: else a worker, which keeps 0-2 as its stdio, would
+/// write its panic lines into a pool pipe or socket (issue 8, item 13).
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC only creates a descriptor; `fd` is open while borrowed.
+    let moved = syscall!(fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3))?;
+    // SAFETY: fcntl succeeded, so `moved` is open and owned by nobody else; `fd` closes on drop.
+    Ok(unsafe { OwnedFd::from_raw_fd(moved) })
+}
+
+/// Asks for a pipe buffer of `bytes` (Linux `F_SETPIPE_SZ`), and returns whether it was set.
+/// Fewer, larger transfers mean fewer wakeups for large payloads. Best effort: an unprivileged
+/// user past its pipe quota keeps the default 64 KiB, which only costs speed; a pipe holding
+/// more than `bytes` refuses to shrink (`EBUSY`) until it is read.
+pub(crate) fn grow_pipe(fd: &OwnedFd, bytes: usize) -> bool {
     #[cfg(target_os = "linux")]
     // SAFETY: F_SETPIPE_SZ takes an int and changes only the pipe's capacity.
     unsafe {
-        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes as libc::c_int);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes as libc::c_int) != -1
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = (fd, bytes);
+    {
+        let _ = (fd, bytes);
+        false
+    }
 }
 
 /// Puts a descriptor in non-blocking mode.
@@ -293,7 +311,8 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
         syscall!(fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC))?;
     }
     // SAFETY: socketpair succeeded, so both descriptors are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((above_stdio(a)?, above_stdio(b)?))
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -418,6 +437,10 @@ pub(crate) fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, V
                 cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
             }
         }
+        let fds = fds
+            .into_iter()
+            .map(above_stdio)
+            .collect::<io::Result<_>>()?;
         return Ok((n as usize, fds));
     }
 }

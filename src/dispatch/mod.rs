@@ -541,7 +541,7 @@ impl<P: Processes> Dispatcher<P> {
             }
             _ => Error::WorkerDied { pid, cause },
         };
-        if w.work.served == 0 && w.work.written == 0 {
+        if w.work.served == 0 && w.work.written == 0 && self.lost.is_none() {
             // It died before it served a task, most likely in its initializer. The task waiting
             // at the front of the queue fails (else a task could wait forever on workers that
             // keep dying), and it is replaced after a pause that grows while that goes on.
@@ -631,3 +631,6 @@ impl<P: Processes> std::fmt::Debug for Dispatcher<P> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests;

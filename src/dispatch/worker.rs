@@ -197,14 +197,11 @@ impl Worker {
         let work = &mut self.work;
         while work.written < work.inflight.len() {
             let next = work.inflight[work.written].task.frame.len() - work.offset;
-            // Grow the pipe only for a large frame, and give the pages back after it: every
-            // pipe of a user counts against one quota (pipe-user-pages-soft; issue 8, item 13).
+            // Grow the pipe only for a large frame, and give the pages back after it (see
+            // `shrink_task_pipe`): every pipe of a user counts against one quota
+            // (pipe-user-pages-soft; issue 8, item 13).
             if next > PIPE_DEFAULT && !work.grown {
-                work.grown = true;
-                sys::grow_pipe(self.pipes.tasks(), next.min(PIPE_LARGE));
-            } else if next <= PIPE_DEFAULT && work.grown && work.offset == 0 {
-                work.grown = false;
-                sys::grow_pipe(self.pipes.tasks(), PIPE_DEFAULT);
+                work.grown = sys::grow_pipe(self.pipes.tasks(), next.min(PIPE_LARGE));
             }
             let pending = work.inflight.iter().skip(work.written);
             let slices: Vec<&[u8]> = pending
@@ -237,9 +234,23 @@ impl Worker {
                 Err(_) => return self.pipes.close_tasks(),
             }
         }
-        if work.grown && work.written == work.inflight.len() {
+    }
+
+    /// Shrinks a grown task pipe back once no large frame is left to write. The kernel refuses
+    /// while the pipe holds more than the new size, so this is tried after every reply (the
+    /// worker has read its task by then) until it works.
+    fn shrink_task_pipe(&mut self) {
+        let work = &mut self.work;
+        let Some(tasks) = self.pipes.tasks.as_ref() else {
+            return;
+        };
+        let large_left = work
+            .inflight
+            .iter()
+            .skip(work.written)
+            .any(|s| s.task.frame.len() > PIPE_DEFAULT);
+        if work.grown && !large_left && sys::grow_pipe(tasks, PIPE_DEFAULT) {
             work.grown = false;
-            sys::grow_pipe(self.pipes.tasks(), PIPE_DEFAULT);
         }
     }
 
@@ -298,12 +309,10 @@ impl Worker {
             // As for the task pipe: a large reply on its way gets a larger pipe, until it is in.
             match self.reader.partial_len() {
                 Some(len) if len > PIPE_DEFAULT && !self.reply_grown => {
-                    self.reply_grown = true;
-                    sys::grow_pipe(&self.pipes.replies, len.min(PIPE_LARGE));
+                    self.reply_grown = sys::grow_pipe(&self.pipes.replies, len.min(PIPE_LARGE));
                 }
                 None if self.reply_grown => {
-                    self.reply_grown = false;
-                    sys::grow_pipe(&self.pipes.replies, PIPE_DEFAULT);
+                    self.reply_grown = !sys::grow_pipe(&self.pipes.replies, PIPE_DEFAULT);
                 }
                 _ => {}
             }
@@ -356,6 +365,7 @@ impl Worker {
         if reply.retiring {
             self.end(Why::Retiring, None);
         }
+        self.shrink_task_pipe();
         sent.task.finish(task::outcome(reply), counters);
         Ok(())
     }

@@ -1,0 +1,308 @@
+//! Unit tests of the scheduler over a fake process layer: real pipes, played by the test on the
+//! worker's side, but no fork and no clock of its own (the tests pass `now`).
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use super::task::BACKSTOP_SLACK;
+use super::*;
+use crate::frame::{OutFrame, Status};
+use crate::result::{Outcome, Sink};
+use crate::spawn::{Pipes, Token};
+use crate::sys::Pid;
+
+/// A process layer that forks nothing: it hands out pipes, records kills, and reports what the
+/// test tells it to.
+#[derive(Debug, Default)]
+struct Fake {
+    next: Token,
+    /// The worker's ends of each spawned worker's pipes: (task pipe read end, reply write end).
+    spawned: Vec<(OwnedFd, OwnedFd)>,
+    kills: Vec<Pid>,
+    events: VecDeque<Event>,
+}
+
+impl Processes for Fake {
+    fn spawn(&mut self) -> io::Result<(Token, Pipes)> {
+        let (task_r, task_w) = sys::pipe()?;
+        let (reply_r, reply_w) = sys::pipe()?;
+        self.spawned.push((task_r, reply_w));
+        self.next += 1;
+        Ok((self.next - 1, Pipes::new(task_w, reply_r)?))
+    }
+    fn kill(&mut self, pid: Pid) {
+        self.kills.push(pid);
+    }
+    fn poll_fd(&self) -> Option<(RawFd, bool)> {
+        None
+    }
+    fn service(&mut self, _: bool, _: bool) {}
+    fn next_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+    fn recreate(&mut self) -> io::Result<()> {
+        Err(crate::spawn::server_lost())
+    }
+}
+
+const PID: Pid = 4242;
+
+/// A dispatcher for `processes` fake workers, all forked (Booting) at `now`.
+fn dispatcher(processes: usize, now: Instant) -> (Submitter, Dispatcher<Fake>) {
+    let config = Config {
+        processes,
+        worker: WorkerConfig {
+            initializer: None,
+            max_tasks: None,
+            max_memory: None,
+            print_panics: false,
+        },
+        max_frame: 1 << 20,
+    };
+    let (submitter, front) = front().unwrap();
+    let mut d = Dispatcher::new(config, Fake::default(), front);
+    d.replace_workers(now);
+    for token in 0..processes as Token {
+        d.procs.events.push_back(Event::Spawned {
+            token,
+            pid: PID + token as Pid,
+        });
+    }
+    d.apply_events(now);
+    (submitter, d)
+}
+
+/// A task whose outcome lands in the returned channel.
+fn task(limit: Option<Duration>) -> (Task, Receiver<Outcome>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let frame = crate::task::call(|x: u64| x, 7).unwrap();
+    let sink = Sink::then(move |outcome| {
+        let _ = tx.send(outcome);
+    });
+    (Task::new(frame, sink).with_limit(limit, 1), rx)
+}
+
+/// Writes the worker's Ready frame on its reply pipe, as the worker does after its initializer.
+fn say_ready(d: &Dispatcher<Fake>, worker: usize) {
+    let mut out = OutFrame::default();
+    frame::begin_reply(&mut out.head, 0, Status::Ready);
+    out.seal();
+    let reply_w = d.procs.spawned[worker].1.as_raw_fd();
+    assert_eq!(sys::write(reply_w, &out.head).unwrap(), out.head.len());
+}
+
+fn task_pipe_has_data(d: &Dispatcher<Fake>, worker: usize) -> bool {
+    sys::wait_readable(d.procs.spawned[worker].0.as_raw_fd(), Duration::ZERO)
+}
+
+fn take_queued(d: &mut Dispatcher<Fake>) {
+    let tasks: Vec<Task> = d.front.take().collect();
+    d.queue.extend(tasks);
+}
+
+#[test]
+fn a_worker_gets_no_task_before_its_ready_frame() {
+    let now = Instant::now();
+    let (submitter, mut d) = dispatcher(1, now);
+    assert!(matches!(d.workers[0].life, Life::Booting { .. }));
+    let (t, _rx) = task(None);
+    submitter.submit([t]).unwrap();
+    take_queued(&mut d);
+    d.assign(now);
+    assert_eq!(d.queue.len(), 1, "the task waits in the queue");
+    assert!(d.workers[0].work.inflight.is_empty());
+    assert!(!task_pipe_has_data(&d, 0));
+    say_ready(&d, 0);
+    d.poll_once(None, Duration::from_secs(10));
+    assert!(matches!(d.workers[0].life, Life::Serving { .. }));
+    d.assign(now);
+    assert!(d.queue.is_empty());
+    assert_eq!(d.workers[0].work.written, 1);
+    assert!(task_pipe_has_data(&d, 0));
+}
+
+/// Issue 8, item 4: an initializer that never returns must not leave a task with a time limit
+/// waiting forever.
+#[test]
+fn a_worker_stuck_in_its_initializer_fails_the_waiting_task_after_its_limit() {
+    let now = Instant::now();
+    let (submitter, mut d) = dispatcher(1, now);
+    let limit = Duration::from_millis(100);
+    let (t, rx) = task(Some(limit));
+    submitter.submit([t]).unwrap();
+    take_queued(&mut d);
+    d.tick(now + limit);
+    assert!(
+        d.procs.kills.is_empty(),
+        "not before the limit and its slack"
+    );
+    let wake = d.sleep_timeout(false, now).expect("a timer is set");
+    assert_eq!(wake, limit + BACKSTOP_SLACK);
+    d.tick(now + limit + BACKSTOP_SLACK);
+    assert_eq!(d.procs.kills, [PID]);
+    d.procs.events.push_back(Event::Exited {
+        pid: PID,
+        cause: ExitCause::Signal(libc::SIGKILL),
+    });
+    d.apply_events(now + limit + BACKSTOP_SLACK);
+    match rx.try_recv() {
+        Ok(Err(Error::TimedOut { pid, limit: l })) => assert_eq!((pid, l), (PID as u32, limit)),
+        other => panic!("expected TimedOut, got {other:?}"),
+    }
+    assert!(d.workers.is_empty());
+}
+
+#[test]
+fn the_backstop_kills_a_worker_whose_task_overran_its_limit() {
+    let now = Instant::now();
+    let (submitter, mut d) = dispatcher(1, now);
+    say_ready(&d, 0);
+    d.poll_once(None, Duration::from_secs(10));
+    let limit = Duration::from_secs(1);
+    let (t, rx) = task(Some(limit));
+    submitter.submit([t]).unwrap();
+    take_queued(&mut d);
+    d.assign(now);
+    assert_eq!(d.workers[0].work.running_since, Some(now));
+    d.tick(now + limit);
+    assert!(d.procs.kills.is_empty());
+    d.tick(now + limit + BACKSTOP_SLACK);
+    assert_eq!(d.procs.kills, [PID]);
+    d.tick(now + limit * 10);
+    assert_eq!(d.procs.kills, [PID], "asked once");
+    d.procs.events.push_back(Event::Exited {
+        pid: PID,
+        cause: ExitCause::Signal(libc::SIGKILL),
+    });
+    d.apply_events(now + limit * 10);
+    assert!(matches!(rx.try_recv(), Ok(Err(Error::TimedOut { .. }))));
+}
+
+#[test]
+fn a_dead_worker_fails_its_running_task_and_requeues_the_rest_in_order() {
+    let now = Instant::now();
+    let (submitter, mut d) = dispatcher(1, now);
+    say_ready(&d, 0);
+    d.poll_once(None, Duration::from_secs(10));
+    // A served task makes the worker's tasks short, so it holds several at once.
+    d.workers[0].work.served = 1;
+    let (tasks, outcomes): (Vec<_>, Vec<_>) = (0..3).map(|_| task(None)).unzip();
+    submitter.submit(tasks).unwrap();
+    take_queued(&mut d);
+    d.assign(now);
+    assert_eq!(d.workers[0].work.written, 3);
+    let ids: Vec<u64> = d.workers[0].work.inflight.iter().map(|s| s.id).collect();
+    d.procs.events.push_back(Event::Exited {
+        pid: PID,
+        cause: ExitCause::Signal(libc::SIGSEGV),
+    });
+    d.apply_events(now);
+    assert!(matches!(
+        outcomes[0].try_recv(),
+        Ok(Err(Error::WorkerDied {
+            cause: ExitCause::Signal(libc::SIGSEGV),
+            ..
+        }))
+    ));
+    assert!(outcomes[1].try_recv().is_err() && outcomes[2].try_recv().is_err());
+    assert_eq!(d.queue.len(), 2);
+    // The frames keep their ids until they are stamped again: the order is the old one.
+    let requeued: Vec<u64> = d
+        .queue
+        .iter()
+        .map(|t| u64::from_le_bytes(t.frame.head[8..16].try_into().unwrap()))
+        .collect();
+    assert_eq!(requeued, ids[1..]);
+}
+
+#[test]
+fn a_retiring_worker_takes_no_more_tasks_and_loses_none() {
+    let now = Instant::now();
+    let (submitter, mut d) = dispatcher(1, now);
+    say_ready(&d, 0);
+    d.poll_once(None, Duration::from_secs(10));
+    d.workers[0].end(Why::Retiring, None);
+    let (t, rx) = task(None);
+    submitter.submit([t]).unwrap();
+    take_queued(&mut d);
+    d.assign(now);
+    assert_eq!(d.queue.len(), 1);
+    d.procs.events.push_back(Event::Exited {
+        pid: PID,
+        cause: ExitCause::Exited(0),
+    });
+    d.apply_events(now);
+    assert!(rx.try_recv().is_err(), "nothing failed");
+    assert_eq!(d.queue.len(), 1);
+    d.replace_workers(now);
+    assert_eq!(d.workers.len(), 1, "a replacement is asked for");
+}
+
+/// Issue 8, item 13: winding down with a respawn pending, every poll returned at once.
+#[test]
+fn winding_down_a_pending_respawn_does_not_make_the_loop_spin() {
+    let now = Instant::now();
+    let (_submitter, mut d) = dispatcher(2, now);
+    d.workers.pop();
+    d.respawn_at = Some(now - Duration::from_millis(1));
+    assert_eq!(d.sleep_timeout(false, now), Some(Duration::ZERO));
+    assert_eq!(d.sleep_timeout(true, now), None);
+}
+
+/// Issue 8, item 12: a worker that does not exit once it has nothing left to do (stopped by
+/// SIGSTOP, or in its initializer) is killed after a grace period instead of making `join`
+/// wait forever.
+#[test]
+fn winding_down_kills_a_worker_that_does_not_exit() {
+    let now = Instant::now();
+    let (submitter, mut d) = dispatcher(1, now);
+    submitter.close();
+    // The loop closes the task pipe and sets the grace period; run its steps by hand.
+    d.workers[0].pipes.close_tasks();
+    d.workers[0].end(Why::Closing, Some(now + EXIT_GRACE));
+    d.tick(now);
+    assert!(d.procs.kills.is_empty());
+    d.tick(now + EXIT_GRACE);
+    assert_eq!(d.procs.kills, [PID]);
+}
+
+/// Issue 8, item 2: a lost fork server is not re-forked from the threaded parent; the tasks
+/// fail with an error that says so.
+#[test]
+fn a_lost_server_fails_the_queue_with_a_clear_error() {
+    let now = Instant::now();
+    let (submitter, mut d) = dispatcher(1, now);
+    let (t, rx) = task(None);
+    submitter.submit([t]).unwrap();
+    take_queued(&mut d);
+    d.procs.events.push_back(Event::Lost);
+    d.apply_events(now);
+    assert!(d.workers.is_empty());
+    d.replace_workers(now);
+    assert!(d.workers.is_empty(), "no new worker is asked for");
+    d.fail_if_lost();
+    match rx.try_recv() {
+        Ok(Err(Error::Io { op, source })) => {
+            assert_eq!(op, "fork server");
+            assert!(
+                source.to_string().contains("fork server is gone"),
+                "{source}"
+            );
+        }
+        other => panic!("expected the lost server's error, got {other:?}"),
+    }
+}
+
+/// Issue 8, item 13: a panic while delivering an outcome (a user's Waker) must not reach the
+/// dispatcher.
+#[test]
+fn a_panicking_delivery_is_contained() {
+    let counters = crate::stats::Counters::default();
+    let frame = crate::task::call(|x: u64| x, 7).unwrap();
+    let t = Task::new(frame, Sink::then(|_| panic!("a waker that panics")));
+    t.finish(Ok(crate::frame::Bytes::default()), &counters);
+}
