@@ -5,17 +5,44 @@
 //! pipes. A callback that panics is caught (the panic hook reports it once on stderr); the
 //! thread goes on, and the task's own result still reaches `get()`. Python's pool lost its
 //! result thread to such a panic and hung (gh-83371).
+//!
+//! A callback may wait for another task's result ([`AsyncResult::get`](crate::AsyncResult::get)),
+//! even one whose own callback is queued behind it on this thread (such a result is complete
+//! only once its callback has run): while it waits, the thread runs the callbacks queued
+//! behind it ([`run_pending`]). Before, that wait deadlocked the thread, and with it every
+//! later callback, `terminate`, `join` and drop (issue 8, item 5). A cycle (two callbacks each
+//! waiting for the other's result) still waits forever; `wait_timeout` bounds it.
 
+use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, Result};
 
 /// A unit of work for the callback thread.
 pub(crate) type Job = Box<dyn FnOnce() + Send>;
+
+thread_local! {
+    /// On a callback thread, its queue of jobs, so that a callback that waits can run the ones
+    /// behind it.
+    static JOBS: RefCell<Option<Receiver<Job>>> = const { RefCell::new(None) };
+}
+
+/// On a callback thread, runs the next queued callback, waiting up to `limit` for one, and
+/// returns true; on any other thread returns false at once.
+pub(crate) fn run_pending(limit: Duration) -> bool {
+    let Some(rx) = JOBS.with(|jobs| jobs.borrow().clone()) else {
+        return false;
+    };
+    if let Ok(job) = rx.recv_timeout(limit) {
+        let _ = panic::catch_unwind(AssertUnwindSafe(job));
+    }
+    true
+}
 
 /// The callback thread, started on first use.
 #[derive(Debug, Default)]
@@ -47,6 +74,7 @@ impl Callbacks {
         let thread = thread::Builder::new()
             .name("forkpool-callbacks".into())
             .spawn(move || {
+                JOBS.with(|jobs| *jobs.borrow_mut() = Some(rx.clone()));
                 for job in rx {
                     // The job itself catches the callback's panic; this is a second net.
                     let _ = panic::catch_unwind(AssertUnwindSafe(job));

@@ -16,12 +16,16 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use serde::de::DeserializeOwned;
 
+use crate::callback;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::frame::Bytes;
 
 /// How long a caller spins for a result before it sleeps.
 const SPIN: Duration = Duration::from_micros(30);
+/// How long a callback that waits for a result sleeps at a time, between looks at the result,
+/// while it runs the callbacks queued behind it.
+const HELP_SLICE: Duration = Duration::from_millis(1);
 
 /// What became of one task: the worker's encoded result, or why there is none.
 pub(crate) type Outcome = Result<Bytes>;
@@ -183,6 +187,20 @@ impl Slot {
         let spin = Instant::now();
         while spin.elapsed() < SPIN && !self.is_ready() {
             std::thread::yield_now();
+        }
+        // On the callback thread, this result may be waiting for a callback queued behind the
+        // one that waits: run those meanwhile (issue 8, item 5; see `callback`).
+        while !self.is_ready() {
+            let left = match deadline {
+                None => HELP_SLICE,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left.min(HELP_SLICE),
+                    _ => return false,
+                },
+            };
+            if !callback::run_pending(left) {
+                break;
+            }
         }
         let mut state = self.lock();
         while state.missing > 0 {
