@@ -115,7 +115,13 @@ fn imap_pulls_input_lazily_and_works_on_endless_input() {
             (50..=50 + 8 * pool.processes()).contains(&pulled),
             "pulled {pulled}"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        // Input is pulled only inside next(): once every task submitted so far has completed,
+        // with no call to next() meanwhile, nothing more has been pulled (a feeder that refilled
+        // the window as results came in would have).
+        assert!(common::eventually(Duration::from_secs(20), || {
+            let s = pool.stats();
+            s.completed == s.submitted
+        }));
         assert_eq!(
             PULLED.load(Ordering::SeqCst),
             pulled,

@@ -285,8 +285,12 @@ fn stats_count_what_happened() {
         let slow: Vec<_> = (0..6)
             .map(|_| pool.apply_async(nap, 300).unwrap())
             .collect();
-        std::thread::sleep(Duration::from_millis(100));
-        let busy = pool.stats();
+        // Both workers pick up a task (they run for 300 ms each, so this is seen).
+        let mut busy = pool.stats();
+        assert!(common::eventually(Duration::from_secs(20), || {
+            busy = pool.stats();
+            busy.running == 2
+        }));
         assert_eq!(busy.submitted, 6);
         assert_eq!(busy.running + busy.queued + busy.completed, 6);
         assert_eq!(busy.running, 2, "one running task per worker: {busy:?}");

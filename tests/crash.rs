@@ -48,6 +48,12 @@ fn pid(_: ()) -> u32 {
     std::process::id()
 }
 
+/// A task that takes long enough (2 ms) that each worker gets one at a time.
+fn slow_pid(_: ()) -> u32 {
+    std::thread::sleep(Duration::from_millis(2));
+    std::process::id()
+}
+
 fn panics(msg: String) -> u64 {
     panic!("{msg}")
 }
@@ -76,12 +82,10 @@ fn dies_alone(task: fn(()) -> u64, expect: impl Fn(ExitCause) -> bool + Send + '
             assert_eq!(r.get().unwrap(), (i as u64) * (i as u64));
         }
         // The pool is whole again: ordinary work still runs on 2 distinct live workers.
-        let pids: std::collections::HashSet<u32> = pool
-            .map_chunked(pid, vec![(); 200], 1)
-            .unwrap()
-            .into_iter()
-            .collect();
-        assert!(!pids.is_empty() && pids.len() <= 2);
+        let pids = common::distinct_pids(2, Duration::from_secs(20), || {
+            pool.map_chunked(slow_pid, vec![(); 20], 1).unwrap()
+        });
+        assert_eq!(pids.len(), 2, "{pids:?}");
         for p in pids {
             assert!(common::exists(p));
         }

@@ -226,7 +226,12 @@ fn workers_ignore_sigint() {
         let worker = pool.apply(pid, ()).unwrap();
         // SAFETY: kill has no memory-safety preconditions; the pid is our pool's live worker.
         unsafe { libc::kill(worker as i32, libc::SIGINT) };
-        std::thread::sleep(Duration::from_millis(100));
+        // Wait until the signal has been delivered (handled, or it killed the worker), not for
+        // a time that a loaded machine may not honour.
+        assert!(eventually(Duration::from_secs(20), || {
+            !common::signal_pending(worker, libc::SIGINT)
+        }));
+        assert!(exists(worker) && state(worker) != Some('Z'));
         assert_eq!(
             pool.apply(pid, ()).unwrap(),
             worker,

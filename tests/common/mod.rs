@@ -102,3 +102,35 @@ pub fn exists(pid: u32) -> bool {
 }
 
 pub const LIMIT: Duration = Duration::from_secs(60);
+
+/// Whether `signal` is pending for process `pid` (its ShdPnd or SigPnd mask in
+/// /proc/PID/status); false once the process is gone.
+pub fn signal_pending(pid: u32, signal: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let bit = 1u64 << (signal - 1);
+    status.lines().any(|line| {
+        let Some((key, value)) = line.split_once(':') else {
+            return false;
+        };
+        (key == "ShdPnd" || key == "SigPnd")
+            && u64::from_str_radix(value.trim(), 16).is_ok_and(|mask| mask & bit != 0)
+    })
+}
+
+/// Runs `round` (which returns the pids that served it) until `n` distinct pids have been seen
+/// or `limit` passes, and returns the pids seen. For checking that a pool has `n` live workers:
+/// a worker still starting serves nothing until it is ready, so one round may not show it.
+pub fn distinct_pids(
+    n: usize,
+    limit: Duration,
+    mut round: impl FnMut() -> Vec<u32>,
+) -> std::collections::HashSet<u32> {
+    let deadline = Instant::now() + limit;
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < n && Instant::now() < deadline {
+        seen.extend(round());
+    }
+    seen
+}
