@@ -129,6 +129,11 @@ impl PoolBuilder {
     /// If it panics, the worker stays up and fails each task it is given with
     /// [`Error::InitializerPanicked`], rather than crash in a loop.
     ///
+    /// No task is given to a worker before its initializer has returned. If it never returns,
+    /// a task with a time limit fails with [`Error::TimedOut`] once its limit (plus half a
+    /// second) has passed, and the stuck worker is killed; [`join`](Pool::join) kills workers
+    /// still in their initializer a second after [`close`](Pool::close).
+    ///
     /// # Examples
     ///
     /// ```
@@ -469,7 +474,8 @@ impl Pool {
     /// Callbacks run one at a time, so keep them quick. A callback that panics is caught (the
     /// panic hook reports it on stderr) and changes nothing: `get` still returns the task's
     /// result, and the pool goes on. [`join`](Pool::join) waits for pending callbacks, so do not
-    /// call it from one.
+    /// call it from one. A callback may wait for another task's result, even one whose own
+    /// callback is queued behind it: while it waits, the callbacks behind it run.
     ///
     /// # Errors
     /// As [`apply_async`](Pool::apply_async).
@@ -797,7 +803,9 @@ impl Pool {
     ///
     /// # Caveats
     /// After `close`, a live [`Imap`] may still submit its remaining input, and `join` waits for
-    /// it to be exhausted or dropped.
+    /// it to be exhausted or dropped. A worker that does not exit within a second of having
+    /// nothing left to do (stopped by SIGSTOP, or stuck in its initializer) is killed; one
+    /// stopped in the middle of a task without a time limit is waited for.
     ///
     /// # Examples
     ///
