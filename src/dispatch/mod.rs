@@ -353,7 +353,7 @@ impl<P: Processes> Dispatcher<P> {
         let respawn = self
             .respawn_at
             .filter(|_| !winding_down && self.workers.len() < self.config.processes);
-        let front_limit = self.queue.front().and_then(Task::total_limit);
+        let front_limit = self.slow_start_limit();
         let timers = self.workers.iter().flat_map(|w| {
             let slow_start = match (w.life, front_limit) {
                 (Life::Booting { since, .. }, Some(limit)) if w.end.is_none() => {
@@ -438,7 +438,7 @@ impl<P: Processes> Dispatcher<P> {
     /// Starts clocks, and ends workers whose time is up: a task past its limit, a worker still
     /// in its initializer when the task waiting for it ran out of time, a kill that is due.
     fn tick(&mut self, now: Instant) {
-        let front_limit = self.queue.front().and_then(Task::total_limit);
+        let front_limit = self.slow_start_limit();
         for w in &mut self.workers {
             w.note_start(now, self.front.counters());
             if w.end.is_none() && w.backstop().is_some_and(|at| at <= now) {
@@ -453,6 +453,21 @@ impl<P: Processes> Dispatcher<P> {
                 self.procs.kill(pid);
             }
         }
+    }
+
+    /// The time limit of the task at the front of the queue, if no worker can run it: a booting
+    /// worker that takes longer than that to become ready is killed, and the task fails with
+    /// `TimedOut` (issue 8, item 4). While some worker serves, the task will run there, and a
+    /// slow initializer elsewhere is left alone.
+    fn slow_start_limit(&self) -> Option<Duration> {
+        let serving = self
+            .workers
+            .iter()
+            .any(|w| matches!(w.life, Life::Serving { .. }) && w.end.is_none());
+        if serving {
+            return None;
+        }
+        self.queue.front().and_then(Task::total_limit)
     }
 
     /// Applies the process layer's reports, and retires every worker known to be dead.

@@ -306,3 +306,24 @@ fn a_panicking_delivery_is_contained() {
     let t = Task::new(frame, Sink::then(|_| panic!("a waker that panics")));
     t.finish(Ok(crate::frame::Bytes::default()), &counters);
 }
+
+/// A slow initializer in one worker is left alone while another worker serves: the waiting task
+/// will run there.
+#[test]
+fn a_slow_start_is_no_timeout_while_another_worker_serves() {
+    let now = Instant::now();
+    let (submitter, mut d) = dispatcher(2, now);
+    say_ready(&d, 0);
+    d.poll_once(None, Duration::from_secs(10));
+    let limit = Duration::from_millis(100);
+    // The serving worker is busy with a long task; the next one waits in the queue.
+    let (long, _long_rx) = task(None);
+    let (waiting, rx) = task(Some(limit));
+    submitter.submit([long, waiting]).unwrap();
+    take_queued(&mut d);
+    d.assign(now);
+    assert_eq!(d.queue.len(), 1);
+    d.tick(now + limit * 100);
+    assert!(d.procs.kills.is_empty(), "{:?}", d.procs.kills);
+    assert!(rx.try_recv().is_err());
+}
