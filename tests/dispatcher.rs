@@ -331,7 +331,9 @@ fn a_killed_fork_server_fails_tasks_with_a_clear_error() {
             }
             other => panic!("expected the fork server's error, got {other:?}"),
         };
-        // The worker died with the server; the first task may find it dying (WorkerDied).
+        // The worker dies with the server (PR_SET_PDEATHSIG), a moment after the server's socket
+        // closes: until the pool has seen both, a task may still be answered by that worker, or
+        // find it dying (WorkerDied). Never by a new one.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             match pool.apply(pid, ()) {
@@ -339,6 +341,7 @@ fn a_killed_fork_server_fails_tasks_with_a_clear_error() {
                     cause: ExitCause::Signal(libc::SIGKILL),
                     ..
                 }) if Instant::now() < deadline => continue,
+                Ok(p) if p == worker && Instant::now() < deadline => continue,
                 other => break check(other),
             }
         }
