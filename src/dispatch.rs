@@ -31,7 +31,7 @@ use crate::frame::{self, FrameReader, OutFrame, Reply, Status};
 use crate::result::{Outcome, Sink};
 use crate::spawn::{Child, Event, ForkServer};
 use crate::stats::{Counters, Stats};
-use crate::sys::{self, PollFd};
+use crate::sys::{self, PollFd, SignalSet};
 use crate::worker::{self, WorkerConfig};
 
 /// How many tasks a worker may hold at once: the one it runs and the ones waiting in its pipe.
@@ -279,13 +279,17 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
         wake: Mutex::new(Some(wake_w)),
         counters: Counters::default(),
     });
+    // The server is started here, on the caller's thread, before the dispatcher thread exists:
+    // a caller that holds stdout's lock can still fork it (see zygote::fork).
+    let worker_mask = SignalSet::current().map_err(Error::io("pthread_sigmask"))?;
+    let server = ForkServer::start(worker_mask, config.worker).map_err(Error::io("fork"))?;
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
     let thread_shared = Arc::clone(&shared);
     let handle = thread::Builder::new()
         .name("forkpool-dispatch".into())
         .stack_size(DISPATCHER_STACK)
         .spawn(move || {
-            let started = Dispatcher::new(config, rx, thread_shared, wake_r);
+            let started = Dispatcher::new(config, server, worker_mask, rx, thread_shared, wake_r);
             let mut dispatcher = match started {
                 Ok(d) => d,
                 Err(e) => {
@@ -371,8 +375,8 @@ struct Sent {
 
 struct Dispatcher {
     config: Config,
-    /// The signal mask workers start with (the dispatcher itself blocks SIGPIPE).
-    worker_mask: libc::sigset_t,
+    /// The signal mask workers start with: the pool builder's (the dispatcher blocks SIGPIPE).
+    worker_mask: SignalSet,
     server: ForkServer,
     rx: Receiver<Task>,
     shared: Arc<Shared>,
@@ -390,13 +394,13 @@ struct Dispatcher {
 impl Dispatcher {
     fn new(
         config: Config,
+        server: ForkServer,
+        worker_mask: SignalSet,
         rx: Receiver<Task>,
         shared: Arc<Shared>,
         wake: OwnedFd,
     ) -> Result<Dispatcher> {
-        let worker_mask = sys::block_sigpipe().map_err(Error::io("pthread_sigmask"))?;
-        // First thing on this thread, before the pool has any other: fork the fork server.
-        let server = ForkServer::start(worker_mask, config.worker).map_err(Error::io("fork"))?;
+        sys::block_sigpipe().map_err(Error::io("pthread_sigmask"))?;
         let mut dispatcher = Dispatcher {
             config,
             worker_mask,
@@ -422,7 +426,7 @@ impl Dispatcher {
 
     fn spawn_worker(&mut self) -> io::Result<()> {
         if self.server.is_lost() {
-            self.server = ForkServer::start(self.worker_mask, self.config.worker)?;
+            self.server = ForkServer::restart(self.worker_mask, self.config.worker)?;
         }
         let child = self.server.spawn()?;
         self.shared.counters.spawned();

@@ -115,6 +115,7 @@ mod stats;
 mod sys;
 mod task;
 mod worker;
+mod zygote;
 
 pub use error::{Error, ExitCause, Result};
 
@@ -131,6 +132,7 @@ pub use imap::Imap;
 pub use pool::{Pool, PoolBuilder};
 pub use result::AsyncResult;
 pub use stats::Stats;
+pub use zygote::init;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

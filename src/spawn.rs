@@ -20,9 +20,9 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::error::ExitCause;
-use crate::server;
-use crate::sys::{self, Pid, PollFd, WaitStatus};
+use crate::sys::{self, Pid, PollFd, SignalSet, WaitStatus};
 use crate::worker::WorkerConfig;
+use crate::zygote::{self, Launched, Origin};
 
 /// Bytes in one message.
 pub(crate) const MESSAGE: usize = 24;
@@ -91,6 +91,8 @@ pub(crate) enum Event {
 #[derive(Debug)]
 pub(crate) struct ForkServer {
     pid: Pid,
+    /// Who forked it: we reap our own child; the zygote reaps its own.
+    origin: Origin,
     sock: Option<OwnedFd>,
     inbuf: Vec<u8>,
     events: VecDeque<Event>,
@@ -128,35 +130,27 @@ impl Child {
 }
 
 impl ForkServer {
-    /// Forks the server. Call it from the thread that lives as long as the pool: the server
-    /// dies when that thread ends.
+    /// Starts the server of a pool being built: from the zygote if `forkpool::init()` ran,
+    /// else forked from this process (see [`crate::zygote`]). Call it from the thread that
+    /// builds the pool, before the pool's own threads start.
     ///
-    /// `worker_mask` is the signal mask workers start with; `config` what they run.
-    pub(crate) fn start(
-        worker_mask: libc::sigset_t,
-        config: WorkerConfig,
-    ) -> io::Result<ForkServer> {
-        let (ours, theirs) = sys::socketpair()?;
-        let parent = sys::getpid();
-        // The server keeps this thread's mask (SIGPIPE blocked): it writes to our socket.
-        // SAFETY: pthread_sigmask with a null new set only reads the current mask into `mask`.
-        let server_mask = unsafe {
-            let mut mask: libc::sigset_t = std::mem::zeroed();
-            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
-            mask
-        };
-        // SAFETY: in the child, only child_setup (raw libc calls) and server::serve run, and
-        // serve ends in _exit, never returning or unwinding into this function.
-        let pid = unsafe { sys::fork()? };
-        if pid == 0 {
-            // SAFETY: we are the freshly forked child.
-            let [sock] = unsafe { sys::child_setup(parent, &server_mask, [theirs.as_raw_fd()]) };
-            server::serve(sock, worker_mask, config);
-        }
-        drop(theirs);
+    /// `worker_mask` is the signal mask workers start with (less SIGALRM); `config` what they
+    /// run.
+    pub(crate) fn start(worker_mask: SignalSet, config: WorkerConfig) -> io::Result<ForkServer> {
+        ForkServer::new(zygote::launch_server(worker_mask, config)?)
+    }
+
+    /// Starts a new server for a pool whose server was lost: only from the zygote; without it,
+    /// an error (see [`zygote::relaunch_server`]).
+    pub(crate) fn restart(worker_mask: SignalSet, config: WorkerConfig) -> io::Result<ForkServer> {
+        ForkServer::new(zygote::relaunch_server(worker_mask, config)?)
+    }
+
+    fn new(launched: Launched) -> io::Result<ForkServer> {
         let server = ForkServer {
-            pid,
-            sock: Some(ours),
+            pid: launched.pid,
+            origin: launched.origin,
+            sock: Some(launched.sock),
             inbuf: Vec::new(),
             events: VecDeque::new(),
             next_token: 0,
@@ -324,10 +318,18 @@ impl ForkServer {
     /// Closes the socket, which tells the server to end, and reaps it. The server kills any
     /// worker still alive and reaps it before it exits.
     fn reap(&mut self) {
-        self.sock = None;
+        let sock = self.sock.take();
         if self.reaped {
             return;
         }
+        if self.origin == Origin::Zygote {
+            if let Some(sock) = sock {
+                zygote::retire_server(self.pid, sock);
+            }
+            self.reaped = true;
+            return;
+        }
+        drop(sock);
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         // It exits within microseconds of seeing the socket close: look again soon, then less
         // and less often.
@@ -373,6 +375,7 @@ mod tests {
         sys::set_nonblocking(&ours).unwrap();
         let mut server = ForkServer {
             pid: sys::getpid(),
+            origin: Origin::Forked,
             sock: Some(ours),
             inbuf: Vec::new(),
             events: VecDeque::new(),
