@@ -139,7 +139,7 @@ mod tests {
         assert_eq!(back.worker_mask, spec.worker_mask);
         assert_eq!(
             back.config.initializer.map(|f| f as usize),
-            Some(init as usize)
+            Some(init as fn() as usize)
         );
         assert_eq!(back.config.max_tasks, Some(usize::MAX));
         assert_eq!(back.config.max_memory, Some(1 << 30));
