@@ -1,16 +1,16 @@
 //! How a worker comes to exist: the parent's side of the fork server.
 //!
 //! Forking a process that has other threads copies only the forking thread; a lock another thread
-//! held at that moment stays locked forever in the child. So the pool forks exactly once from
-//! its own process: when the pool is built, its dispatcher thread, before doing anything else,
-//! forks a small single-threaded *fork server* ([`crate::server`]). Every worker, the first ones
-//! and every replacement, is forked by that server, never by the (threaded) parent.
+//! held at that moment stays locked forever in the child. So no worker is forked by the
+//! (threaded) parent: a small single-threaded *fork server* ([`crate::server`]) forks every
+//! worker, the first ones and every replacement. The server itself is forked by the zygote of
+//! `forkpool::init()`, or else by the thread that builds the pool ([`crate::zygote`]).
 //!
 //! The parent makes each worker's two pipes itself and hands the worker's ends down the server's
 //! Unix socket (SCM_RIGHTS). The server reaps its workers and reports each exit status, so
 //! [`Error::WorkerDied`](crate::Error::WorkerDied) still says how a worker died, and it is the
-//! only process that ever signals a worker, so a kill never hits a reused pid. The server dies
-//! with the dispatcher thread (PR_SET_PDEATHSIG) and the workers die with the server.
+//! only process that ever signals a worker, so a kill never hits a reused pid. The server ends
+//! at end of file on its socket, and the workers die with the server.
 //!
 //! Messages on the socket are three little-endian `u64`s: a kind and two arguments.
 
