@@ -795,3 +795,39 @@ impl SignalSet {
 pub(crate) fn helper_mask() -> libc::sigset_t {
     SignalSet::default().with(libc::SIGPIPE).to_sigset()
 }
+
+#[cfg(test)]
+mod zygote_wrapper_tests {
+    use super::*;
+
+    #[test]
+    fn a_signal_set_round_trips_through_a_sigset() {
+        let set = SignalSet::default()
+            .with(libc::SIGCHLD)
+            .with(libc::SIGPIPE)
+            .with(64)
+            .without(libc::SIGPIPE);
+        assert_eq!(SignalSet::from_sigset(&set.to_sigset()), set);
+        assert_eq!(
+            SignalSet::from_sigset(&helper_mask()),
+            SignalSet::default().with(libc::SIGPIPE)
+        );
+    }
+
+    #[test]
+    fn the_current_mask_is_read_and_threads_are_counted() {
+        let before = SignalSet::current().unwrap();
+        let seen = std::thread::spawn(|| {
+            let set = SignalSet::default().with(libc::SIGUSR2).to_sigset();
+            // SAFETY: a valid, initialized set; this thread's mask only.
+            unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+            (SignalSet::current().unwrap(), thread_count())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen.0, before.with(libc::SIGUSR2));
+        if cfg!(target_os = "linux") {
+            assert!(seen.1.unwrap() >= 2, "{:?}", seen.1);
+        }
+    }
+}
