@@ -29,6 +29,9 @@ fn open_fds() -> Vec<i32> {
 fn main() {
     // A signalfd/sigwait program blocks SIGCHLD first; the zygote inherits that mask and must
     // set its own.
+    if scenario::requested().as_deref() == Some("init_off_main") {
+        return init_off_main();
+    }
     INHERITED.set(open_fds()).unwrap();
     scenario::block(&[libc::SIGCHLD, libc::SIGALRM]);
     forkpool::init().expect("init");
@@ -38,7 +41,11 @@ fn main() {
     }
     LATE.store(7, Ordering::Relaxed);
     scenario::watchdog(Duration::from_secs(600));
-    let checks: [(&str, fn()); 9] = [
+    let checks: [(&str, fn()); 10] = [
+        (
+            "init_on_a_thread_that_ends_leaves_a_working_zygote",
+            init_on_a_thread_that_ends_leaves_a_working_zygote,
+        ),
         (
             "init_is_idempotent_from_any_thread",
             init_is_idempotent_from_any_thread,
@@ -140,6 +147,30 @@ fn play_scenario(name: &str) {
         }
         other => panic!("unknown scenario {other}"),
     }
+}
+
+/// `init()` first, but on a thread that then ends: the zygote must outlive that thread (the
+/// death signal follows the forking thread), and serve a pool built afterwards.
+fn init_off_main() {
+    std::thread::spawn(|| forkpool::init().unwrap())
+        .join()
+        .unwrap();
+    let pool = Pool::new(1).unwrap();
+    let server = pool.apply(scenario::parent_pid, 0).unwrap();
+    let zygote = ppid_of(server).unwrap();
+    assert_ne!(
+        zygote,
+        std::process::id(),
+        "the server was not forked by a zygote"
+    );
+    assert_eq!(ppid_of(zygote), Some(std::process::id()));
+    eprintln!("ZYGOTE SERVES");
+}
+
+fn init_on_a_thread_that_ends_leaves_a_working_zygote() {
+    let run = play("init_off_main", &[], false, Duration::from_secs(60));
+    assert!(run.status.success(), "{:?}\n{}", run.status, run.stderr);
+    assert!(run.stderr.contains("ZYGOTE SERVES"), "{}", run.stderr);
 }
 
 fn kill(pid: u32) {
