@@ -35,6 +35,11 @@ fn main() {
         tasks_that_print_answer_in_pools_built_beside_printing_threads,
     );
     check(
+        "pools_built_inside_a_printing_tokio_runtime_answer",
+        Duration::from_secs(300),
+        pools_built_inside_a_printing_tokio_runtime_answer,
+    );
+    check(
         "text_buffered_before_the_pool_is_printed_once",
         Duration::from_secs(120),
         text_buffered_before_the_pool_is_printed_once,
@@ -64,6 +69,43 @@ fn main() {
 fn play_scenario(name: &str) {
     match name {
         "printers" => scenario::pools_beside_printers(),
+        "tokio" => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                for t in 0..4 {
+                    tokio::spawn(async move {
+                        for i in 0u64.. {
+                            println!("runtime task {t} line {i}");
+                            if i % 64 == 0 {
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                    });
+                }
+                for round in 0..10 {
+                    let pool = Pool::new(2).unwrap();
+                    let results: Vec<_> = (0..4u64)
+                        .map(|i| pool.apply_async(scenario::print_square, i).unwrap())
+                        .collect();
+                    for (i, r) in results.into_iter().enumerate() {
+                        let answer = tokio::time::timeout(Duration::from_secs(20), r).await;
+                        match answer {
+                            Ok(v) => assert_eq!(v.unwrap(), (i * i) as u64),
+                            Err(_) => {
+                                eprintln!("HUNG: round {round}, task {i}");
+                                std::process::exit(3);
+                            }
+                        }
+                    }
+                }
+            });
+            eprintln!("ALL ROUNDS ANSWERED");
+            std::process::exit(0);
+        }
         "buffered" => {
             print!("BUFFERED-BEFORE-POOL;");
             let pool = Pool::new(2).unwrap();
@@ -106,6 +148,17 @@ fn tasks_that_print_answer_in_pools_built_beside_printing_threads() {
     let warnings: Vec<_> = run.stderr.lines().filter(|l| l.contains(WARNING)).collect();
     assert_eq!(warnings.len(), 1, "stderr: {}", run.stderr);
     assert!(warnings[0].starts_with("forkpool: "), "{}", warnings[0]);
+}
+
+/// Issue 8 saw 9 of 10 pools built inside a tokio multi-thread runtime with tasks stuck.
+fn pools_built_inside_a_printing_tokio_runtime_answer() {
+    let run = play("tokio", &[], false, Duration::from_secs(280));
+    assert!(
+        run.status.success(),
+        "a task hung: {:?}\n{}",
+        run.status,
+        run.stderr
+    );
 }
 
 fn text_buffered_before_the_pool_is_printed_once() {
