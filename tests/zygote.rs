@@ -41,7 +41,11 @@ fn main() {
     }
     LATE.store(7, Ordering::Relaxed);
     scenario::watchdog(Duration::from_secs(600));
-    let checks: [(&str, fn()); 10] = [
+    let checks: [(&str, fn()); 11] = [
+        (
+            "a_killed_zygote_is_reaped_and_later_pools_fork_their_own_server",
+            a_killed_zygote_is_reaped_and_later_pools_fork_their_own_server,
+        ),
         (
             "init_on_a_thread_that_ends_leaves_a_working_zygote",
             init_on_a_thread_that_ends_leaves_a_working_zygote,
@@ -145,6 +149,42 @@ fn play_scenario(name: &str) {
             println!("PIDS {zygote} {server} {}", workers[0]);
             std::thread::sleep(Duration::from_secs(60));
         }
+        "zygote_killed" => {
+            let before = Pool::new(1).unwrap();
+            let server = before.apply(scenario::parent_pid, 0).unwrap();
+            let zygote = ppid_of(server).unwrap();
+            kill(zygote);
+            // Its servers die with it (PR_SET_PDEATHSIG): wait until this one has.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !gone(server) {
+                assert!(Instant::now() < deadline, "the server outlived the zygote");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // A pool built now forks its own server, as without init().
+            let after = Pool::new(1).unwrap();
+            let own = after.apply(scenario::parent_pid, 0).unwrap();
+            assert_eq!(ppid_of(own), Some(std::process::id()));
+            // Found dead when the pool asked it for a server, and reaped: not even a zombie.
+            assert!(!scenario::exists(zygote), "the dead zygote was not reaped");
+            // The pool whose server died with the zygote fails its later tasks, clearly.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                assert!(Instant::now() < deadline, "the orphaned pool kept running");
+                let r = before.apply_async(scenario::print_square, 1).unwrap();
+                assert!(r.wait_timeout(Duration::from_secs(20)), "a task hung");
+                match r.get() {
+                    Err(e @ Error::Io { .. }) => {
+                        assert!(e.to_string().contains("forkpool::init()"), "{e}");
+                        break;
+                    }
+                    Err(Error::WorkerDied { .. }) | Ok(_) => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(e) => panic!("unexpected error {e:?}"),
+                }
+            }
+            eprintln!("FELL BACK");
+        }
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -171,6 +211,18 @@ fn init_on_a_thread_that_ends_leaves_a_working_zygote() {
     let run = play("init_off_main", &[], false, Duration::from_secs(60));
     assert!(run.status.success(), "{:?}\n{}", run.status, run.stderr);
     assert!(run.stderr.contains("ZYGOTE SERVES"), "{}", run.stderr);
+}
+
+fn a_killed_zygote_is_reaped_and_later_pools_fork_their_own_server() {
+    let run = play("zygote_killed", &[], false, Duration::from_secs(120));
+    assert!(run.status.success(), "{:?}\n{}", run.status, run.stderr);
+    assert!(run.stderr.contains("FELL BACK"), "{}", run.stderr);
+    // The fallback is the path without init(): the process has threads, so it warns.
+    assert!(
+        run.stderr.contains("Call forkpool::init()"),
+        "{}",
+        run.stderr
+    );
 }
 
 fn kill(pid: u32) {
