@@ -8,9 +8,11 @@
 //! would fall behind) and what the pool is doing. Then `tokio::time::timeout` around an await:
 //! one that answers in time, and one given up on.
 //!
-//! The pool is built before the runtime: it forks, and fork copies only the calling thread, so
-//! it must come before tokio starts its threads. That is why `main` builds the runtime with
-//! `tokio::runtime::Builder` rather than `#[tokio::main]`, which would start it first.
+//! `forkpool::init()` runs first, before the runtime: it forks the zygote that every pool's
+//! fork server comes from, and fork copies only the calling thread, so it must come before
+//! tokio starts its threads (after it, pools can be built anywhere, inside the runtime too).
+//! That is why `main` builds the runtime with `tokio::runtime::Builder` rather than
+//! `#[tokio::main]`, which would start it first.
 //!
 //! Run with `cargo run --example async_tokio`. It takes a second or two.
 
@@ -36,7 +38,8 @@ fn is_prime(n: u64) -> bool {
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    // Build the pool first thing in main, before any other thread exists: before the runtime.
+    // First thing in main, before any other thread exists: before the runtime.
+    forkpool::init()?;
     let pool = Arc::new(Pool::new(2)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

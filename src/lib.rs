@@ -15,8 +15,9 @@
 //!
 //! # How it works
 //!
-//! [`Pool::new`] starts a dispatcher thread, which lives as long as the pool, moves every byte,
-//! and has a small fork server fork the worker processes (see *Fork safety*). A task is a function pointer `fn(A) -> R` and an argument `A`. The argument is
+//! [`Pool::new`] starts a dispatcher thread, which lives as long as the pool and moves every
+//! byte, and a small fork server that forks the worker processes (see *Fork safety*). A task is
+//! a function pointer `fn(A) -> R` and an argument `A`. The argument is
 //! encoded with serde and bincode and written to a worker's task pipe in a length-prefixed frame,
 //! together with the function's address and that of a small generic "trampoline" that knows `A`
 //! and `R`. Since a worker is a fork of the same program, both addresses are valid in it: the
@@ -45,6 +46,7 @@
 //! | Python | forkpool |
 //! |---|---|
 //! | `Pool(4)` | [`Pool::new(4)`](Pool::new) |
+//! | `set_start_method("forkserver")` | [`forkpool::init()`](init) first in `main` |
 //! | `Pool(initializer=f, maxtasksperchild=n)` | [`Pool::builder()`](Pool::builder)`.initializer(f).max_tasks_per_child(n).build()` |
 //! | `pool.apply(f, (x,))` | [`pool.apply(f, x)`](Pool::apply) |
 //! | `pool.apply_async(f, (x,))` | [`pool.apply_async(f, x)`](Pool::apply_async) |
@@ -66,17 +68,37 @@
 //! # Fork safety
 //!
 //! Fork copies only the thread that calls it; a lock held by another thread at that moment
-//! (`stdout`'s, your own mutexes) stays locked forever in the child. So a pool forks exactly once
-//! from your process: when it is built, its dispatcher thread forks a small single-threaded
-//! *fork server*, and that server forks every worker, the first ones and every replacement
-//! (after a crash, a timeout, `max_tasks_per_child` or a memory cap). Build the pool early in
-//! `main`, before other threads start, and no worker can inherit a held lock. Workers see the
-//! program as it was when the pool was built: globals changed later are not visible to them.
+//! (`stdout`'s, your own mutexes) stays locked forever in the child. So no worker is forked
+//! from your program: a single-threaded *fork server* forks every worker of a pool, the first
+//! ones and every replacement (after a crash, a timeout, `max_tasks_per_child` or a memory cap).
+//!
+//! Call [`init`] first in `main`, while the program is single-threaded and small: it forks a
+//! process-wide *zygote*, and every pool built later, from any thread and however large the
+//! program has grown, has the zygote fork its server (Python's `forkserver` start method).
+//! Workers then start from the program as it was at `init()`: globals set later are not
+//! visible to them; pass later state through the
+//! [`initializer`](PoolBuilder::initializer) or the tasks' arguments.
+//!
+//! Without `init()`, the pool forks its server from your program when it is built, with
+//! `stdout` flushed and `stdout` and `stderr` held across the fork, so those two are never
+//! inherited locked; other locks can be. If the program already runs other threads, the pool
+//! says so once on stderr (set `FORKPOOL_NO_THREAD_WARNING` to silence it). Build the pool
+//! early in `main`, then, or call `init()`. A fork server killed from outside is forked again
+//! by the zygote; without one, the pool does not fork it again from its threaded process, and
+//! later tasks fail with [`Error::Io`].
+//!
+//! With tokio, call `init()` (or build the pool) before the runtime starts its threads: build
+//! the runtime with `tokio::runtime::Builder` in `main` rather than with `#[tokio::main]`, which
+//! starts it before your code runs.
+//!
+//! The zygote and the fork servers block only SIGPIPE, whatever your program blocks (they rely
+//! on SIGCHLD). Workers start with the signal mask of the thread that built the pool, less
+//! SIGALRM, which a task's time limit needs.
 //!
 //! Workers close every inherited file descriptor except stdin, stdout and stderr, and every
 //! descriptor of the pool is close-on-exec, so a program a task starts holds no pool pipe.
 //! Workers shrug off SIGINT (Ctrl-C is the parent's to handle), and die with the fork server,
-//! which dies with the pool's dispatcher thread: a killed parent leaves no orphans.
+//! which dies with the pool (end of file on its socket): a killed parent leaves no orphans.
 //!
 //! # Limits
 //!
@@ -116,6 +138,7 @@ mod stats;
 mod sys;
 mod task;
 mod worker;
+mod zygote;
 
 pub use error::{Error, ExitCause, Result};
 
@@ -132,6 +155,7 @@ pub use imap::Imap;
 pub use pool::{Pool, PoolBuilder};
 pub use result::AsyncResult;
 pub use stats::Stats;
+pub use zygote::init;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

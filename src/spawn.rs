@@ -2,16 +2,16 @@
 //! [`Processes`] seam the dispatcher schedules against.
 //!
 //! Forking a process that has other threads copies only the forking thread; a lock another thread
-//! held at that moment stays locked forever in the child. So the pool forks exactly once from
-//! its own process: when the pool is built, its dispatcher thread, before doing anything else,
-//! forks a small single-threaded *fork server* ([`crate::server`]). Every worker, the first ones
-//! and every replacement, is forked by that server, never by the (threaded) parent.
+//! held at that moment stays locked forever in the child. So no worker is forked by the
+//! (threaded) parent: a small single-threaded *fork server* ([`crate::server`]) forks every
+//! worker, the first ones and every replacement. The server itself is forked by the zygote of
+//! `forkpool::init()`, or else by the thread that builds the pool ([`crate::zygote`]).
 //!
 //! The parent makes each worker's two pipes itself and hands the worker's ends down the server's
 //! Unix socket (SCM_RIGHTS). The server reaps its workers and reports each exit status, so
 //! [`Error::WorkerDied`](crate::Error::WorkerDied) still says how a worker died, and it is the
-//! only process that ever signals a worker, so a kill never hits a reused pid. The server dies
-//! with the dispatcher thread (PR_SET_PDEATHSIG) and the workers die with the server.
+//! only process that ever signals a worker, so a kill never hits a reused pid. The server ends
+//! at end of file on its socket, and the workers die with the server.
 //!
 //! Nothing here blocks the dispatcher: a spawn request is queued and sent as the socket takes it,
 //! and its answer arrives later as an [`Event`] keyed by the request's token. The messages are
@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::ExitCause;
 use crate::proto::{self, EXITED, KILL, MESSAGE, SPAWN, SPAWNED, SPAWN_FAILED};
-use crate::server;
-use crate::sys::{self, Pid};
+use crate::sys::{self, Pid, SignalSet};
 use crate::worker::WorkerConfig;
+use crate::zygote::{self, Launched, Origin};
 
 /// How long the server may take to exit once its socket is closed, before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -117,6 +117,11 @@ struct Outgoing {
 #[derive(Debug)]
 pub(crate) struct ForkServer {
     pid: Pid,
+    /// Who forked it: we reap our own child; the zygote reaps its own.
+    origin: Origin,
+    /// What a server re-created by the zygote is started with (see [`ForkServer::recreate`]).
+    worker_mask: SignalSet,
+    config: WorkerConfig,
     sock: Option<OwnedFd>,
     inbuf: Vec<u8>,
     /// Requests the socket did not take yet, in order; sent when it is writable again.
@@ -127,36 +132,26 @@ pub(crate) struct ForkServer {
 }
 
 impl ForkServer {
-    /// Forks the server. Call it from the thread that lives as long as the pool: the server
-    /// dies when that thread ends.
+    /// Starts the server of a pool being built: from the zygote if `forkpool::init()` ran,
+    /// else forked from this process (see [`crate::zygote`]). Call it from the thread that
+    /// builds the pool, before the pool's own threads start.
     ///
-    /// `worker_mask` is the signal mask workers start with; `config` what they run.
-    pub(crate) fn start(
-        worker_mask: libc::sigset_t,
-        config: WorkerConfig,
-    ) -> io::Result<ForkServer> {
-        let (ours, theirs) = sys::socketpair()?;
-        let parent = sys::getpid();
-        // The server keeps this thread's mask (SIGPIPE blocked): it writes to our socket.
-        let server_mask = sys::current_sigmask()?;
-        // SAFETY: in the child, only child_setup (raw libc calls) and server::serve run, and
-        // serve ends in _exit, never returning or unwinding into this function.
-        let pid = unsafe { sys::fork()? };
-        if pid == 0 {
-            // SAFETY: we are the freshly forked child.
-            let [sock] = unsafe { sys::child_setup(parent, &server_mask, [theirs.as_raw_fd()]) };
-            server::serve(sock, worker_mask, config);
-        }
-        drop(theirs);
-        let server = ForkServer::on_socket(pid, ours);
+    /// `worker_mask` is the signal mask workers start with (less SIGALRM); `config` what they
+    /// run.
+    pub(crate) fn start(worker_mask: SignalSet, config: WorkerConfig) -> io::Result<ForkServer> {
+        let launched = zygote::launch_server(worker_mask, config)?;
+        let server = ForkServer::on_socket(launched, worker_mask, config);
         sys::set_nonblocking(server.sock.as_ref().expect("just set"))?;
         Ok(server)
     }
 
-    fn on_socket(pid: Pid, sock: OwnedFd) -> ForkServer {
+    fn on_socket(launched: Launched, worker_mask: SignalSet, config: WorkerConfig) -> ForkServer {
         ForkServer {
-            pid,
-            sock: Some(sock),
+            pid: launched.pid,
+            origin: launched.origin,
+            worker_mask,
+            config,
+            sock: Some(launched.sock),
             inbuf: Vec::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
@@ -260,10 +255,18 @@ impl ForkServer {
     /// Closes the socket, which tells the server to end, and reaps it. The server kills any
     /// worker still alive and reaps it before it exits.
     fn reap(&mut self) {
-        self.sock = None;
+        let sock = self.sock.take();
         if self.reaped {
             return;
         }
+        if self.origin == Origin::Zygote {
+            if let Some(sock) = sock {
+                zygote::retire_server(self.pid, sock);
+            }
+            self.reaped = true;
+            return;
+        }
+        drop(sock);
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         // It exits within microseconds of seeing the socket close: look again soon, then less
         // and less often.
@@ -288,11 +291,16 @@ impl ForkServer {
     /// **The re-creation path** for a server lost while the pool runs (killed from outside).
     ///
     /// Forking a new server now would fork the pool's parent, which has other threads by now (a
-    /// lock one of them holds would stay locked in every worker), so this refuses: the
-    /// dispatcher then fails the pool's tasks with [`server_lost`]'s error. A process-wide
-    /// server forked while the program was single-threaded can re-create it here instead.
+    /// lock one of them holds would stay locked in every worker), so only the zygote of
+    /// `forkpool::init()` may fork it ([`zygote::relaunch_server`]); without one this refuses,
+    /// and the dispatcher fails the pool's tasks with the error.
     pub(crate) fn recreate(&mut self) -> io::Result<()> {
-        Err(server_lost())
+        let launched = zygote::relaunch_server(self.worker_mask, self.config)?;
+        let fresh = ForkServer::on_socket(launched, self.worker_mask, self.config);
+        sys::set_nonblocking(fresh.sock.as_ref().expect("just set"))?;
+        // The old server is reaped already (mark_lost); dropping it here does nothing more.
+        *self = fresh;
+        Ok(())
     }
 }
 
@@ -359,7 +367,20 @@ mod tests {
     fn fake_server() -> (ForkServer, OwnedFd) {
         let (ours, theirs) = sys::socketpair().unwrap();
         sys::set_nonblocking(&ours).unwrap();
-        let mut server = ForkServer::on_socket(sys::getpid(), ours);
+        let mut server = ForkServer::on_socket(
+            Launched {
+                pid: sys::getpid(),
+                sock: ours,
+                origin: Origin::Forked,
+            },
+            SignalSet::current().unwrap(),
+            WorkerConfig {
+                initializer: None,
+                max_tasks: None,
+                max_memory: None,
+                print_panics: false,
+            },
+        );
         server.reaped = true;
         (server, theirs)
     }

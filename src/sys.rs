@@ -282,20 +282,6 @@ pub(crate) fn block_sigpipe() -> io::Result<libc::sigset_t> {
     }
 }
 
-/// The calling thread's signal mask.
-pub(crate) fn current_sigmask() -> io::Result<libc::sigset_t> {
-    // SAFETY: sigset_t is plain data; pthread_sigmask with a null new set only writes the
-    // current mask into `mask`.
-    unsafe {
-        let mut mask: libc::sigset_t = std::mem::zeroed();
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        Ok(mask)
-    }
-}
-
 /// A connected pair of Unix stream sockets, both close-on-exec.
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
@@ -726,5 +712,156 @@ pub(crate) fn signal_name(sig: i32) -> &'static str {
         libc::SIGXFSZ => "SIGXFSZ",
         libc::SIGSYS => "SIGSYS",
         _ => "unknown signal",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wrappers for the zygote and for forking helpers from a threaded process (src/zygote/).
+// ---------------------------------------------------------------------------------------------
+
+/// How many threads this process runs, from `/proc/self/status` (`Threads:`); `None` where that
+/// cannot be read (not Linux, no /proc).
+pub(crate) fn thread_count() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// True on the process's main thread (the one whose thread id is the process id). Where that
+/// cannot be told, false: the caller then takes the cautious path.
+pub(crate) fn is_main_thread() -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as Pid;
+        tid == getpid()
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    false
+}
+
+/// Cancels `PR_SET_PDEATHSIG` in this process: for a helper forked by a thread that may end
+/// before the process does (the death signal follows the forking *thread*). Such a helper
+/// notices its parent's death by end of file on its socket instead.
+pub(crate) fn clear_parent_death_signal() {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    // SAFETY: prctl(PR_SET_PDEATHSIG, 0) only changes an attribute of this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, 0 as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// `shutdown(fd, SHUT_WR)`: the peer reads end of file while this side can still read.
+pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY: shutdown has no memory-safety preconditions.
+    syscall!(shutdown(fd, libc::SHUT_WR)).map(drop)
+}
+
+/// The highest signal number a [`SignalSet`] holds.
+const MAX_SIGNAL: i32 = 64;
+
+/// A set of signals as plain bits (bit `n - 1` is signal `n`), so that a signal mask can travel
+/// between processes as bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct SignalSet(pub(crate) u64);
+
+impl SignalSet {
+    /// The calling thread's signal mask.
+    pub(crate) fn current() -> io::Result<SignalSet> {
+        // SAFETY: sigset_t is plain data; pthread_sigmask with a null new set only writes the
+        // current mask into `mask`.
+        let mask = unsafe {
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+            mask
+        };
+        Ok(SignalSet::from_sigset(&mask))
+    }
+
+    /// The bits of a `sigset_t`.
+    pub(crate) fn from_sigset(mask: &libc::sigset_t) -> SignalSet {
+        let mut bits = 0;
+        for sig in 1..=MAX_SIGNAL {
+            // SAFETY: sigismember only reads an initialized set; an invalid signal number
+            // returns -1, which is not 1.
+            if unsafe { libc::sigismember(mask, sig) } == 1 {
+                bits |= 1 << (sig - 1);
+            }
+        }
+        SignalSet(bits)
+    }
+
+    /// The `sigset_t` with these bits.
+    pub(crate) fn to_sigset(self) -> libc::sigset_t {
+        // SAFETY: sigemptyset initializes the set; sigaddset of an invalid number fails and
+        // changes nothing.
+        unsafe {
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut mask);
+            for sig in 1..=MAX_SIGNAL {
+                if self.0 & (1 << (sig - 1)) != 0 {
+                    libc::sigaddset(&mut mask, sig);
+                }
+            }
+            mask
+        }
+    }
+
+    /// This set with `sig` added.
+    pub(crate) fn with(self, sig: i32) -> SignalSet {
+        SignalSet(self.0 | 1 << (sig - 1))
+    }
+
+    /// This set with `sig` removed.
+    pub(crate) fn without(self, sig: i32) -> SignalSet {
+        SignalSet(self.0 & !(1 << (sig - 1)))
+    }
+}
+
+/// The signal mask of a pool's helper processes (the zygote, a fork server): only SIGPIPE is
+/// blocked (they write to sockets whose reader may be gone); SIGCHLD, which tells them a child
+/// ended, and everything else are delivered, whatever the mask of the thread that forked them.
+pub(crate) fn helper_mask() -> libc::sigset_t {
+    SignalSet::default().with(libc::SIGPIPE).to_sigset()
+}
+
+#[cfg(test)]
+mod zygote_wrapper_tests {
+    use super::*;
+
+    #[test]
+    fn a_signal_set_round_trips_through_a_sigset() {
+        let set = SignalSet::default()
+            .with(libc::SIGCHLD)
+            .with(libc::SIGPIPE)
+            .with(64)
+            .without(libc::SIGPIPE);
+        assert_eq!(SignalSet::from_sigset(&set.to_sigset()), set);
+        assert_eq!(
+            SignalSet::from_sigset(&helper_mask()),
+            SignalSet::default().with(libc::SIGPIPE)
+        );
+    }
+
+    #[test]
+    fn the_current_mask_is_read_and_threads_are_counted() {
+        let before = SignalSet::current().unwrap();
+        let seen = std::thread::spawn(|| {
+            let set = SignalSet::default().with(libc::SIGUSR2).to_sigset();
+            // SAFETY: a valid, initialized set; this thread's mask only.
+            unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+            (SignalSet::current().unwrap(), thread_count())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen.0, before.with(libc::SIGUSR2));
+        if cfg!(target_os = "linux") {
+            assert!(seen.1.unwrap() >= 2, "{:?}", seen.1);
+        }
     }
 }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, ExitCause, Result};
 use crate::frame;
 use crate::spawn::{Event, ForkServer, Processes};
-use crate::sys::{self, PollFd};
+use crate::sys::{self, PollFd, SignalSet};
 use crate::worker::{self as child, WorkerConfig};
 
 pub(crate) use submit::{front, Front, Lease, Submitter};
@@ -73,12 +73,17 @@ pub(crate) struct Config {
 pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
     child::install_panic_hook();
     let (submitter, front) = front()?;
+    // The server is started here, on the caller's thread, before the dispatcher thread exists:
+    // a caller that holds stdout's lock can still fork it (see zygote::fork). Workers start
+    // with the caller's signal mask.
+    let worker_mask = SignalSet::current().map_err(Error::io("pthread_sigmask"))?;
+    let server = ForkServer::start(worker_mask, config.worker).map_err(Error::io("fork"))?;
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
     let handle = thread::Builder::new()
         .name("forkpool-dispatch".into())
         .stack_size(DISPATCHER_STACK)
         .spawn(move || {
-            let mut dispatcher = match Dispatcher::start(config, front) {
+            let mut dispatcher = match Dispatcher::start(config, server, front) {
                 Ok(d) => d,
                 Err((e, front)) => {
                     front.close_wake();
@@ -133,18 +138,19 @@ pub(crate) struct Dispatcher<P: Processes> {
 }
 
 impl Dispatcher<ForkServer> {
-    /// Forks the fork server (first thing on this thread, before the pool has any other), then
-    /// has it fork the first workers, and waits, on the event loop and bounded, until they are.
+    /// Has the fork server (started on the building thread) fork the first workers, and waits,
+    /// on the event loop and bounded, until they are.
     #[allow(clippy::result_large_err)]
-    fn start(config: Config, front: Front) -> std::result::Result<Self, (Error, Front)> {
-        let worker_mask = match sys::block_sigpipe() {
-            Ok(mask) => mask,
-            Err(e) => return Err((Error::io("pthread_sigmask")(e), front)),
-        };
-        let server = match ForkServer::start(worker_mask, config.worker) {
-            Ok(server) => server,
-            Err(e) => return Err((Error::io("fork")(e), front)),
-        };
+    fn start(
+        config: Config,
+        server: ForkServer,
+        front: Front,
+    ) -> std::result::Result<Self, (Error, Front)> {
+        // This thread writes to workers' pipes: a dead reader must give EPIPE, not kill the
+        // program.
+        if let Err(e) = sys::block_sigpipe() {
+            return Err((Error::io("pthread_sigmask")(e), front));
+        }
         let mut dispatcher = Dispatcher::new(config, server, front);
         match dispatcher.start_workers(Instant::now() + START_WAIT) {
             Ok(()) => Ok(dispatcher),

@@ -1,0 +1,320 @@
+//! How a pool's fork server comes to exist: forked by the *zygote* that [`init`] started, or,
+//! without it, by the thread that builds the pool.
+//!
+//! A fork server ([`crate::server`]) forks every worker of one pool. Without [`init`] it is a
+//! fork of the program at the moment the pool is built, taken with the standard stream locks
+//! held ([`fork::fork_holding_stdio`]), and the program is warned once if it already had other
+//! threads. With [`init`], called first in `main`, the program forks a *zygote* at once: a
+//! single-threaded copy of the program as it was then, small and holding no lock. Every pool
+//! built later asks the zygote to fork its server ([`launch_server`]), so the server and its
+//! workers are copies of that early program, whatever threads and memory the program has by
+//! then. A fork server killed from outside is forked again by the zygote
+//! ([`relaunch_server`]); without a zygote, a pool does not fork a new server from its now
+//! threaded process at all, and its later tasks fail with a clear error.
+//!
+//! The parent side is this file; the zygote's side is [`child`], the messages between them are
+//! [`proto`]. The zygote's socket is a Unix socketpair: the server's end of each new server's
+//! own socket travels down it (SCM_RIGHTS), so the server talks to the pool directly and the
+//! zygote never sees a task.
+
+mod child;
+mod fork;
+pub(crate) mod proto;
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::sys::{self, Pid, PollFd, SignalSet};
+use crate::worker::WorkerConfig;
+use fork::Side;
+use proto::{ServerSpec, KILL, MESSAGE, STARTED, START_FAILED};
+
+/// How long a pool waits for the zygote to answer a start request.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a zygote's fork server may take to exit once asked, before the zygote kills it, and
+/// then how long to wait for that.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// Starts the process-wide *zygote*, from which every pool built later in this process forks
+/// its workers. Call it first thing in `main`, before any thread (a runtime, a logger) starts
+/// and before the program grows large.
+///
+/// The zygote is a single-threaded copy of the program as it is at this call. A pool built
+/// later, from any thread and at any size of the program, has the zygote fork its fork server,
+/// which forks the workers: so no worker inherits a lock another thread held (the hang of a
+/// task's `println!` in a program that already had threads), and forking a worker costs what
+/// forking the small early program costs, not the program's size now. This is what Python's
+/// `forkserver` start method does.
+///
+/// ```
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// fn main() -> forkpool::Result<()> {
+///     forkpool::init()?; // first, while the program is single-threaded and small
+///     // ... start a runtime, spawn threads, load data ...
+///     let pool = forkpool::Pool::new(2)?;
+///     assert_eq!(pool.map(square, 0..4)?, [0, 1, 4, 9]);
+///     Ok(())
+/// }
+/// ```
+///
+/// Calling it again, from any thread, does nothing and returns `Ok`. Called from a thread other
+/// than `main` it works too, but the zygote is then a copy of a program that may already have
+/// threads, which is what it is there to avoid.
+///
+/// # Caveats
+/// - Workers start from the program as it was at `init()`: globals set, files opened and data
+///   loaded later are not in them. What they need from later state, they get through the pool's
+///   [`initializer`](crate::PoolBuilder::initializer) (which runs in each worker and can read a
+///   file, the environment, a socket) or through the tasks' arguments.
+/// - The zygote lives until the program ends; it dies with it (end of file on its socket, and
+///   PR_SET_PDEATHSIG when `init()` runs on the main thread). Its socket is close-on-exec, so a
+///   program you spawn does not inherit it.
+/// - If the zygote is killed from outside, pools built later fork their servers as without
+///   `init()` (with its warning), and a fork server lost after that is not replaced.
+///
+/// # Errors
+/// [`Error::Io`] if the socket or the fork failed; nothing is left behind, and pools then work
+/// as without `init()`.
+pub fn init() -> Result<()> {
+    let me = sys::getpid();
+    loop {
+        if slot().is_some() {
+            return Ok(());
+        }
+        // Claim the right to start it. A value left by another process (we are a fork of a
+        // process that was starting one) is not ours to wait for.
+        let starting = STARTING.load(Ordering::Acquire);
+        if starting == me {
+            std::thread::yield_now(); // another of our threads is starting it
+            continue;
+        }
+        if STARTING
+            .compare_exchange(starting, me, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            break;
+        }
+    }
+    let started = start_zygote(me);
+    STARTING.store(0, Ordering::Release);
+    started
+}
+
+/// Forks the zygote and publishes its handle.
+fn start_zygote(me: Pid) -> Result<()> {
+    let (ours, theirs) = sys::socketpair().map_err(Error::io("socketpair"))?;
+    let on_main = sys::is_main_thread();
+    // SAFETY: in the child only child_setup (raw libc calls) and child::serve run, and serve
+    // ends in _exit.
+    let forked = unsafe { fork::fork_holding_stdio() }.map_err(Error::io("fork"))?;
+    let pid = match forked {
+        Side::Parent(pid) => pid,
+        Side::Child => {
+            let mask = sys::helper_mask();
+            // SAFETY: we are the freshly forked child.
+            let [sock] = unsafe { sys::child_setup(me, &mask, [theirs.as_raw_fd()]) };
+            if !on_main {
+                // The death signal follows the forking thread, which may end long before the
+                // program does; end of file on the socket still tells the zygote.
+                sys::clear_parent_death_signal();
+            }
+            child::serve(sock)
+        }
+    };
+    drop(theirs);
+    let handle = Box::new(Zygote {
+        owner: me,
+        pid,
+        sock: Mutex::new(Some(ours)),
+    });
+    // Leaked on purpose: the handle lives as long as the process.
+    SLOT.store(Box::into_raw(handle), Ordering::Release);
+    Ok(())
+}
+
+/// The program's handle on its zygote.
+#[derive(Debug)]
+struct Zygote {
+    /// The process this handle belongs to. A fork of it (a worker, a daemonized child) has a
+    /// copy of the pointer, and must not use it: the socket is its parent's.
+    owner: Pid,
+    /// The zygote's pid: our child, reaped only once its socket is found dead.
+    pid: Pid,
+    /// The socket, held while talking; `None` once the zygote is gone.
+    sock: Mutex<Option<OwnedFd>>,
+}
+
+/// The zygote handle of this process, published once by [`start_zygote`] and never freed.
+static SLOT: AtomicPtr<Zygote> = AtomicPtr::new(std::ptr::null_mut());
+/// The pid of a process one of whose threads is in [`start_zygote`], or 0.
+static STARTING: AtomicI32 = AtomicI32::new(0);
+
+/// This process's zygote handle, if [`init`] ran in this very process.
+fn slot() -> Option<&'static Zygote> {
+    // SAFETY: SLOT is null or a pointer from Box::into_raw that is never freed, in this process
+    // or (after a fork) in its copy of the parent's memory.
+    let zygote = unsafe { SLOT.load(Ordering::Acquire).as_ref() }?;
+    (zygote.owner == sys::getpid()).then_some(zygote)
+}
+
+/// Who forked a fork server, which decides how it is waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// This process: it is our child, to reap with `waitpid`.
+    Forked,
+    /// The zygote: it reaps it; we wait for end of file on the server's socket.
+    Zygote,
+}
+
+/// A fork server just started: its pid, the pool's end of its socket, and who forked it.
+#[derive(Debug)]
+pub(crate) struct Launched {
+    pub(crate) pid: Pid,
+    pub(crate) sock: OwnedFd,
+    pub(crate) origin: Origin,
+}
+
+/// Starts a fork server for a pool being built: from the zygote if [`init`] ran, else forked
+/// from this process. Call it on the thread that builds the pool, before the pool's threads
+/// start. `worker_mask` is that thread's signal mask: workers start with it, minus SIGALRM,
+/// which a task's time limit needs delivered.
+pub(crate) fn launch_server(worker_mask: SignalSet, config: WorkerConfig) -> io::Result<Launched> {
+    let spec = ServerSpec {
+        worker_mask: worker_mask.without(libc::SIGALRM),
+        config,
+    };
+    match from_zygote(spec) {
+        Some(launched) => launched,
+        None => fork::fork_server(spec.worker_mask, spec.config),
+    }
+}
+
+/// Starts a new fork server for a pool whose server was lost (killed from outside). Only the
+/// zygote may fork it: forking it from the pool's process, which has threads by now (the
+/// pool's own at least), could leave any lock held in every later worker.
+///
+/// # Errors
+/// Without a zygote, an error saying so, for the tasks that can no longer run.
+pub(crate) fn relaunch_server(
+    worker_mask: SignalSet,
+    config: WorkerConfig,
+) -> io::Result<Launched> {
+    let spec = ServerSpec {
+        worker_mask: worker_mask.without(libc::SIGALRM),
+        config,
+    };
+    from_zygote(spec).unwrap_or_else(|| {
+        Err(io::Error::other(
+            "the pool's fork server is gone (killed from outside?), and a pool does not fork a \
+             new one from a multi-threaded process (its workers could start with a lock held): \
+             call forkpool::init() first in main to have it re-created",
+        ))
+    })
+}
+
+/// Has the zygote fork a server; `None` if there is no zygote (any more).
+fn from_zygote(spec: ServerSpec) -> Option<io::Result<Launched>> {
+    let zygote = slot()?;
+    let mut sock = zygote.sock.lock().unwrap_or_else(PoisonError::into_inner);
+    let fd = sock.as_ref()?.as_raw_fd();
+    let answer = (|| -> io::Result<_> {
+        let (ours, theirs) = sys::socketpair()?;
+        sys::send_with_fds(fd, &proto::start_request(spec), &[theirs.as_raw_fd()])?;
+        drop(theirs); // the zygote has its own copy; the server will own it
+        let words = read_answer(fd, Instant::now() + START_TIMEOUT)?;
+        Ok((words, ours))
+    })();
+    match answer {
+        Ok((words, ours)) if words[0] == STARTED => Some(Ok(Launched {
+            pid: proto::pid(words[1]),
+            sock: ours,
+            origin: Origin::Zygote,
+        })),
+        Ok((words, _)) if words[0] == START_FAILED => {
+            Some(Err(io::Error::from_raw_os_error(words[1] as i32)))
+        }
+        // A garbled answer, a dead socket, or no answer in time: the zygote is unusable. It is
+        // our child: make sure it is dead, reap it, and go on without it.
+        _ => {
+            *sock = None;
+            // Only while it is our unreaped child (a program's own `waitpid(-1)` may have
+            // reaped it already) can its pid not have been reused.
+            if matches!(sys::try_wait(zygote.pid), Ok(None)) {
+                sys::kill(zygote.pid);
+                let _ = sys::wait_blocking(zygote.pid);
+            }
+            None
+        }
+    }
+}
+
+/// Reads one whole message from the blocking socket `fd`, by `deadline`.
+fn read_answer(fd: std::os::fd::RawFd, deadline: Instant) -> io::Result<[u64; proto::WORDS]> {
+    let mut buf = [0u8; MESSAGE];
+    let mut n = 0;
+    while n < MESSAGE {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        // poll reports EINTR as nothing ready: the loop then looks at the clock again.
+        if sys::poll(&mut [PollFd::new(fd, true, false)], Some(left))? == 0 {
+            continue;
+        }
+        match sys::read(fd, &mut buf[n..])? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            k => n += k,
+        }
+    }
+    Ok(proto::decode(&buf))
+}
+
+/// Ends a fork server that the zygote forked: tells it to finish (end of file on its socket),
+/// waits until it has exited (its end of the socket closes when it does, after it has killed
+/// and reaped its workers), and has the zygote kill it if it takes longer than a grace period.
+pub(crate) fn retire_server(pid: Pid, sock: OwnedFd) {
+    let fd = sock.as_raw_fd();
+    if sys::shutdown_write(fd).is_err() {
+        return; // not connected any more: it is gone
+    }
+    if wait_for_eof(fd, Instant::now() + EXIT_GRACE) {
+        return;
+    }
+    if let Some(zygote) = slot() {
+        let sock = zygote.sock.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(z) = sock.as_ref() {
+            let _ = sys::send_with_fds(z.as_raw_fd(), &proto::short(KILL, pid as u64), &[]);
+        }
+    }
+    wait_for_eof(fd, Instant::now() + EXIT_GRACE);
+}
+
+/// Reads and discards until end of file or `deadline`; true at end of file.
+fn wait_for_eof(fd: std::os::fd::RawFd, deadline: Instant) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        if matches!(
+            sys::poll(&mut [PollFd::new(fd, true, false)], Some(left)),
+            Ok(0)
+        ) {
+            continue;
+        }
+        match sys::read(fd, &mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return true, // reset: the peer is gone
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The messages between a program and its zygote, imported by both sides.
+//!
+//! Every message is [`WORDS`] little-endian `u64`s: a kind, then its arguments, unused ones 0.
+//!
+//! | message | direction | words | attached |
+//! |---|---|---|---|
+//! | [`START`] | parent to zygote | a [`ServerSpec`] (see [`start_request`]) | the new server's end of its socket |
+//! | [`KILL`] | parent to zygote | the pid of a fork server that would not exit | |
+//! | [`STARTED`] | zygote to parent | the new server's pid | |
+//! | [`START_FAILED`] | zygote to parent | `errno` of the failed fork | |
+//!
+//! The parent sends one [`START`] at a time and waits for its answer; [`KILL`] has none.
+
+use crate::sys::{Pid, SignalSet};
+use crate::worker::WorkerConfig;
+
+/// Words in one message.
+pub(crate) const WORDS: usize = 10;
+/// Bytes in one message.
+pub(crate) const MESSAGE: usize = WORDS * 8;
+
+/// Parent to zygote: fork a fork server on the attached socket, for a pool with this spec.
+pub(crate) const START: u64 = 1;
+/// Parent to zygote: SIGKILL this fork server if it is still an unreaped child.
+pub(crate) const KILL: u64 = 2;
+/// Zygote to parent: the server is forked; its pid.
+pub(crate) const STARTED: u64 = 11;
+/// Zygote to parent: the fork failed; the errno.
+pub(crate) const START_FAILED: u64 = 12;
+
+/// What a fork server needs from the pool that asked for it: what its workers run, and the
+/// signal mask they start with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServerSpec {
+    pub(crate) worker_mask: SignalSet,
+    pub(crate) config: WorkerConfig,
+}
+
+/// Encodes a message.
+pub(crate) fn encode(words: [u64; WORDS]) -> [u8; MESSAGE] {
+    let mut m = [0; MESSAGE];
+    for (chunk, word) in m.chunks_exact_mut(8).zip(words) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    m
+}
+
+/// Decodes a message.
+pub(crate) fn decode(m: &[u8; MESSAGE]) -> [u64; WORDS] {
+    let mut words = [0; WORDS];
+    for (word, chunk) in words.iter_mut().zip(m.chunks_exact(8)) {
+        *word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+    }
+    words
+}
+
+/// A message of `kind` with one argument.
+pub(crate) fn short(kind: u64, arg: u64) -> [u8; MESSAGE] {
+    let mut words = [0; WORDS];
+    words[0] = kind;
+    words[1] = arg;
+    encode(words)
+}
+
+/// The [`START`] message for `spec`. The initializer travels as its address, which is valid in
+/// the zygote because the zygote is a fork of this very program image.
+pub(crate) fn start_request(spec: ServerSpec) -> [u8; MESSAGE] {
+    // Destructured, so that a field added to WorkerConfig fails to compile here until it is
+    // carried too.
+    let WorkerConfig {
+        initializer,
+        max_tasks,
+        max_memory,
+        print_panics,
+    } = spec.config;
+    encode([
+        START,
+        initializer.map_or(0, |f| f as usize as u64),
+        max_tasks.is_some() as u64,
+        max_tasks.unwrap_or(0) as u64,
+        max_memory.is_some() as u64,
+        max_memory.unwrap_or(0),
+        print_panics as u64,
+        spec.worker_mask.0,
+        0,
+        0,
+    ])
+}
+
+/// The spec of a [`START`] message.
+///
+/// # Safety
+/// `words` must come from [`start_request`] in a process running the same program image (the
+/// zygote's parent): the initializer's address is turned back into a function pointer.
+pub(crate) unsafe fn parse_start(words: &[u64; WORDS]) -> ServerSpec {
+    let initializer = match words[1] as usize {
+        0 => None,
+        // SAFETY: the caller guarantees that this is the address of an `fn()` of this image;
+        // function pointers and usize have the same size.
+        addr => Some(unsafe { std::mem::transmute::<usize, fn()>(addr) }),
+    };
+    ServerSpec {
+        worker_mask: SignalSet(words[7]),
+        config: WorkerConfig {
+            initializer,
+            max_tasks: (words[2] != 0).then_some(words[3] as usize),
+            max_memory: (words[4] != 0).then_some(words[5]),
+            print_panics: words[6] != 0,
+        },
+    }
+}
+
+/// A pid carried in a message word.
+pub(crate) fn pid(word: u64) -> Pid {
+    word as Pid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn init() {}
+
+    #[test]
+    fn a_spec_round_trips() {
+        let spec = ServerSpec {
+            worker_mask: SignalSet::default().with(libc::SIGCHLD),
+            config: WorkerConfig {
+                initializer: Some(init),
+                max_tasks: Some(usize::MAX),
+                max_memory: Some(1 << 30),
+                print_panics: false,
+            },
+        };
+        let words = decode(&start_request(spec));
+        assert_eq!(words[0], START);
+        // SAFETY: made by start_request in this process.
+        let back = unsafe { parse_start(&words) };
+        assert_eq!(back.worker_mask, spec.worker_mask);
+        assert_eq!(
+            back.config.initializer.map(|f| f as usize),
+            Some(init as fn() as usize)
+        );
+        assert_eq!(back.config.max_tasks, Some(usize::MAX));
+        assert_eq!(back.config.max_memory, Some(1 << 30));
+        assert!(!back.config.print_panics);
+        let none = WorkerConfig {
+            initializer: None,
+            max_tasks: None,
+            max_memory: None,
+            print_panics: true,
+        };
+        let words = decode(&start_request(ServerSpec {
+            worker_mask: SignalSet::default(),
+            config: none,
+        }));
+        // SAFETY: as above.
+        let back = unsafe { parse_start(&words) };
+        assert!(back.config.initializer.is_none());
+        assert_eq!(
+            (back.config.max_tasks, back.config.max_memory),
+            (None, None)
+        );
+        assert!(back.config.print_panics);
+    }
+}
