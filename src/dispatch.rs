@@ -492,10 +492,7 @@ impl Dispatcher {
                 self.respawn_at = Some(Instant::now() + MAX_BACKOFF);
                 if self.workers.is_empty() {
                     // Nothing can run the queue: fail it rather than leave callers waiting.
-                    let error = Error::Io {
-                        op: "fork",
-                        source: e,
-                    };
+                    let error = Error::io("fork")(e);
                     for task in self.queue.drain(..) {
                         task.finish(Err(error.duplicate()), &self.shared.counters);
                     }
@@ -917,7 +914,10 @@ fn outcome(reply: Reply) -> Outcome {
     let message = String::from_utf8_lossy(&reply.payload).into_owned();
     Err(match reply.status {
         Status::Ok => unreachable!("handled above"),
-        Status::Panicked => Error::TaskPanicked { message },
+        Status::Panicked => {
+            let (message, location) = worker::split_panic_payload(&message);
+            Error::TaskPanicked { message, location }
+        }
         Status::EncodeFailed => Error::Encode {
             what: "result",
             message,

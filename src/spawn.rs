@@ -136,7 +136,7 @@ impl ForkServer {
         worker_mask: libc::sigset_t,
         config: WorkerConfig,
     ) -> io::Result<ForkServer> {
-        let (ours, theirs) = sys::socketpair()?;
+        let (ours, theirs) = sys::socketpair().map_err(sys::failed("socketpair"))?;
         let parent = sys::getpid();
         // The server keeps this thread's mask (SIGPIPE blocked): it writes to our socket.
         // SAFETY: pthread_sigmask with a null new set only reads the current mask into `mask`.
@@ -147,7 +147,7 @@ impl ForkServer {
         };
         // SAFETY: in the child, only child_setup (raw libc calls) and server::serve run, and
         // serve ends in _exit, never returning or unwinding into this function.
-        let pid = unsafe { sys::fork()? };
+        let pid = unsafe { sys::fork().map_err(sys::failed("fork"))? };
         if pid == 0 {
             // SAFETY: we are the freshly forked child.
             let [sock] = unsafe { sys::child_setup(parent, &server_mask, [theirs.as_raw_fd()]) };
@@ -179,8 +179,8 @@ impl ForkServer {
 
     /// Has the server fork a worker, and returns the parent's handle on it.
     pub(crate) fn spawn(&mut self) -> io::Result<Child> {
-        let (task_r, task_w) = sys::pipe()?;
-        let (reply_r, reply_w) = sys::pipe()?;
+        let (task_r, task_w) = sys::pipe().map_err(sys::failed("pipe"))?;
+        let (reply_r, reply_w) = sys::pipe().map_err(sys::failed("pipe"))?;
         sys::grow_pipe(&task_w, PIPE_BYTES);
         sys::grow_pipe(&reply_w, PIPE_BYTES);
         let Some(sock) = self.fd() else {
@@ -194,7 +194,7 @@ impl ForkServer {
             &[task_r.as_raw_fd(), reply_w.as_raw_fd()],
         ) {
             self.mark_lost();
-            return Err(e);
+            return Err(sys::failed("sendmsg to the fork server")(e));
         }
         // The server holds its own copies now; ours would keep the pipes open after the worker
         // dies.
@@ -220,7 +220,8 @@ impl ForkServer {
                     }
                     SPAWN_FAILED if a == token => {
                         self.parse_events();
-                        return Err(io::Error::from_raw_os_error(b as i32));
+                        let e = io::Error::from_raw_os_error(b as i32);
+                        return Err(sys::failed("fork (in the fork server)")(e));
                     }
                     _ => self.queue_event([kind, a, b]),
                 }

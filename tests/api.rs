@@ -354,7 +354,7 @@ fn map_reports_the_first_failure_in_input_order_after_all_finish() {
         }
         let pool = Pool::new(2).unwrap();
         match pool.map_chunked(fail_some, 0..100, 10) {
-            Err(Error::TaskPanicked { message }) => assert_eq!(message, "item 30"),
+            Err(Error::TaskPanicked { message, .. }) => assert_eq!(message, "item 30"),
             other => panic!("{other:?}"),
         }
     })

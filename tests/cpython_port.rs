@@ -173,7 +173,7 @@ fn assert_encode_argument<T: std::fmt::Debug>(r: Result<T, Error>) {
 
 fn assert_panicked<T: std::fmt::Debug>(r: Result<T, Error>, expected: &str) {
     match r {
-        Err(Error::TaskPanicked { message }) => assert_eq!(message, expected),
+        Err(Error::TaskPanicked { message, .. }) => assert_eq!(message, expected),
         other => panic!("expected TaskPanicked({expected:?}), got {other:?}"),
     }
 }
@@ -299,7 +299,7 @@ fn map_async_success_and_error() {
         bad.wait();
         assert!(bad.ready());
         match bad.get() {
-            Err(Error::TaskPanicked { message }) => {
+            Err(Error::TaskPanicked { message, .. }) => {
                 assert!(message.contains("InvalidDigit"), "message: {message}");
             }
             other => panic!("expected TaskPanicked, got {other:?}"),

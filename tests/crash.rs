@@ -141,7 +141,7 @@ fn panic_keeps_message_and_worker() {
         let pool = Pool::new(1).unwrap();
         let first = pool.apply(pid, ()).unwrap();
         match pool.apply(panics, "disk on fire".to_string()) {
-            Err(Error::TaskPanicked { message }) => assert_eq!(message, "disk on fire"),
+            Err(Error::TaskPanicked { message, .. }) => assert_eq!(message, "disk on fire"),
             other => panic!("{other:?}"),
         }
         assert_eq!(

@@ -243,7 +243,7 @@ fn submit_and_check(pool: &Pool, thread: u64, tasks: usize) -> Tally {
         }
         let ok = match (p, &got) {
             (Plan::Value, Ok(v)) => *v == expected_value(arg),
-            (Plan::Panic, Err(Error::TaskPanicked { message })) => {
+            (Plan::Panic, Err(Error::TaskPanicked { message, .. })) => {
                 *message == format!("planned panic {arg}")
             }
             (Plan::Abort | Plan::Kill | Plan::Exit, Err(Error::WorkerDied { cause, .. })) => {
