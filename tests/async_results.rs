@@ -174,7 +174,7 @@ use std::pin::Pin;
 #[test]
 fn callbacks_run_before_get_returns_for_success_and_failure() {
     within(Duration::from_secs(60), || {
-        let pool = Pool::new(2).unwrap();
+        let pool = common::quiet_pool(2);
         let log: Arc<Mutex<Vec<String>>> = Arc::default();
         let mut pending = Vec::new();
         for i in 0..20u64 {
@@ -278,6 +278,7 @@ fn stats_count_what_happened() {
     within(Duration::from_secs(60), || {
         let pool = Pool::builder()
             .processes(2)
+            .print_panics(false)
             .max_tasks_per_child(10)
             .build()
             .unwrap();
