@@ -237,9 +237,10 @@ impl PoolBuilder {
         self
     }
 
-    /// Whether a worker writes a line to its stderr when a task panics (default: yes). The
-    /// panic's message reaches the caller in [`Error::TaskPanicked`] either way; turn the line
-    /// off when stderr belongs to something else, such as a progress bar.
+    /// Whether a worker writes a line to its stderr when a task panics (default: yes), and
+    /// when a task broke the worker's pipes to the pool (closed or replaced descriptor 3 or 4).
+    /// The panic's message and location reach the caller in [`Error::TaskPanicked`] either
+    /// way; turn the lines off when stderr belongs to something else, such as a progress bar.
     ///
     /// # Examples
     ///
@@ -278,8 +279,12 @@ impl PoolBuilder {
     /// Forks the workers and returns the running pool.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for `processes(0)` or `max_tasks_per_child(0)`;
-    /// [`Error::Io`] if a pipe or a fork failed (workers already forked are reaped first).
+    /// [`Error::InvalidArgument`] for `processes(0)` or `max_tasks_per_child(0)`, and, before
+    /// anything is forked, for more processes than can exist: over 2^22 (Linux's largest
+    /// `pid_max`), at or over the user's process limit (`RLIMIT_NPROC`), or more than the
+    /// descriptor limit (`RLIMIT_NOFILE`) leaves room for beside the descriptors already open,
+    /// at 2 per worker. [`Error::Io`] if a system call failed, naming it (`pipe`, `fork`,
+    /// `socketpair`, ...); workers already forked are reaped first.
     ///
     /// # Examples
     ///
@@ -352,7 +357,8 @@ impl Pool {
     /// Forks `processes` workers; the same as `Pool::builder().processes(processes).build()`.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for 0 processes; [`Error::Io`] if a fork failed.
+    /// As [`PoolBuilder::build`]: [`Error::InvalidArgument`] for 0 processes or for more than
+    /// the system's limits allow; [`Error::Io`] if a system call failed.
     ///
     /// # Examples
     ///
@@ -360,6 +366,7 @@ impl Pool {
     /// let pool = forkpool::Pool::new(2)?;
     /// assert_eq!(pool.apply(|x: i32| -x, 5)?, -5);
     /// assert!(forkpool::Pool::new(0).is_err());
+    /// assert!(forkpool::Pool::new(usize::MAX).is_err()); // refused at once
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     pub fn new(processes: usize) -> Result<Pool> {
@@ -394,7 +401,8 @@ impl Pool {
     ///
     /// # Errors
     /// [`Error::Closed`] after [`close`](Pool::close) or [`terminate`](Pool::terminate);
-    /// [`Error::Encode`] if `arg` cannot be encoded. Nothing is submitted then.
+    /// [`Error::Encode`] if `arg` cannot be encoded; [`Error::ForkedProcess`] in a child of
+    /// `fork()` (see the [`Pool`] caveats). Nothing is submitted then.
     ///
     /// # Examples
     ///
@@ -570,8 +578,8 @@ impl Pool {
     /// # Errors
     /// If any item fails, the error of the first failing item in input order, with its own
     /// variant ([`Error::TaskPanicked`], [`Error::WorkerDied`], ...), once every chunk has
-    /// finished. A panic or a crash fails its whole chunk. Also [`Error::Closed`] and
-    /// [`Error::Encode`] as for [`apply_async`](Pool::apply_async).
+    /// finished. A panic or a crash fails its whole chunk. Also [`Error::Closed`],
+    /// [`Error::Encode`] and [`Error::ForkedProcess`] as for [`apply_async`](Pool::apply_async).
     ///
     /// # Examples
     ///
@@ -678,7 +686,8 @@ impl Pool {
     /// worker), so an endless iterator works.
     ///
     /// # Errors
-    /// [`Error::Closed`] if the pool no longer takes tasks. Each item's `Result` carries its own
+    /// [`Error::Closed`] if the pool no longer takes tasks; [`Error::ForkedProcess`] in a child
+    /// of `fork()`. Each item's `Result` carries its own
     /// error, including [`Error::Encode`] for an argument that cannot be encoded.
     ///
     /// # Examples
@@ -813,7 +822,8 @@ impl Pool {
     /// again returns `Ok` at once.
     ///
     /// # Errors
-    /// [`Error::StillRunning`] if the pool was neither closed nor terminated.
+    /// [`Error::StillRunning`] if the pool was neither closed nor terminated;
+    /// [`Error::ForkedProcess`] in a child of `fork()`.
     ///
     /// # Caveats
     /// After `close`, a live [`Imap`] may still submit its remaining input, and `join` waits for

@@ -888,3 +888,12 @@ pub(crate) fn open_fd_count() -> Option<u64> {
     // The directory's own descriptor is among those listed.
     Some(dir.count().saturating_sub(1) as u64)
 }
+
+/// Whether `fd` is open with its close-on-exec flag set (`fcntl(F_GETFD)`, about as cheap as a
+/// system call gets). Every pool descriptor has the flag; `dup2` over one clears it, so a
+/// worker tells its own pipes from what a task put in their place.
+pub(crate) fn is_open_cloexec(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags; a closed `fd` gives EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    flags != -1 && flags & libc::FD_CLOEXEC != 0
+}

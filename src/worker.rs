@@ -138,7 +138,10 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -
             // since waking a sleeping process on the other CPU is slow.
             sys::wait_readable(input, SPIN);
             match reader.fill(input) {
-                Ok(0) => return 0, // the pool closed our task pipe: done
+                // End of file: the pool closed our task pipe, and we are done; unless a task
+                // put something else (say /dev/null) in its place.
+                Ok(0) if !sys::is_open_cloexec(input) => return replaced("read from", input),
+                Ok(0) => return 0,
                 Ok(_) => {}
                 Err(e) => return pipe_failed("read from", input, &e),
             }
@@ -162,6 +165,11 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -
             .is_some_and(|cap| sys::resident_bytes() > cap);
         frame::set_reply_status(&mut out.head, status, retiring);
         out.seal();
+        // A task that put a writable file in place of the reply pipe (dup2) would have the
+        // answer vanish into it and its caller wait forever.
+        if !sys::is_open_cloexec(output) {
+            return replaced("write to", output);
+        }
         if let Err(e) = write_frame(output, &out) {
             return pipe_failed("write to", output, &e);
         }
@@ -233,10 +241,18 @@ fn fit_reply(out: &mut OutFrame, status: Status, max_frame: u64) -> Status {
     status
 }
 
+/// A worker's pipe to the pool was closed or replaced by a task (its close-on-exec flag is
+/// gone).
+fn replaced(what: &str, fd: RawFd) -> i32 {
+    let error = std::io::Error::other("it was closed or replaced, as by dup2");
+    pipe_failed(what, fd, &error)
+}
+
 /// A worker's pipe to the pool failed. Unless the pool simply stopped reading (EPIPE), says so
-/// on stderr, since the likely cause is a task that closed or replaced the descriptor.
+/// on stderr (if the pool prints panics, the worker's other line there), since the likely
+/// cause is a task that closed or replaced the descriptor.
 fn pipe_failed(what: &str, fd: RawFd, error: &std::io::Error) -> i32 {
-    if error.raw_os_error() != Some(libc::EPIPE) {
+    if error.raw_os_error() != Some(libc::EPIPE) && PRINT_PANICS.load(Ordering::Relaxed) {
         let line = format!(
             "forkpool worker {}: could not {what} descriptor {fd}, its pipe to the pool \
              ({error}); did the task close or replace it? The worker exits with status \

@@ -140,6 +140,41 @@ fn close_reply_pipe(_: ()) -> u32 {
     1
 }
 
+fn replace_reply_pipe_with_dev_null(_: ()) -> u32 {
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    // SAFETY: dup2 has no memory-safety preconditions; replacing the worker's reply pipe
+    // (descriptor 4) with /dev/null is the point of this task.
+    unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 4) };
+    1
+}
+
+/// Regression (issue 8, item 14): a task that put a writable file over its worker's reply
+/// pipe (dup2) had its reply vanish into the file; the pool saw the pipe close, killed the
+/// lingering worker and reported a bare `WorkerDied { Signal(9) }`. The worker now notices
+/// (the descriptor lost its close-on-exec flag) and exits with the status that explains it.
+#[test]
+fn a_task_that_replaces_its_workers_reply_pipe_is_explained() {
+    within(LIMIT, || {
+        let pool = quiet_pool();
+        match pool.apply(replace_reply_pipe_with_dev_null, ()) {
+            Err(
+                e @ Error::WorkerDied {
+                    cause: ExitCause::Exited(123),
+                    ..
+                },
+            ) => {
+                let text = e.to_string();
+                assert!(text.contains("descriptor 3 or 4"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(pool.apply(square, 2).unwrap(), 4);
+    })
+}
+
 /// Regression (issue 8, item 14): a task that closed or replaced its worker's descriptors gave
 /// a bare `WorkerDied { Exited(123) }`; the message now says what the status means.
 #[test]
