@@ -877,8 +877,13 @@ pub(crate) fn open_file_limit() -> Option<u64> {
     soft_limit(libc::RLIMIT_NOFILE)
 }
 
-/// How many processes this user may have (`RLIMIT_NPROC`), if limited.
+/// How many processes this user may have (`RLIMIT_NPROC`), if limited. Root is not held to
+/// it, so for root: `None`.
 pub(crate) fn process_limit() -> Option<u64> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return None;
+    }
     soft_limit(libc::RLIMIT_NPROC)
 }
 

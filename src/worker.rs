@@ -252,7 +252,7 @@ fn replaced(what: &str, fd: RawFd) -> i32 {
 /// on stderr (if the pool prints panics, the worker's other line there), since the likely
 /// cause is a task that closed or replaced the descriptor.
 fn pipe_failed(what: &str, fd: RawFd, error: &std::io::Error) -> i32 {
-    if error.raw_os_error() != Some(libc::EPIPE) && PRINT_PANICS.load(Ordering::Relaxed) {
+    if error.kind() != std::io::ErrorKind::BrokenPipe && PRINT_PANICS.load(Ordering::Relaxed) {
         let line = format!(
             "forkpool worker {}: could not {what} descriptor {fd}, its pipe to the pool \
              ({error}); did the task close or replace it? The worker exits with status \

@@ -242,7 +242,14 @@ fn descriptor_limit_helper() {
     // a limit of 25 then leaves no number free (while poll, which needs nfds <= the limit,
     // still works).
     // SAFETY: dup only creates descriptors.
-    while unsafe { libc::dup(0) } < 24 {}
+    loop {
+        // SAFETY: as above.
+        let fd = unsafe { libc::dup(2) };
+        assert!(fd >= 0, "dup failed");
+        if fd >= 24 {
+            break;
+        }
+    }
     let pool = Pool::builder()
         .processes(1)
         .max_tasks_per_child(1)
