@@ -126,8 +126,9 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -
         return pipe_failed("write to", output, &e);
     }
     let mut served = 0usize;
+    // Only the worker's own code runs between a check (before the Ready frame, then before each
+    // answer) and the next read, so each check also covers the read that follows it.
     while config.max_tasks.is_none_or(|max| served < max) {
-        still_me(me);
         let body = loop {
             match reader.take() {
                 Ok(Some(body)) => break body,
