@@ -86,6 +86,21 @@ impl Callbacks {
         Ok(tx)
     }
 
+    /// In a process forked from the pool's owner: forgets the callback thread, which exists
+    /// only in the owner (its handle here names nothing to join or detach).
+    /// Never blocks: another thread may have held the lock at the fork, and then nothing is
+    /// forgotten.
+    pub(crate) fn abandon(&self) {
+        let mut state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        state.finished = true;
+        state.tx = None;
+        std::mem::forget(state.thread.take());
+    }
+
     /// Waits for every pending callback to run, then for the thread to end. Only after the
     /// dispatcher has ended, so that no task still holds a sender.
     pub(crate) fn finish(&self) {

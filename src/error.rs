@@ -21,7 +21,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// let pool = Pool::new(1)?;
 /// match pool.apply(boom, 7) {
-///     Err(Error::TaskPanicked { message }) => assert_eq!(message, "no luck"),
+///     Err(Error::TaskPanicked { message, location }) => {
+///         assert_eq!(message, "no luck");
+///         assert!(location.unwrap().starts_with("src/"));
+///     }
 ///     other => panic!("unexpected {other:?}"),
 /// }
 /// # Ok::<(), forkpool::Error>(())
@@ -30,10 +33,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The task panicked in its worker. The worker survived and serves the next task.
-    #[error("the task panicked: {message}")]
+    #[error("the task panicked{}: {message}", location.as_ref().map_or_else(String::new, |l| format!(" at {l}")))]
     TaskPanicked {
-        /// The panic message (the payload, if it was a string).
+        /// The panic message: the payload if it was a string (`&str`, `String`), else a
+        /// description of it (an integer or `bool` payload is printed, an `std::error::Error`
+        /// payload gives its message, any other type is named as such).
         message: String,
+        /// Where the panic happened, as `file:line:column`, when the panic hook saw it. Present
+        /// whether or not [`PoolBuilder::print_panics`](crate::PoolBuilder::print_panics) is on.
+        location: Option<String>,
     },
 
     /// The worker process running the task died before it answered (a signal such as SIGSEGV or
@@ -117,6 +125,21 @@ pub enum Error {
         message: String,
     },
 
+    /// The pool was used in a process forked from the one that built it (the daemonize
+    /// pattern: `fork()` and go on in the child). The pool's dispatcher thread and its workers
+    /// belong to the process that built it; a fork copies neither, so the call was refused.
+    /// Build a new pool in the child, after the fork.
+    #[error(
+        "this pool belongs to process {owner}, and this is process {current}, a fork of it: a \
+         pool works only in the process that built it; build a new pool after fork()"
+    )]
+    ForkedProcess {
+        /// The process that built the pool.
+        owner: u32,
+        /// The process that tried to use it.
+        current: u32,
+    },
+
     /// A system call failed.
     #[error("{op} failed: {source}")]
     Io {
@@ -129,16 +152,28 @@ pub enum Error {
 }
 
 impl Error {
+    /// Wraps an `io::Error` from `op`. If the error names the call that failed (a
+    /// [`sys::Failed`](crate::sys::Failed) inside it, as from `pipe` within a spawn), that call
+    /// is reported as the operation instead of `op`.
     pub(crate) fn io(op: &'static str) -> impl FnOnce(io::Error) -> Error {
-        move |source| Error::Io { op, source }
+        move |source| match crate::sys::Failed::unwrap(source) {
+            (Some(call), source) => Error::Io { op: call, source },
+            (None, source) => Error::Io { op, source },
+        }
     }
 
     /// A copy of this error for a second task that failed for the same reason. `Io` keeps its
-    /// kind and message but loses its inner source chain, which `io::Error` cannot clone.
+    /// OS error code (or else its kind and message) but loses any inner source chain, which
+    /// `io::Error` cannot clone.
     pub(crate) fn duplicate(&self) -> Error {
         match self {
-            Error::TaskPanicked { message } => Error::TaskPanicked {
+            Error::TaskPanicked { message, location } => Error::TaskPanicked {
                 message: message.clone(),
+                location: location.clone(),
+            },
+            Error::ForkedProcess { owner, current } => Error::ForkedProcess {
+                owner: *owner,
+                current: *current,
             },
             Error::WorkerDied { pid, cause } => Error::WorkerDied {
                 pid: *pid,
@@ -169,7 +204,10 @@ impl Error {
             },
             Error::Io { op, source } => Error::Io {
                 op,
-                source: io::Error::new(source.kind(), source.to_string()),
+                source: match source.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(source.kind(), source.to_string()),
+                },
             },
         }
     }
@@ -209,7 +247,13 @@ impl fmt::Display for ExitCause {
                 "was killed by signal {sig} ({})",
                 crate::sys::signal_name(sig)
             ),
-            ExitCause::Exited(code) => write!(f, "exited with status {code}"),
+            ExitCause::Exited(code) => {
+                write!(f, "exited with status {code}")?;
+                match crate::worker::exit_status_meaning(code) {
+                    Some(meaning) => write!(f, " ({meaning})"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }

@@ -30,7 +30,7 @@ const TASK_HEADER: usize = 32;
 /// The status byte's flag for "this worker exits after this reply".
 const RETIRING: u8 = 0x80;
 /// Bytes of a reply body before the payload: id, status.
-const REPLY_HEADER: usize = 9;
+pub(crate) const REPLY_HEADER: usize = 9;
 /// How much a reader asks the kernel for when it is between frames or in a small one.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -95,6 +95,11 @@ impl OutFrame {
     /// Bytes on the wire.
     pub(crate) fn len(&self) -> usize {
         self.head.len() + self.tail.len()
+    }
+
+    /// Bytes in the body: what a reader checks against its limit.
+    pub(crate) fn body_len(&self) -> u64 {
+        (self.len() - LEN) as u64
     }
 
     /// The bytes from `offset` on, as at most two slices.

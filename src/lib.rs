@@ -98,7 +98,14 @@
 //! Workers close every inherited file descriptor except stdin, stdout and stderr, and every
 //! descriptor of the pool is close-on-exec, so a program a task starts holds no pool pipe.
 //! Workers shrug off SIGINT (Ctrl-C is the parent's to handle), and die with the fork server,
-//! which dies with the pool (end of file on its socket): a killed parent leaves no orphans.
+//! which dies with the pool (end of file on its socket): a killed parent leaves no orphans. Each
+//! worker leads a process group of its own, killed as a whole when the worker is killed (a time
+//! limit, [`Pool::terminate`], a drop, a crash), so programs a task started die with it; a worker
+//! that exits normally leaves programs its tasks deliberately left running alone. Workers are
+//! named `forkpool-worker` in `ps`, the fork server `forkpool-server`.
+//!
+//! A pool belongs to the process that built it: used in a child made by `fork()`, every call
+//! fails with [`Error::ForkedProcess`]. Build a new pool after the fork.
 //!
 //! # Limits
 //!

@@ -42,6 +42,11 @@ const IMAP_WINDOW_PER_WORKER: usize = 4;
 ///   sockets and connections in an [`initializer`](PoolBuilder::initializer) instead.
 /// * Dropping the pool terminates it: unfinished tasks fail with [`Error::Terminated`]. Call
 ///   [`close`](Pool::close) and [`join`](Pool::join) to let them finish.
+/// * A pool works only in the process that built it. In a child made by `fork()` (the
+///   daemonize pattern) every call fails with [`Error::ForkedProcess`], `close` and
+///   `terminate` do nothing, and dropping the pool leaves the parent's pool untouched. Results
+///   and [`Imap`]s made before the fork do not complete in the child either. Build a new pool
+///   after the fork.
 ///
 /// # Examples
 ///
@@ -61,6 +66,8 @@ const IMAP_WINDOW_PER_WORKER: usize = 4;
 /// # Ok::<(), forkpool::Error>(())
 /// ```
 pub struct Pool {
+    /// The process that built the pool: the only one its dispatcher and workers serve.
+    owner: u32,
     submitter: Submitter,
     processes: usize,
     task_timeout: Option<Duration>,
@@ -235,9 +242,10 @@ impl PoolBuilder {
         self
     }
 
-    /// Whether a worker writes a line to its stderr when a task panics (default: yes). The
-    /// panic's message reaches the caller in [`Error::TaskPanicked`] either way; turn the line
-    /// off when stderr belongs to something else, such as a progress bar.
+    /// Whether a worker writes a line to its stderr when a task panics (default: yes), and
+    /// when a task broke the worker's pipes to the pool (closed or replaced descriptor 3 or 4).
+    /// The panic's message and location reach the caller in [`Error::TaskPanicked`] either
+    /// way; turn the lines off when stderr belongs to something else, such as a progress bar.
     ///
     /// # Examples
     ///
@@ -252,8 +260,10 @@ impl PoolBuilder {
         self
     }
 
-    /// The largest reply frame accepted from a worker, in bytes; default 4 GiB. A worker that
-    /// announces a larger one is killed and its task fails with [`Error::Protocol`].
+    /// The largest reply frame accepted from a worker, in bytes; default 4 GiB. Workers know
+    /// the limit: a result that encodes larger fails its task with [`Error::Encode`] (saying
+    /// so) and the worker serves on. A worker that announces a larger frame anyway has broken
+    /// the protocol: it is killed and its task fails with [`Error::Protocol`].
     ///
     /// # Examples
     ///
@@ -262,7 +272,7 @@ impl PoolBuilder {
     /// assert!(pool.apply(|n: usize| vec![0u8; n], 10).is_ok());
     /// assert!(matches!(
     ///     pool.apply(|n: usize| vec![0u8; n], 2 << 20),
-    ///     Err(forkpool::Error::Protocol { .. })
+    ///     Err(forkpool::Error::Encode { what: "result", .. })
     /// ));
     /// # Ok::<(), forkpool::Error>(())
     /// ```
@@ -274,8 +284,12 @@ impl PoolBuilder {
     /// Forks the workers and returns the running pool.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for `processes(0)` or `max_tasks_per_child(0)`;
-    /// [`Error::Io`] if a pipe or a fork failed (workers already forked are reaped first).
+    /// [`Error::InvalidArgument`] for `processes(0)` or `max_tasks_per_child(0)`, and, before
+    /// anything is forked, for more processes than can exist: over 2^22 (Linux's largest
+    /// `pid_max`), at or over the user's process limit (`RLIMIT_NPROC`), or more than the
+    /// descriptor limit (`RLIMIT_NOFILE`) leaves room for beside the descriptors already open,
+    /// at 2 per worker. [`Error::Io`] if a system call failed, naming it (`pipe`, `fork`,
+    /// `socketpair`, ...); workers already forked are reaped first.
     ///
     /// # Examples
     ///
@@ -297,6 +311,7 @@ impl PoolBuilder {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
         };
+        check_process_count(processes, sys_limits())?;
         if self.task_timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::InvalidArgument {
                 message: "task_timeout must be above zero",
@@ -314,10 +329,12 @@ impl PoolBuilder {
                 max_tasks: self.max_tasks_per_child,
                 max_memory: self.max_memory_per_child,
                 print_panics: self.print_panics,
+                max_frame: self.max_frame_bytes,
             },
             max_frame: self.max_frame_bytes,
         })?;
         Ok(Pool {
+            owner: std::process::id(),
             submitter,
             processes,
             task_timeout: self.task_timeout,
@@ -345,7 +362,8 @@ impl Pool {
     /// Forks `processes` workers; the same as `Pool::builder().processes(processes).build()`.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for 0 processes; [`Error::Io`] if a fork failed.
+    /// As [`PoolBuilder::build`]: [`Error::InvalidArgument`] for 0 processes or for more than
+    /// the system's limits allow; [`Error::Io`] if a system call failed.
     ///
     /// # Examples
     ///
@@ -353,6 +371,7 @@ impl Pool {
     /// let pool = forkpool::Pool::new(2)?;
     /// assert_eq!(pool.apply(|x: i32| -x, 5)?, -5);
     /// assert!(forkpool::Pool::new(0).is_err());
+    /// assert!(forkpool::Pool::new(usize::MAX).is_err()); // refused at once
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     pub fn new(processes: usize) -> Result<Pool> {
@@ -387,7 +406,8 @@ impl Pool {
     ///
     /// # Errors
     /// [`Error::Closed`] after [`close`](Pool::close) or [`terminate`](Pool::terminate);
-    /// [`Error::Encode`] if `arg` cannot be encoded. Nothing is submitted then.
+    /// [`Error::Encode`] if `arg` cannot be encoded; [`Error::ForkedProcess`] in a child of
+    /// `fork()` (see the [`Pool`] caveats). Nothing is submitted then.
     ///
     /// # Examples
     ///
@@ -460,6 +480,7 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
+        self.check_process()?;
         let frame = task::call(f, arg)?;
         let slot = Slot::new(1);
         let task = Task::new(frame, Sink::slot(&slot, 0)).with_limit(limit, 1);
@@ -509,6 +530,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
         C: FnOnce(&Result<R>) + Send + 'static,
     {
+        self.check_process()?;
         let frame = task::call(f, arg)?;
         let jobs = self.callbacks.sender()?;
         let slot = Slot::new(1);
@@ -562,8 +584,8 @@ impl Pool {
     /// # Errors
     /// If any item fails, the error of the first failing item in input order, with its own
     /// variant ([`Error::TaskPanicked`], [`Error::WorkerDied`], ...), once every chunk has
-    /// finished. A panic or a crash fails its whole chunk. Also [`Error::Closed`] and
-    /// [`Error::Encode`] as for [`apply_async`](Pool::apply_async).
+    /// finished. A panic or a crash fails its whole chunk. Also [`Error::Closed`],
+    /// [`Error::Encode`] and [`Error::ForkedProcess`] as for [`apply_async`](Pool::apply_async).
     ///
     /// # Examples
     ///
@@ -640,6 +662,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
+        self.check_process()?;
         if chunksize == Some(0) {
             return Err(Error::InvalidArgument {
                 message: "chunksize must be at least 1",
@@ -669,7 +692,8 @@ impl Pool {
     /// worker), so an endless iterator works.
     ///
     /// # Errors
-    /// [`Error::Closed`] if the pool no longer takes tasks. Each item's `Result` carries its own
+    /// [`Error::Closed`] if the pool no longer takes tasks; [`Error::ForkedProcess`] in a child
+    /// of `fork()`. Each item's `Result` carries its own
     /// error, including [`Error::Encode`] for an argument that cannot be encoded.
     ///
     /// # Examples
@@ -724,6 +748,7 @@ impl Pool {
         I: IntoIterator<Item = A>,
         I::IntoIter: Send + 'static,
     {
+        self.check_process()?;
         let mut args = args.into_iter();
         let feed = Box::new(move || args.next().map(|arg| task::call(f, arg)));
         let window = IMAP_WINDOW_PER_WORKER * self.processes;
@@ -769,7 +794,9 @@ impl Pool {
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     pub fn close(&self) {
-        self.submitter.close();
+        if self.check_process().is_ok() {
+            self.submitter.close();
+        }
     }
 
     /// Kills the workers at once. Every unfinished task fails with [`Error::Terminated`]; results
@@ -790,7 +817,9 @@ impl Pool {
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     pub fn terminate(&self) {
-        self.submitter.terminate();
+        if self.check_process().is_ok() {
+            self.submitter.terminate();
+        }
     }
 
     /// Waits until every worker has exited and been reaped, after [`close`](Pool::close) (every
@@ -799,7 +828,8 @@ impl Pool {
     /// again returns `Ok` at once.
     ///
     /// # Errors
-    /// [`Error::StillRunning`] if the pool was neither closed nor terminated.
+    /// [`Error::StillRunning`] if the pool was neither closed nor terminated;
+    /// [`Error::ForkedProcess`] in a child of `fork()`.
     ///
     /// # Caveats
     /// After `close`, a live [`Imap`] may still submit its remaining input, and `join` waits for
@@ -818,6 +848,7 @@ impl Pool {
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     pub fn join(&self) -> Result<()> {
+        self.check_process()?;
         if self.submitter.is_open() {
             return Err(Error::StillRunning);
         }
@@ -838,9 +869,93 @@ impl Pool {
 impl Drop for Pool {
     /// Terminates the pool and reaps its workers, like Python's `with Pool() as p:`.
     fn drop(&mut self) {
+        if self.check_process().is_err() {
+            // A forked copy: the dispatcher thread is not in this process (joining it fails)
+            // and the workers are the parent's. Forget the handles; leave everything running.
+            let handle = self
+                .dispatcher
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            std::mem::forget(handle);
+            self.callbacks.abandon();
+            return;
+        }
         self.terminate();
         let _ = self.join();
     }
+}
+
+impl Pool {
+    /// [`Error::ForkedProcess`] unless this is the process that built the pool.
+    fn check_process(&self) -> Result<()> {
+        let current = std::process::id();
+        if current == self.owner {
+            Ok(())
+        } else {
+            Err(Error::ForkedProcess {
+                owner: self.owner,
+                current,
+            })
+        }
+    }
+}
+
+/// The limits a pool's size is checked against; see [`check_process_count`].
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// `RLIMIT_NOFILE`, if limited.
+    open_files: Option<u64>,
+    /// Descriptors open now, if known.
+    open_now: Option<u64>,
+    /// `RLIMIT_NPROC`, if limited.
+    processes: Option<u64>,
+}
+
+fn sys_limits() -> Limits {
+    Limits {
+        open_files: crate::sys::open_file_limit(),
+        open_now: crate::sys::open_fd_count(),
+        processes: crate::sys::process_limit(),
+    }
+}
+
+/// No system has more processes than Linux's `PID_MAX_LIMIT` (2^22, the most `pid_max` can
+/// be set to), so a larger pool cannot exist; refusing it keeps the dispatcher from trying to
+/// allocate bookkeeping for it.
+const MAX_PROCESSES: usize = 1 << 22;
+/// Descriptors the parent holds per pool besides the workers' pipes: the wakeup pipe (2), the
+/// fork server's socket (1), and a spawn's two extra pipe ends while it is in flight (2), with
+/// one to spare.
+const FIXED_FDS: u64 = 6;
+
+/// Refuses a pool that cannot be built, before anything is forked: one of more processes than
+/// any system has, than the user may run (`RLIMIT_NPROC`), or than the parent has descriptors
+/// left for (`RLIMIT_NOFILE`): each worker costs the parent two, its task pipe's write end and
+/// its reply pipe's read end.
+fn check_process_count(processes: usize, limits: Limits) -> Result<()> {
+    if processes > MAX_PROCESSES {
+        return Err(Error::InvalidArgument {
+            message: "more processes than any system can run (over 2^22, Linux's PID_MAX_LIMIT)",
+        });
+    }
+    if limits.processes.is_some_and(|max| processes as u64 >= max) {
+        return Err(Error::InvalidArgument {
+            message: "more processes than this user may run (RLIMIT_NPROC, `ulimit -u`): use \
+                      fewer, or raise the limit",
+        });
+    }
+    if let Some(max) = limits.open_files {
+        let needed = 2 * processes as u64 + FIXED_FDS + limits.open_now.unwrap_or(0);
+        if needed > max {
+            return Err(Error::InvalidArgument {
+                message: "too many processes for this process's descriptor limit \
+                          (RLIMIT_NOFILE, `ulimit -n`): each worker needs 2 of the parent's \
+                          descriptors; use fewer processes, or raise the limit",
+            });
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Debug for Pool {
@@ -859,7 +974,52 @@ fn default_chunksize(len: usize, processes: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::default_chunksize;
+    use super::{check_process_count, default_chunksize, Limits, MAX_PROCESSES};
+    use crate::error::Error;
+
+    #[test]
+    fn absurd_process_counts_are_refused_with_the_limit_named() {
+        let unlimited = Limits {
+            open_files: None,
+            open_now: None,
+            processes: None,
+        };
+        let refused = |n, limits| {
+            matches!(
+                check_process_count(n, limits),
+                Err(Error::InvalidArgument { .. })
+            )
+        };
+        assert!(check_process_count(1, unlimited).is_ok());
+        assert!(check_process_count(MAX_PROCESSES, unlimited).is_ok());
+        assert!(refused(MAX_PROCESSES + 1, unlimited));
+        assert!(refused(usize::MAX, unlimited));
+        assert!(refused(1 << 40, unlimited));
+        let nofile = Limits {
+            open_files: Some(1024),
+            open_now: Some(10),
+            processes: None,
+        };
+        // 1024 - 10 open - 6 fixed leaves room for 504 workers.
+        assert!(check_process_count(504, nofile).is_ok());
+        assert!(refused(505, nofile));
+        assert!(refused(10_000, nofile));
+        let Err(e) = check_process_count(10_000, nofile) else {
+            unreachable!()
+        };
+        assert!(e.to_string().contains("RLIMIT_NOFILE"), "{e}");
+        let nproc = Limits {
+            open_files: None,
+            open_now: None,
+            processes: Some(100),
+        };
+        assert!(check_process_count(99, nproc).is_ok());
+        assert!(refused(100, nproc));
+        let Err(e) = check_process_count(100, nproc) else {
+            unreachable!()
+        };
+        assert!(e.to_string().contains("RLIMIT_NPROC"), "{e}");
+    }
 
     #[test]
     fn default_chunksize_follows_python() {

@@ -21,6 +21,7 @@ const EXIT_BROKEN: i32 = 124;
 
 /// Serves spawn and kill requests on `sock` until the parent closes it, then ends the process.
 pub(crate) fn serve(sock: RawFd, worker_mask: libc::sigset_t, config: WorkerConfig) -> ! {
+    sys::set_process_name(c"forkpool-server");
     let code = panic::catch_unwind(AssertUnwindSafe(|| {
         match serve_loop(sock, &worker_mask, config) {
             Ok(()) => 0,
@@ -35,6 +36,8 @@ fn serve_loop(sock: RawFd, worker_mask: &libc::sigset_t, config: WorkerConfig) -
     sys::set_nonblocking(&sigchld_r)?;
     sys::set_nonblocking(&sigchld_w)?;
     sys::notify_sigchld(&sigchld_w)?;
+    // The parent's death wakes the loop below, which then kills the workers' groups.
+    sys::catch_parent_death()?;
     let me = sys::getpid();
     let mut live: Vec<Pid> = Vec::new();
     loop {
@@ -44,6 +47,9 @@ fn serve_loop(sock: RawFd, worker_mask: &libc::sigset_t, config: WorkerConfig) -
             PollFd::new(sigchld_r.as_raw_fd(), true, false),
         ];
         sys::poll(&mut fds, None)?;
+        if sys::term_received() {
+            break; // the parent died, or we were asked to stop
+        }
         if fds[1].readable() {
             let mut drain = [0u8; 64];
             while matches!(sys::read(sigchld_r.as_raw_fd(), &mut drain), Ok(n) if n > 0) {}
@@ -95,14 +101,14 @@ fn serve_loop(sock: RawFd, worker_mask: &libc::sigset_t, config: WorkerConfig) -
                 let pid = a as Pid;
                 // Only a live, unreaped child: its pid cannot have been reused.
                 if live.contains(&pid) {
-                    sys::kill(pid);
+                    sys::kill_worker(pid);
                 }
             }
             _ => {}
         }
     }
     for &pid in &live {
-        sys::kill(pid);
+        sys::kill_worker(pid);
     }
     for pid in live {
         let _ = sys::wait_blocking(pid);
@@ -112,7 +118,7 @@ fn serve_loop(sock: RawFd, worker_mask: &libc::sigset_t, config: WorkerConfig) -
 
 /// Reaps every worker that has ended and reports it.
 fn reap(sock: RawFd, live: &mut Vec<Pid>) -> io::Result<()> {
-    while let Some((pid, status)) = sys::wait_any()? {
+    while let Some((pid, status)) = sys::reap_any_worker()? {
         live.retain(|&p| p != pid);
         send(sock, EXITED, pid as u64, proto::encode_status(status))?;
     }

@@ -309,8 +309,8 @@ impl Processes for ForkServer {
         if self.sock.is_none() {
             return Err(server_lost());
         }
-        let (task_r, task_w) = sys::pipe()?;
-        let (reply_r, reply_w) = sys::pipe()?;
+        let (task_r, task_w) = sys::pipe().map_err(sys::failed("pipe"))?;
+        let (reply_r, reply_w) = sys::pipe().map_err(sys::failed("pipe"))?;
         let pipes = Pipes::new(task_w, reply_r)?;
         let token = self.next_token;
         self.next_token += 1;
@@ -379,6 +379,7 @@ mod tests {
                 max_tasks: None,
                 max_memory: None,
                 print_panics: false,
+                max_frame: u64::MAX,
             },
         );
         server.reaped = true;

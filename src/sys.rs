@@ -431,8 +431,9 @@ pub(crate) fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, V
     }
 }
 
-/// `waitpid(-1, WNOHANG)`: reaps any one child that has ended. Only the fork server calls it:
-/// its only children are the workers it forked.
+/// `waitpid(-1, WNOHANG)`: reaps any one child that has ended. Only helpers call it, whose only
+/// children are their own: the zygote (its fork servers) and, through [`reap_any_worker`] off
+/// Linux, the fork server (its workers).
 pub(crate) fn wait_any() -> io::Result<Option<(Pid, WaitStatus)>> {
     let mut status = 0;
     loop {
@@ -594,6 +595,9 @@ pub(crate) unsafe fn child_setup<const N: usize>(
         libc::sigemptyset(&mut action.sa_mask);
         libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        // The fork server catches SIGTERM (see catch_parent_death); a worker must not inherit
+        // that handler.
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
         // A task's time limit is a SIGALRM timer whose default action ends the worker.
         libc::signal(libc::SIGALRM, libc::SIG_DFL);
         libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
@@ -864,4 +868,220 @@ mod zygote_wrapper_tests {
             assert!(seen.1.unwrap() >= 2, "{:?}", seen.1);
         }
     }
+}
+// Process hygiene (branch `harden`): names, process groups, parent death, resource limits, and
+// errors that name the call that failed.
+// ---------------------------------------------------------------------------------------------
+
+/// An [`io::Error`] that says which system call failed, carried inside an `io::Error` (of the
+/// same kind) through code that only knows `io::Result`; [`Error::io`](crate::Error) unwraps it
+/// into `Error::Io { op: call, .. }`.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    call: &'static str,
+    source: io::Error,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed: {}", self.call, self.source)
+    }
+}
+
+impl std::error::Error for Failed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl Failed {
+    /// Splits an error made by [`failed`] into the call's name and the original error; any
+    /// other error comes back as it is, with no name.
+    pub(crate) fn unwrap(e: io::Error) -> (Option<&'static str>, io::Error) {
+        if e.get_ref().is_some_and(|inner| inner.is::<Failed>()) {
+            let inner = e.into_inner().expect("checked above");
+            let failed = inner.downcast::<Failed>().expect("checked above");
+            return (Some(failed.call), failed.source);
+        }
+        (None, e)
+    }
+}
+
+/// Names the call an `io::Error` came from: `sys::pipe().map_err(sys::failed("pipe"))`.
+pub(crate) fn failed(call: &'static str) -> impl FnOnce(io::Error) -> io::Error {
+    move |source| {
+        if source.get_ref().is_some_and(|inner| inner.is::<Failed>()) {
+            return source; // already named, by a deeper call
+        }
+        io::Error::new(source.kind(), Failed { call, source })
+    }
+}
+
+/// Names the calling process (Linux `PR_SET_NAME`: what `ps`, `top` and `/proc/PID/comm`
+/// show; at most 15 bytes are kept). Best effort; a no-op elsewhere. For a forked pool process,
+/// whose only thread is the one that names it.
+pub(crate) fn set_process_name(name: &std::ffi::CStr) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string, which a CStr is, and changes only the
+    // calling thread's name.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0);
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = name;
+}
+
+/// Makes the calling process the leader of a new process group whose id is its pid
+/// (`setpgid(0, 0)`), so that the programs it starts can be killed with it as one group.
+pub(crate) fn own_process_group() -> io::Result<()> {
+    // SAFETY: setpgid has no memory-safety preconditions.
+    syscall!(setpgid(0, 0)).map(drop)
+}
+
+/// SIGKILLs a worker and its whole process group: the programs its tasks started, unless they
+/// left the group (`setsid`, `setpgid`).
+///
+/// The caller guarantees that `pid` is one of its children that it has not reaped: neither
+/// the pid nor the group id (the same number) can then belong to anyone else.
+pub(crate) fn kill_worker(pid: Pid) {
+    // SAFETY: kill has no memory-safety preconditions; see the contract above for the pid.
+    // ESRCH (the worker has not made its group yet, or the group is empty) is fine.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+/// Like [`wait_any`], but a worker that was killed by a signal (a crash, its time limit, a kill
+/// by the pool or from outside) has its process group killed before it is reaped, so the
+/// programs it started die with it. The group is killed while the worker is still a zombie,
+/// so its id cannot have been reused. A worker that exited on its own keeps its group: programs
+/// it deliberately left running go on. For the fork server, whose only children are workers.
+pub(crate) fn reap_any_worker() -> io::Result<Option<(Pid, WaitStatus)>> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    loop {
+        // SAFETY: siginfo_t is plain data; waitid fills it (or leaves si_pid 0 with WNOHANG
+        // when no child has ended). WNOWAIT leaves the child unreaped.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        match syscall!(waitid(libc::P_ALL, 0, &mut info, flags)) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        // SAFETY: waitid filled a SIGCHLD siginfo, whose pid field is the one to read.
+        let pid = unsafe { info.si_pid() };
+        if pid == 0 {
+            return Ok(None);
+        }
+        if info.si_code == libc::CLD_KILLED || info.si_code == libc::CLD_DUMPED {
+            // SAFETY: kill has no memory-safety preconditions; the group's leader `pid` is an
+            // unreaped zombie, so the group id is still ours.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+        return wait(pid, 0).map(|s| s.map(|s| (pid, s)));
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        // Without waitid's WNOWAIT here, the group is killed just after the reap: a new
+        // process could in theory have taken the id in between, so only a group that is not
+        // ours could be hit, which setpgid of a fresh pid makes very unlikely.
+        let reaped = wait_any()?;
+        if let Some((pid, WaitStatus::Signaled(_))) = reaped {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+        Ok(reaped)
+    }
+}
+
+/// Set by the fork server's SIGTERM handler: its parent died (PR_SET_PDEATHSIG) or someone
+/// asked it to stop.
+static TERM_RECEIVED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sigterm(sig: libc::c_int) {
+    TERM_RECEIVED.store(true, std::sync::atomic::Ordering::Relaxed);
+    on_sigchld(sig);
+}
+
+/// For the fork server, after [`notify_sigchld`]: its parent's death (PR_SET_PDEATHSIG on
+/// Linux) and SIGTERM no longer kill it outright but set [`term_received`] and wake its `poll`
+/// through the SIGCHLD pipe, so that it can kill its workers' process groups before it exits.
+/// (Until this call the death signal is [`child_setup`]'s SIGKILL, so a parent that died
+/// earlier has already ended this process.)
+pub(crate) fn catch_parent_death() -> io::Result<()> {
+    // SAFETY: sigaction is plain data, initialized before use; the handler only stores to an
+    // atomic and calls async-signal-safe functions. prctl changes only this process.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigterm as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut()) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGTERM as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+    }
+    Ok(())
+}
+
+/// Whether the fork server was told to stop; see [`catch_parent_death`].
+pub(crate) fn term_received() -> bool {
+    TERM_RECEIVED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A soft resource limit, or `None` if it is unlimited or unknown.
+fn soft_limit(resource: LimitResource) -> Option<u64> {
+    // SAFETY: rlimit is plain data for getrlimit to fill.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(resource, &mut limit) != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+            return None;
+        }
+        Some(limit.rlim_cur as u64)
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+type LimitResource = libc::__rlimit_resource_t;
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+type LimitResource = libc::c_int;
+
+/// How many descriptors this process may have open (`RLIMIT_NOFILE`), if limited.
+pub(crate) fn open_file_limit() -> Option<u64> {
+    soft_limit(libc::RLIMIT_NOFILE)
+}
+
+/// How many processes this user may have (`RLIMIT_NPROC`), if limited. Root is not held to
+/// it, so for root: `None`.
+pub(crate) fn process_limit() -> Option<u64> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return None;
+    }
+    soft_limit(libc::RLIMIT_NPROC)
+}
+
+/// How many descriptors this process has open now (Linux: `/proc/self/fd`), if known.
+pub(crate) fn open_fd_count() -> Option<u64> {
+    let dir = std::fs::read_dir("/proc/self/fd").ok()?;
+    // The directory's own descriptor is among those listed.
+    Some(dir.count().saturating_sub(1) as u64)
+}
+
+/// Whether `fd` is open with its close-on-exec flag set (`fcntl(F_GETFD)`, about as cheap as a
+/// system call gets). Every pool descriptor has the flag; `dup2` over one clears it, so a
+/// worker tells its own pipes from what a task put in their place.
+pub(crate) fn is_open_cloexec(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags; a closed `fd` gives EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    flags != -1 && flags & libc::FD_CLOEXEC != 0
 }

@@ -7,10 +7,22 @@
 //! its last reply), or when the parent stops reading. It never
 //! returns or unwinds into the code that forked it: [`serve`] ends the process with `_exit`.
 //!
-//! A panic in a task is caught and reported in the reply; the worker goes on. A panic anywhere
-//! else in the loop ends the worker with [`EXIT_PANICKED`].
+//! A panic in a task is caught and reported in the reply, with the location the panic hook
+//! recorded; the worker goes on. A panic anywhere else in the loop ends the worker with
+//! [`EXIT_PANICKED`].
+//!
+//! A worker names itself `forkpool-worker` (what `ps` shows) and leads a process group of its
+//! own, so that when the pool kills it, the programs its tasks started die with it (see
+//! [`sys::kill_worker`] and [`sys::reap_any_worker`]). Before it answers a task and before it
+//! reads the next one, it checks that it is still itself: a task that forked and whose child
+//! returned instead of exiting would otherwise have two processes answer on the same pipes;
+//! the copy ends at once with `_exit`, touching nothing. A worker that ends normally flushes
+//! stdout first, so text a task printed without a newline is not lost.
 
 use std::any::Any;
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::io::Write;
 use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +44,27 @@ const SPIN: Duration = Duration::from_micros(50);
 /// A reply buffer above this size is released after use, so one large result does not pin
 /// memory in the worker.
 const KEEP_BUFFER: usize = 1 << 20;
+/// How long a worker that is done may take to flush stdout. A lock another thread of the
+/// parent held when the pool forked is never released in the worker: then SIGALRM ends it
+/// rather than letting it hang.
+const FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
+/// What a forkpool exit status of a worker means, for error messages: the statuses a worker
+/// uses for its own failures. `None` for any other status (a task's own `exit`).
+pub(crate) fn exit_status_meaning(code: i32) -> Option<&'static str> {
+    Some(match code {
+        sys::EXIT_SETUP_FAILED => "forkpool's status for a worker whose setup after fork failed",
+        EXIT_PANICKED => "forkpool's status for a worker whose own loop panicked",
+        EXIT_PROTOCOL => {
+            "forkpool's status for a worker that received a task frame it could not parse"
+        }
+        EXIT_IO => {
+            "forkpool's status for a worker whose pipes to the pool failed: did the task close \
+             or replace descriptor 3 or 4 (with close or dup2)?"
+        }
+        _ => return None,
+    })
+}
 
 /// What a worker needs to know, fixed when the pool is built.
 #[derive(Debug, Clone, Copy)]
@@ -42,15 +75,43 @@ pub(crate) struct WorkerConfig {
     pub(crate) max_memory: Option<u64>,
     /// Whether a task's panic is reported on the worker's stderr.
     pub(crate) print_panics: bool,
+    /// The largest reply body the pool accepts: a larger result is answered with an error.
+    pub(crate) max_frame: u64,
 }
 
 /// Serves tasks from `input` and replies on `output` until done, then ends the process.
 pub(crate) fn serve(input: RawFd, output: RawFd, config: WorkerConfig) -> ! {
-    let code = panic::catch_unwind(AssertUnwindSafe(|| serve_loop(input, output, config)));
-    sys::exit_now(code.unwrap_or(EXIT_PANICKED))
+    sys::set_process_name(c"forkpool-worker");
+    // Best effort: without a group of its own, a killed worker's programs outlive it.
+    let _ = sys::own_process_group();
+    let me = sys::getpid();
+    let code = panic::catch_unwind(AssertUnwindSafe(|| serve_loop(input, output, config, me)));
+    let code = code.unwrap_or(EXIT_PANICKED);
+    still_me(me);
+    if code == 0 {
+        flush_stdout();
+    }
+    sys::exit_now(code)
 }
 
-fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig) -> i32 {
+/// Ends the process at once if it is not the worker `me` but a copy of it that a task forked
+/// and that returned into the worker's loop: the copy must not answer for the worker, nor read
+/// its tasks, nor flush the output it inherited.
+fn still_me(me: sys::Pid) {
+    if sys::getpid() != me {
+        sys::exit_now(0);
+    }
+}
+
+/// Flushes stdout (and stderr), bounded by [`FLUSH_LIMIT`].
+fn flush_stdout() {
+    sys::set_alarm(Some(FLUSH_LIMIT));
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    sys::set_alarm(None);
+}
+
+fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -> i32 {
     IN_WORKER.store(true, Ordering::Relaxed);
     PRINT_PANICS.store(config.print_panics, Ordering::Relaxed);
     let init_failure = config
@@ -60,10 +121,13 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig) -> i32 {
     let mut out = OutFrame::default();
     frame::begin_reply(&mut out.head, 0, Status::Ready);
     out.seal();
-    if write_frame(output, &out).is_err() {
-        return EXIT_IO;
+    still_me(me);
+    if let Err(e) = write_frame(output, &out) {
+        return pipe_failed("write to", output, &e);
     }
     let mut served = 0usize;
+    // Only the worker's own code runs between a check (before the Ready frame, then before each
+    // answer) and the next read, so each check also covers the read that follows it.
     while config.max_tasks.is_none_or(|max| served < max) {
         let body = loop {
             match reader.take() {
@@ -75,9 +139,12 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig) -> i32 {
             // since waking a sleeping process on the other CPU is slow.
             sys::wait_readable(input, SPIN);
             match reader.fill(input) {
-                Ok(0) => return 0, // the pool closed our task pipe: done
+                // End of file: the pool closed our task pipe, and we are done; unless a task
+                // put something else (say /dev/null) in its place.
+                Ok(0) if !sys::is_open_cloexec(input) => return replaced("read from", input),
+                Ok(0) => return 0,
                 Ok(_) => {}
-                Err(_) => return EXIT_IO,
+                Err(e) => return pipe_failed("read from", input, &e),
             }
         };
         let Some((header, arg)) = frame::parse_task(body) else {
@@ -91,14 +158,21 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig) -> i32 {
         if header.limit_us > 0 {
             sys::set_alarm(None);
         }
+        still_me(me);
+        let status = fit_reply(&mut out, status, config.max_frame);
         // Billiard's rule: past the memory cap, answer, then make way for a fresh worker.
         let retiring = config
             .max_memory
             .is_some_and(|cap| sys::resident_bytes() > cap);
         frame::set_reply_status(&mut out.head, status, retiring);
         out.seal();
-        if write_frame(output, &out).is_err() {
-            return EXIT_IO; // the parent is gone
+        // A task that put a writable file in place of the reply pipe (dup2) would have the
+        // answer vanish into it and its caller wait forever.
+        if !sys::is_open_cloexec(output) {
+            return replaced("write to", output);
+        }
+        if let Err(e) = write_frame(output, &out) {
+            return pipe_failed("write to", output, &e);
         }
         if retiring {
             return 0;
@@ -112,23 +186,99 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig) -> i32 {
     0
 }
 
-/// Runs one task, turning a panic into a [`Status::Panicked`] reply.
+/// Runs one task, turning a panic into a [`Status::Panicked`] reply whose payload is the
+/// panic's location, a NUL byte, and its message (see [`split_panic_payload`]).
 fn run_caught(header: frame::TaskHeader, arg: Bytes, out: &mut OutFrame) -> Status {
+    take_location();
     // SAFETY: the header came from our parent, which built it with task::call or task::chunk in
     // the program image this process is a fork of.
     match panic::catch_unwind(AssertUnwindSafe(|| unsafe { task::run(header, arg, out) })) {
         Ok(status) => status,
         Err(payload) => {
+            let location = take_location();
             let message = panic_message(payload);
-            task::error_reply(out, Status::Panicked, &message)
+            let payload = format!("{}\0{message}", location.unwrap_or_default());
+            task::error_reply(out, Status::Panicked, &payload)
         }
     }
+}
+
+/// The parent's side of a [`Status::Panicked`] payload: `(message, location)`.
+pub(crate) fn split_panic_payload(payload: &str) -> (String, Option<String>) {
+    match payload.split_once('\0') {
+        Some(("", message)) => (message.to_string(), None),
+        Some((location, message)) => (message.to_string(), Some(location.to_string())),
+        None => (payload.to_string(), None),
+    }
+}
+
+/// Makes a reply fit the pool's frame limit: a result too large for it becomes a clear error
+/// (the parent would otherwise see an oversized frame, a protocol violation, and kill the
+/// worker), and an error message too large is cut short.
+fn fit_reply(out: &mut OutFrame, status: Status, max_frame: u64) -> Status {
+    let body = OutFrame::body_len;
+    let mut status = status;
+    if body(out) <= max_frame {
+        return status;
+    }
+    if status == Status::Ok {
+        let message = format!(
+            "the result is {} bytes encoded, over the pool's limit of {max_frame} bytes \
+             (PoolBuilder::max_frame_bytes): return less, or raise the limit",
+            body(out) - frame::REPLY_HEADER as u64
+        );
+        status = task::error_reply(out, Status::EncodeFailed, &message);
+    }
+    if body(out) > max_frame {
+        let room = (max_frame as usize).saturating_sub(frame::REPLY_HEADER);
+        let mut keep = room.min(out.head.len() - frame::REPLY_PAYLOAD_START);
+        let text = &out.head[frame::REPLY_PAYLOAD_START..];
+        while keep > 0 && std::str::from_utf8(&text[..keep]).is_err() {
+            keep -= 1;
+        }
+        out.head.truncate(frame::REPLY_PAYLOAD_START + keep);
+        out.tail = Vec::new();
+    }
+    status
+}
+
+/// A worker's pipe to the pool was closed or replaced by a task (its close-on-exec flag is
+/// gone).
+fn replaced(what: &str, fd: RawFd) -> i32 {
+    let error = std::io::Error::other("it was closed or replaced, as by dup2");
+    pipe_failed(what, fd, &error)
+}
+
+/// A worker's pipe to the pool failed. Unless the pool simply stopped reading (EPIPE), says so
+/// on stderr (if the pool prints panics, the worker's other line there), since the likely
+/// cause is a task that closed or replaced the descriptor.
+fn pipe_failed(what: &str, fd: RawFd, error: &std::io::Error) -> i32 {
+    if error.kind() != std::io::ErrorKind::BrokenPipe && PRINT_PANICS.load(Ordering::Relaxed) {
+        let line = format!(
+            "forkpool worker {}: could not {what} descriptor {fd}, its pipe to the pool \
+             ({error}); did the task close or replace it? The worker exits with status \
+             {EXIT_IO}.\n",
+            std::process::id()
+        );
+        let _ = write_all(2, line.as_bytes());
+    }
+    EXIT_IO
 }
 
 /// True in a worker process: the panic hook reports panics the worker's way.
 static IN_WORKER: AtomicBool = AtomicBool::new(false);
 /// In a worker: whether to report a task's panic on stderr at all.
 static PRINT_PANICS: AtomicBool = AtomicBool::new(true);
+
+thread_local! {
+    /// In a worker: where the last panic on this thread happened, as the hook saw it.
+    static LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Takes the location the panic hook recorded on this thread, if any.
+fn take_location() -> Option<String> {
+    LOCATION.with(|l| l.borrow_mut().take())
+}
 
 /// Installs, once per process and in the parent, a panic hook that reports a worker's panics
 /// with [`report_panic`] and hands every other panic to the hook it replaced.
@@ -142,6 +292,13 @@ pub(crate) fn install_panic_hook() {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
             if IN_WORKER.load(Ordering::Relaxed) {
+                if let Some(l) = info.location() {
+                    let _ = LOCATION.try_with(|slot| {
+                        if let Ok(mut slot) = slot.try_borrow_mut() {
+                            *slot = Some(l.to_string());
+                        }
+                    });
+                }
                 if PRINT_PANICS.load(Ordering::Relaxed) {
                     report_panic(info);
                 }
@@ -162,13 +319,7 @@ fn report_panic(info: &panic::PanicHookInfo<'_>) {
     let location = info
         .location()
         .map_or_else(String::new, |l| format!(" at {l}"));
-    let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = info.payload().downcast_ref::<String>() {
-        s.as_str()
-    } else {
-        "a panic with a non-string payload"
-    };
+    let message = describe_payload(info.payload());
     let line = format!(
         "forkpool worker {}: task panicked{location}: {message}\n",
         std::process::id()
@@ -176,18 +327,47 @@ fn report_panic(info: &panic::PanicHookInfo<'_>) {
     let _ = write_all(2, line.as_bytes());
 }
 
-/// The message of a panic payload, if it is a string. The payload is dropped inside a guard, in
-/// case its own destructor panics.
+/// The message of a panic payload (see [`describe_payload`]). The payload is dropped inside a
+/// guard, in case its own destructor panics.
 fn panic_message(payload: Box<dyn Any + Send>) -> String {
-    let message = if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_string()
-    };
+    let message = describe_payload(&*payload).into_owned();
     let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
     message
+}
+
+/// A panic payload as text: the string itself for `&str`, `String` and `Box<str>` (as `panic!`
+/// and `panic_any` make them), the value for integers, `bool` and `char`, the message for an
+/// `std::error::Error`, and otherwise a note that the type is not one of those.
+fn describe_payload(payload: &(dyn Any + Send)) -> Cow<'_, str> {
+    macro_rules! shown {
+        ($($t:ty),*) => {$(
+            if let Some(v) = payload.downcast_ref::<$t>() {
+                return Cow::Owned(format!("{v} (a panic_any payload of type {})", stringify!($t)));
+            }
+        )*};
+    }
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        return Cow::Borrowed(s);
+    }
+    if let Some(s) = payload.downcast_ref::<String>() {
+        return Cow::Borrowed(s);
+    }
+    if let Some(s) = payload.downcast_ref::<Box<str>>() {
+        return Cow::Borrowed(s);
+    }
+    if let Some(e) = payload.downcast_ref::<Box<dyn std::error::Error + Send + Sync>>() {
+        return Cow::Owned(e.to_string());
+    }
+    if let Some(e) = payload.downcast_ref::<Box<dyn std::error::Error + Send>>() {
+        return Cow::Owned(e.to_string());
+    }
+    if let Some(e) = payload.downcast_ref::<std::io::Error>() {
+        return Cow::Owned(e.to_string());
+    }
+    shown!(i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize, bool, char, f32, f64);
+    Cow::Borrowed(
+        "a panic whose payload is neither a string nor a common type (see std::panic::panic_any)",
+    )
 }
 
 fn write_all(fd: RawFd, mut buf: &[u8]) -> std::io::Result<()> {

@@ -358,9 +358,9 @@ fn map_reports_the_first_failure_in_input_order_after_all_finish() {
                 _ => x,
             }
         }
-        let pool = Pool::new(2).unwrap();
+        let pool = common::quiet_pool(2);
         match pool.map_chunked(fail_some, 0..100, 10) {
-            Err(Error::TaskPanicked { message }) => assert_eq!(message, "item 30"),
+            Err(Error::TaskPanicked { message, .. }) => assert_eq!(message, "item 30"),
             other => panic!("{other:?}"),
         }
     })

@@ -173,7 +173,7 @@ fn assert_encode_argument<T: std::fmt::Debug>(r: Result<T, Error>) {
 
 fn assert_panicked<T: std::fmt::Debug>(r: Result<T, Error>, expected: &str) {
     match r {
-        Err(Error::TaskPanicked { message }) => assert_eq!(message, expected),
+        Err(Error::TaskPanicked { message, .. }) => assert_eq!(message, expected),
         other => panic!("expected TaskPanicked({expected:?}), got {other:?}"),
     }
 }
@@ -289,7 +289,7 @@ fn map_async_success_and_error() {
     // observed through wait, ready and get instead)
     let _g = shared();
     within(secs(30), || {
-        let pool = Pool::new(2).unwrap();
+        let pool = common::quiet_pool(2);
         let ok = pool.map_async(parse_int, vec!["1".to_string()]).unwrap();
         ok.wait();
         assert!(ok.ready());
@@ -299,7 +299,7 @@ fn map_async_success_and_error() {
         bad.wait();
         assert!(bad.ready());
         match bad.get() {
-            Err(Error::TaskPanicked { message }) => {
+            Err(Error::TaskPanicked { message, .. }) => {
                 assert!(message.contains("InvalidDigit"), "message: {message}");
             }
             other => panic!("expected TaskPanicked, got {other:?}"),
@@ -638,7 +638,7 @@ fn panic_keeps_its_message() {
     // CPython: _TestPool.test_traceback and test_wrapped_exception
     let _g = shared();
     within(secs(30), || {
-        let pool = Pool::new(1).unwrap();
+        let pool = common::quiet_pool(1);
         let worker = pool.apply(pid, ()).unwrap();
         assert_panicked(
             pool.apply(raise_runtime_error, ()),
@@ -656,7 +656,7 @@ fn map_no_failfast() {
     // CPython: _TestPool.test_map_no_failfast (issue #23992)
     let _g = shared();
     within(secs(30), || {
-        let pool = Pool::new(2).unwrap();
+        let pool = common::quiet_pool(2);
         let start = Instant::now();
         let r = pool.map(fail_3_and_7, 0..10);
         let took = start.elapsed();
@@ -678,7 +678,7 @@ fn async_error() {
     // CPython: _TestPoolWorkerErrors.test_async_error_callback
     let _g = shared();
     within(secs(30), || {
-        let pool = Pool::new(2).unwrap();
+        let pool = common::quiet_pool(2);
         let r = pool.apply_async(raising, ()).unwrap();
         assert_panicked(r.get(), "KeyError: key");
         pool.close();

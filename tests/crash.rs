@@ -142,10 +142,10 @@ fn worker_died_message_names_pid_and_signal() {
 #[test]
 fn panic_keeps_message_and_worker() {
     within(Duration::from_secs(30), || {
-        let pool = Pool::new(1).unwrap();
+        let pool = common::quiet_pool(1);
         let first = pool.apply(pid, ()).unwrap();
         match pool.apply(panics, "disk on fire".to_string()) {
-            Err(Error::TaskPanicked { message }) => assert_eq!(message, "disk on fire"),
+            Err(Error::TaskPanicked { message, .. }) => assert_eq!(message, "disk on fire"),
             other => panic!("{other:?}"),
         }
         assert_eq!(
@@ -268,7 +268,7 @@ fn a_crash_in_imap_fails_only_that_item() {
                 _ => x * 2,
             }
         }
-        let pool = Pool::new(2).unwrap();
+        let pool = common::quiet_pool(2);
         let got: Vec<_> = pool.imap(maybe_die, 0..20).unwrap().collect();
         assert_eq!(got.len(), 20);
         for (i, r) in got.into_iter().enumerate() {
@@ -299,6 +299,7 @@ fn initializer_that_panics_fails_tasks_instead_of_looping() {
         }
         let pool = Pool::builder()
             .processes(2)
+            .print_panics(false)
             .initializer(bad_init)
             .build()
             .unwrap();

@@ -243,7 +243,7 @@ fn submit_and_check(pool: &Pool, thread: u64, tasks: usize) -> Tally {
         }
         let ok = match (p, &got) {
             (Plan::Value, Ok(v)) => *v == expected_value(arg),
-            (Plan::Panic, Err(Error::TaskPanicked { message })) => {
+            (Plan::Panic, Err(Error::TaskPanicked { message, .. })) => {
                 *message == format!("planned panic {arg}")
             }
             (Plan::Abort | Plan::Kill | Plan::Exit, Err(Error::WorkerDied { cause, .. })) => {
@@ -278,7 +278,7 @@ fn random_deaths_and_panics(total_tasks: usize, limit: Duration) {
         let fds_before = open_fds();
         let procs_before = descendants();
         let started = Instant::now();
-        let pool = Pool::new(WORKERS).unwrap();
+        let pool = common::quiet_pool(WORKERS);
         let tallies: Vec<Tally> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..THREADS as u64)
                 .map(|t| {
@@ -637,7 +637,7 @@ fn panics_with(message: String) -> u64 {
 fn error_messages_say_what_happened_and_what_to_do() {
     let _guard = serial();
     within(Duration::from_secs(60), || {
-        let pool = Pool::new(1).unwrap();
+        let pool = common::quiet_pool(1);
 
         let err = pool.apply(planned_sigkill, 0).unwrap_err();
         let text = err.to_string();

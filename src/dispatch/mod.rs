@@ -298,10 +298,7 @@ impl<P: Processes> Dispatcher<P> {
         self.respawn_at = Some(now + MAX_BACKOFF);
         self.spawn_failed = Some(e.raw_os_error().unwrap_or(libc::EAGAIN));
         if self.workers.is_empty() {
-            let error = Error::Io {
-                op: "fork",
-                source: e,
-            };
+            let error = Error::io("fork")(e);
             for task in self.queue.drain(..) {
                 task.finish(Err(error.duplicate()), self.front.counters());
             }

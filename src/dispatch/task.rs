@@ -83,7 +83,10 @@ pub(super) fn outcome(reply: Reply) -> Outcome {
     let message = String::from_utf8_lossy(&reply.payload).into_owned();
     Err(match reply.status {
         Status::Ok => unreachable!("handled above"),
-        Status::Panicked => Error::TaskPanicked { message },
+        Status::Panicked => {
+            let (message, location) = crate::worker::split_panic_payload(&message);
+            Error::TaskPanicked { message, location }
+        }
         Status::EncodeFailed => Error::Encode {
             what: "result",
             message,

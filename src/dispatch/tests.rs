@@ -60,6 +60,7 @@ fn dispatcher(processes: usize, now: Instant) -> (Submitter, Dispatcher<Fake>) {
             max_tasks: None,
             max_memory: None,
             print_panics: false,
+            max_frame: 1 << 20,
         },
         max_frame: 1 << 20,
     };

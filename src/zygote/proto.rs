@@ -72,6 +72,7 @@ pub(crate) fn start_request(spec: ServerSpec) -> [u8; MESSAGE] {
         max_tasks,
         max_memory,
         print_panics,
+        max_frame,
     } = spec.config;
     encode([
         START,
@@ -82,7 +83,7 @@ pub(crate) fn start_request(spec: ServerSpec) -> [u8; MESSAGE] {
         max_memory.unwrap_or(0),
         print_panics as u64,
         spec.worker_mask.0,
-        0,
+        max_frame,
         0,
     ])
 }
@@ -106,6 +107,7 @@ pub(crate) unsafe fn parse_start(words: &[u64; WORDS]) -> ServerSpec {
             max_tasks: (words[2] != 0).then_some(words[3] as usize),
             max_memory: (words[4] != 0).then_some(words[5]),
             print_panics: words[6] != 0,
+            max_frame: words[8],
         },
     }
 }
@@ -130,6 +132,7 @@ mod tests {
                 max_tasks: Some(usize::MAX),
                 max_memory: Some(1 << 30),
                 print_panics: false,
+                max_frame: 12345,
             },
         };
         let words = decode(&start_request(spec));
@@ -144,11 +147,13 @@ mod tests {
         assert_eq!(back.config.max_tasks, Some(usize::MAX));
         assert_eq!(back.config.max_memory, Some(1 << 30));
         assert!(!back.config.print_panics);
+        assert_eq!(back.config.max_frame, 12345);
         let none = WorkerConfig {
             initializer: None,
             max_tasks: None,
             max_memory: None,
             print_panics: true,
+            max_frame: u64::MAX,
         };
         let words = decode(&start_request(ServerSpec {
             worker_mask: SignalSet::default(),

@@ -134,3 +134,13 @@ pub fn distinct_pids(
     }
     seen
 }
+
+/// A pool whose workers do not print a line for each task that panics: for tests in which
+/// panics are expected (the line is tested on its own in crash.rs).
+pub fn quiet_pool(processes: usize) -> forkpool::Pool {
+    forkpool::Pool::builder()
+        .processes(processes)
+        .print_panics(false)
+        .build()
+        .unwrap()
+}
