@@ -16,10 +16,10 @@ pub(super) const BACKSTOP_SLACK: Duration = Duration::from_millis(500);
 /// goes.
 #[derive(Debug)]
 pub(crate) struct Task {
-    pub(super) frame: OutFrame,
+    pub(crate) frame: OutFrame,
     sink: Sink,
     /// Time limit per item, and how many items the frame holds (1, or a chunk's length).
-    pub(super) limit: Option<Duration>,
+    pub(crate) limit: Option<Duration>,
     items: u32,
 }
 
@@ -42,7 +42,7 @@ impl Task {
 
     /// Counts the task's outcome, then delivers it. A panic on the way (a user's `Waker` that
     /// panics in `wake`) is caught: it must not end the dispatcher (issue 8, item 13).
-    pub(super) fn finish(self, outcome: Outcome, counters: &Counters) {
+    pub(crate) fn finish(self, outcome: Outcome, counters: &Counters) {
         counters.completed(&outcome);
         let sink = self.sink;
         let _ = panic::catch_unwind(AssertUnwindSafe(move || sink.deliver(outcome)));
@@ -51,7 +51,7 @@ impl Task {
     /// How long the whole task may run: the limit per item times the items. `None` without a
     /// limit, and for a limit so large that it is no practical limit (it does not fit in a
     /// `Duration`).
-    pub(super) fn total_limit(&self) -> Option<Duration> {
+    pub(crate) fn total_limit(&self) -> Option<Duration> {
         self.limit?.checked_mul(self.items)
     }
 
