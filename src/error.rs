@@ -79,6 +79,15 @@ pub enum Error {
         limit: std::time::Duration,
     },
 
+    /// [`AsyncResult::get_timeout`](crate::AsyncResult::get_timeout) gave up waiting. Unlike
+    /// [`Error::TimedOut`], nothing happened to the task: it goes on, and its result can still
+    /// be waited for on the same handle.
+    #[error("no result within {waited:?}; the task goes on and its result can still be awaited")]
+    WaitTimedOut {
+        /// How long the call waited.
+        waited: std::time::Duration,
+    },
+
     /// The task was submitted after [`Pool::close`](crate::Pool::close) or
     /// [`Pool::terminate`](crate::Pool::terminate).
     #[error("the pool is closed and takes no new tasks; build a new pool")]
@@ -156,6 +165,7 @@ impl Error {
                 pid: *pid,
                 limit: *limit,
             },
+            Error::WaitTimedOut { waited } => Error::WaitTimedOut { waited: *waited },
             Error::Closed => Error::Closed,
             Error::Terminated => Error::Terminated,
             Error::StillRunning => Error::StillRunning,

@@ -10,12 +10,13 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::callback::{self, Callbacks};
+use crate::callback::Callbacks;
 use crate::dispatch::{self, Config, Submitter, Task};
 use crate::error::{Error, Result};
 use crate::frame;
+use crate::frame::Bytes;
 use crate::imap::Imap;
-use crate::result::{self, AsyncResult, Sink, Slot};
+use crate::result::{self, AsyncResult, Decoded, Sink, Slot};
 use crate::stats::Stats;
 use crate::task;
 use crate::worker::WorkerConfig;
@@ -504,28 +505,28 @@ impl Pool {
         C: FnOnce(&Result<R>) + Send + 'static,
     {
         let frame = task::call(f, arg)?;
-        let jobs = self.callbacks.sender()?;
+        let runner = self.callbacks.runner()?;
         let slot = Slot::new(1);
-        let filled = Arc::clone(&slot);
+        let decoded = Decoded::new();
+        let (filled, value_to) = (Arc::clone(&slot), Arc::clone(&decoded));
         let sink = Sink::then(move |outcome| {
-            let job = move || {
-                let value = match &outcome {
-                    Ok(bytes) => result::decode_result::<R>(bytes),
-                    Err(e) => Err(e.duplicate()),
-                };
-                callback::run_caught(callback, &value);
-                drop(value);
-                filled.fill(0, outcome);
+            let job = {
+                let runner = runner.clone();
+                move || {
+                    // Decoded once, here: the callback sees the value that get() returns.
+                    let value = outcome.and_then(result::decode_result_owned::<R>);
+                    runner.run_caught(callback, &value);
+                    value_to.put(value);
+                    filled.fill(0, Ok(Bytes::default()));
+                }
             };
             // The callback thread outlives every task (join waits for the dispatcher first),
             // so this send fails only if that thread died, and then the job runs here.
-            if let Err(crossbeam_channel::SendError(job)) = jobs.send(Box::new(job)) {
-                job();
-            }
+            runner.send(Box::new(job));
         });
         let task = Task::new(frame, sink).with_limit(self.task_timeout, 1);
         self.submitter.submit([task])?;
-        Ok(AsyncResult::new(slot, result::finish_one::<R>))
+        Ok(AsyncResult::decoded(slot, decoded))
     }
 
     /// Runs `f(arg)` in a worker and waits for the result: `apply_async(f, arg)?.get()`.
@@ -745,7 +746,9 @@ impl Pool {
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     pub fn stats(&self) -> Stats {
-        self.submitter.stats()
+        let mut stats = self.submitter.stats();
+        stats.callbacks_run = self.callbacks.started();
+        stats
     }
 
     /// Stops taking tasks. Tasks already submitted still run; the workers exit once they are
