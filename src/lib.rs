@@ -105,6 +105,7 @@ mod callback;
 mod codec;
 mod dispatch;
 mod error;
+mod feed;
 mod frame;
 mod imap;
 mod pool;

@@ -1,6 +1,7 @@
 //! [`Pool`] and [`PoolBuilder`]: the public face. No system calls here; the pool turns each call
 //! into encoded tasks and hands them to its dispatcher.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,16 +14,20 @@ use serde::Serialize;
 use crate::callback::Callbacks;
 use crate::dispatch::{self, Config, Submitter, Task};
 use crate::error::{Error, Result};
+use crate::feed::Feed;
 use crate::frame;
 use crate::frame::Bytes;
-use crate::imap::Imap;
+use crate::imap::{self, Imap, Shape};
 use crate::result::{self, AsyncResult, Decoded, Sink, Slot};
 use crate::stats::Stats;
 use crate::task;
 use crate::worker::WorkerConfig;
 
-/// How many results an [`Imap`] keeps submitted but not yet yielded, per worker.
+/// How many tasks (items, or chunks) an [`Imap`] keeps submitted but not yet taken, per worker.
 const IMAP_WINDOW_PER_WORKER: usize = 4;
+/// How many chunks of a `map` are encoded and unfinished at a time, per worker: one running,
+/// one queued behind it.
+const MAP_WINDOW_PER_WORKER: usize = 2;
 
 /// A pool of forked worker processes that run tasks: Python's `multiprocessing.Pool` for Rust.
 ///
@@ -551,30 +556,48 @@ impl Pool {
 
     /// Applies `f` to every item and returns the results in input order.
     ///
-    /// The input is collected, then sent in chunks of Python's default size,
-    /// `ceil(len / (4 * processes))`. Use [`map_chunked`](Pool::map_chunked) to choose it.
+    /// The input is collected (Python does `list(iterable)` too), then sent in chunks of
+    /// Python's default size, `ceil(len / (4 * processes))`. Use
+    /// [`map_chunked`](Pool::map_chunked) to choose it. Chunks are encoded as they are sent,
+    /// at most two per worker ahead of the results, so the pool's own memory stays at a few
+    /// chunks beyond the input, however large the input.
+    ///
+    /// The items may be the arguments themselves or anything that borrows as one: `&A` (so
+    /// `pool.map(f, &paths)` works with `f: fn(PathBuf) -> _`), `Box<A>`, `Arc<A>`. A borrowed
+    /// item is encoded from the reference, never cloned.
     ///
     /// # Errors
     /// If any item fails, the error of the first failing item in input order, with its own
     /// variant ([`Error::TaskPanicked`], [`Error::WorkerDied`], ...), once every chunk has
-    /// finished. A panic or a crash fails its whole chunk. Also [`Error::Closed`] and
-    /// [`Error::Encode`] as for [`apply_async`](Pool::apply_async).
+    /// finished. A panic or a crash fails its whole chunk. [`Error::Closed`] if the pool takes
+    /// no tasks. [`Error::Encode`] for an item that cannot be encoded: nothing is sent if it is
+    /// in the first chunks (two per worker); a later one fails its chunk and every chunk after
+    /// it, and the chunks before it still run.
     ///
     /// # Examples
     ///
     /// ```
+    /// use std::path::PathBuf;
+    ///
+    /// fn name_len(path: PathBuf) -> usize {
+    ///     path.as_os_str().len()
+    /// }
+    ///
     /// let pool = forkpool::Pool::new(2)?;
     /// assert_eq!(pool.map(|x: u32| x * 10, 1..=5)?, [10, 20, 30, 40, 50]);
-    /// assert_eq!(pool.map(|x: u32| x, Vec::new())?, Vec::<u32>::new());
+    /// assert_eq!(pool.map(|x: u32| x, Vec::<u32>::new())?, Vec::<u32>::new());
+    /// let paths = vec![PathBuf::from("a"), PathBuf::from("bcd")];
+    /// assert_eq!(pool.map(name_len, &paths)?, [1, 3]); // borrowed, not cloned
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     pub fn map<A, R, I>(&self, f: fn(A) -> R, args: I) -> Result<Vec<R>>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
     {
-        self.map_async(f, args)?.get()
+        self.map_blocking(f, args, None)
     }
 
     /// [`map`](Pool::map) with `chunksize` items sent to a worker at a time. Larger chunks cost
@@ -595,17 +618,25 @@ impl Pool {
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
     {
-        self.map_async_chunked(f, args, Some(chunksize))?.get()
+        self.map_blocking(f, args, Some(chunksize))
     }
 
     /// [`map`](Pool::map) without waiting: returns a handle on the whole `Vec` of results.
     /// Empty input is ready at once.
     ///
+    /// The input is collected; the first chunks (two per worker) are sent before this returns,
+    /// and a feeder thread sends the rest as chunks finish, so the encoded input in memory stays
+    /// bounded as for `map`. Since that thread outlives the call, the items must be owned
+    /// (`'static`): `A` itself, `Box<A>` or `Arc<A>`, not a reference to a local.
+    ///
     /// # Errors
-    /// As [`map`](Pool::map): the call itself fails with [`Error::Closed`] or
-    /// [`Error::Encode`], and [`AsyncResult::get`] with a task's error.
+    /// As [`map`](Pool::map): the call itself fails with [`Error::Closed`], or with
+    /// [`Error::Encode`] for an item of the first chunks, and [`AsyncResult::get`] with a
+    /// task's error (including the encode error of a later item). [`Error::Io`] if the feeder
+    /// thread cannot start; the chunks already sent still run.
     ///
     /// # Examples
     ///
@@ -619,7 +650,8 @@ impl Pool {
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: Borrow<A> + Send + 'static,
     {
         self.map_async_chunked(f, args, None)
     }
@@ -633,7 +665,58 @@ impl Pool {
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: Borrow<A> + Send + 'static,
+    {
+        let feed = self.start_feed(f, args, chunksize)?;
+        let slot = feed.slot();
+        if !feed.is_done() {
+            let abandon = feed.abandon();
+            let spawned = std::thread::Builder::new()
+                .name("forkpool-map-feeder".into())
+                .spawn(move || feed.run());
+            if let Err(e) = spawned {
+                let error = Error::Io {
+                    op: "spawning the map feeder thread",
+                    source: e,
+                };
+                abandon.fail_rest(&error);
+                return Err(error);
+            }
+        }
+        Ok(AsyncResult::new(slot, result::finish_chunks::<R>))
+    }
+
+    /// `map` and `map_chunked`: feeds the chunks from the calling thread, then collects.
+    fn map_blocking<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
+    {
+        let feed = self.start_feed(f, args, chunksize)?;
+        let slot = feed.slot();
+        feed.run();
+        AsyncResult::new(slot, result::finish_chunks::<R>).get()
+    }
+
+    fn start_feed<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: Option<usize>,
+    ) -> Result<Feed<A, R, I::Item>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
     {
         if chunksize == Some(0) {
             return Err(Error::InvalidArgument {
@@ -643,25 +726,28 @@ impl Pool {
         if !self.submitter.is_open() {
             return Err(Error::Closed);
         }
-        let args: Vec<A> = args.into_iter().collect();
-        let chunksize = chunksize.unwrap_or_else(|| default_chunksize(args.len(), self.processes));
-        let frames = args
-            .chunks(chunksize)
-            .map(|chunk| Ok((task::chunk(f, chunk)?, chunk.len())))
-            .collect::<Result<Vec<_>>>()?;
-        let slot = Slot::new(frames.len());
-        let tasks = frames.into_iter().enumerate().map(|(i, (frame, items))| {
-            Task::new(frame, Sink::slot(&slot, i)).with_limit(self.task_timeout, items)
-        });
-        self.submitter.submit(tasks)?;
-        Ok(AsyncResult::new(slot, result::finish_chunks::<R>))
+        let items: Vec<I::Item> = args.into_iter().collect();
+        let chunksize = chunksize.unwrap_or_else(|| default_chunksize(items.len(), self.processes));
+        let window = MAP_WINDOW_PER_WORKER * self.processes;
+        Feed::start(
+            &self.submitter,
+            f,
+            items,
+            chunksize,
+            window,
+            self.task_timeout,
+        )
     }
 
     /// Applies `f` to every item, lazily, yielding results in input order as they become
     /// available. Each item is its own task, so one failure fails only its own `Result`.
     ///
     /// The input is pulled only as results are taken, a bounded window ahead (a few items per
-    /// worker), so an endless iterator works.
+    /// worker), so an endless iterator works. Items may be `A` or anything that borrows as
+    /// one and is `'static` (`Arc<A>`, `Box<A>`, `&'static A`), encoded without a clone.
+    ///
+    /// Each item costs a round trip; for many small items use
+    /// [`imap_chunked`](Pool::imap_chunked).
     ///
     /// # Errors
     /// [`Error::Closed`] if the pool no longer takes tasks. Each item's `Result` carries its own
@@ -680,10 +766,11 @@ impl Pool {
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: Borrow<A> + 'static,
         I::IntoIter: Send + 'static,
     {
-        self.imap_in(f, args, true)
+        self.imap_in(f, args, None, true)
     }
 
     /// Like [`imap`](Pool::imap), but yields results in the order they complete.
@@ -706,25 +793,116 @@ impl Pool {
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: Borrow<A> + 'static,
         I::IntoIter: Send + 'static,
     {
-        self.imap_in(f, args, false)
+        self.imap_in(f, args, None, false)
     }
 
-    fn imap_in<A, R, I>(&self, f: fn(A) -> R, args: I, ordered: bool) -> Result<Imap<R>>
+    /// [`imap`](Pool::imap) with `chunksize` items per task, Python's `imap(f, xs, chunksize)`:
+    /// the input is still pulled lazily, a window of a few chunks per worker ahead, and results
+    /// are still yielded item by item in input order; each chunk is one round trip.
+    ///
+    /// A failure (a panic, a crash, a time limit) fails each item of its chunk, with the
+    /// chunk's error; the other chunks go on.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a chunk size of 0; otherwise as [`imap`](Pool::imap).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let firsts: Vec<u64> = pool
+    ///     .imap_chunked(|x: u64| x * 3, 0.., 100)? // endless input, 100 items per task
+    ///     .take(5)
+    ///     .collect::<forkpool::Result<_>>()?;
+    /// assert_eq!(firsts, [0, 3, 6, 9, 12]);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn imap_chunked<A, R, I>(&self, f: fn(A) -> R, args: I, chunksize: usize) -> Result<Imap<R>>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: Borrow<A> + 'static,
+        I::IntoIter: Send + 'static,
+    {
+        self.imap_in(f, args, Some(chunksize), true)
+    }
+
+    /// [`imap_unordered`](Pool::imap_unordered) with `chunksize` items per task: chunks are
+    /// yielded in the order they complete, the items of a chunk in input order.
+    ///
+    /// # Errors
+    /// As [`imap_chunked`](Pool::imap_chunked).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let mut got: Vec<u32> = pool
+    ///     .imap_unordered_chunked(|x: u32| x + 1, 0..1000, 64)?
+    ///     .collect::<forkpool::Result<_>>()?;
+    /// got.sort();
+    /// assert_eq!(got, (1..=1000).collect::<Vec<_>>());
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn imap_unordered_chunked<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: usize,
+    ) -> Result<Imap<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator,
+        I::Item: Borrow<A> + 'static,
+        I::IntoIter: Send + 'static,
+    {
+        self.imap_in(f, args, Some(chunksize), false)
+    }
+
+    fn imap_in<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: Option<usize>,
+        ordered: bool,
+    ) -> Result<Imap<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator,
+        I::Item: Borrow<A> + 'static,
         I::IntoIter: Send + 'static,
     {
         let mut args = args.into_iter();
-        let feed = Box::new(move || args.next().map(|arg| task::call(f, arg)));
+        let (feed, shape): (imap::Feed, Shape) = match chunksize {
+            None => (
+                Box::new(move || args.next().map(|arg| (task::item(f, arg), 1))),
+                Shape::Single,
+            ),
+            Some(0) => {
+                return Err(Error::InvalidArgument {
+                    message: "chunksize must be at least 1",
+                })
+            }
+            Some(n) => (
+                Box::new(move || {
+                    let chunk: Vec<I::Item> = args.by_ref().take(n).collect();
+                    (!chunk.is_empty()).then(|| (task::chunk(f, &chunk), chunk.len()))
+                }),
+                Shape::Chunks,
+            ),
+        };
         let window = IMAP_WINDOW_PER_WORKER * self.processes;
         Imap::new(
             self.submitter.clone(),
             feed,
+            shape,
             window,
             ordered,
             self.task_timeout,

@@ -26,6 +26,10 @@ const SPIN: Duration = Duration::from_micros(30);
 /// What became of one task: the worker's encoded result, or why there is none.
 pub(crate) type Outcome = Result<Bytes>;
 
+/// One task's outcome on an [`Imap`](crate::Imap)'s stream: its index, how many input items
+/// it carried, and the outcome.
+pub(crate) type Streamed = (usize, usize, Outcome);
+
 /// Where the dispatcher delivers one task's outcome.
 ///
 /// A sink dropped without a delivery delivers [`Error::Terminated`], so no path that loses a
@@ -38,8 +42,8 @@ pub(crate) struct Sink {
 enum Target {
     /// Part `index` of an [`AsyncResult`]'s slot.
     Slot(Arc<Slot>, usize),
-    /// Item `index` of an [`Imap`](crate::Imap)'s stream.
-    Stream(Sender<(usize, Outcome)>, usize),
+    /// Task `index` of an [`Imap`](crate::Imap)'s stream, carrying `items` input items.
+    Stream(Sender<Streamed>, usize, usize),
     /// Whatever the closure does with it (run a callback, then fill a slot).
     Then(Box<dyn FnOnce(Outcome) + Send>),
 }
@@ -48,7 +52,7 @@ impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Slot(_, i) => write!(f, "Slot({i})"),
-            Target::Stream(_, i) => write!(f, "Stream({i})"),
+            Target::Stream(_, i, n) => write!(f, "Stream({i}, {n} items)"),
             Target::Then(_) => write!(f, "Then"),
         }
     }
@@ -61,9 +65,9 @@ impl Sink {
         }
     }
 
-    pub(crate) fn stream(tx: &Sender<(usize, Outcome)>, index: usize) -> Sink {
+    pub(crate) fn stream(tx: &Sender<Streamed>, index: usize, items: usize) -> Sink {
         Sink {
-            target: Some(Target::Stream(tx.clone(), index)),
+            target: Some(Target::Stream(tx.clone(), index, items)),
         }
     }
 
@@ -77,8 +81,8 @@ impl Sink {
     pub(crate) fn deliver(mut self, outcome: Outcome) {
         match self.target.take() {
             Some(Target::Slot(slot, index)) => slot.fill(index, outcome),
-            Some(Target::Stream(tx, index)) => {
-                let _ = tx.send((index, outcome));
+            Some(Target::Stream(tx, index, items)) => {
+                let _ = tx.send((index, items, outcome));
             }
             Some(Target::Then(f)) => f(outcome),
             None => {}

@@ -6,6 +6,7 @@
 //! trampoline monomorphized for `A` and `R` that decodes the argument, calls the function and
 //! encodes the result. The worker only knows the trampoline's erased signature, [`Trampoline`].
 
+use std::borrow::Borrow;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -34,8 +35,23 @@ where
     A: Serialize + DeserializeOwned + 'static,
     R: Serialize + DeserializeOwned + 'static,
 {
+    item(f, arg)
+}
+
+/// Builds the frame for one call of `f` on the item `arg` stands for: an `A`, or anything that
+/// borrows as one (`&A`, `Arc<A>`), encoded from the reference without a clone. An owned
+/// `Vec<u8>` is moved into the frame, not copied.
+///
+/// # Errors
+/// [`Error::Encode`] if the argument cannot be encoded; nothing is sent then.
+pub(crate) fn item<A, R, B>(f: fn(A) -> R, arg: B) -> Result<OutFrame>
+where
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
+    B: Borrow<A> + 'static,
+{
     let mut head = begin(call_one::<A, R>, f as usize);
-    let tail = codec::encode_owned(arg, &mut head).map_err(encode_error)?;
+    let tail = codec::encode_owned::<A, B>(arg, &mut head).map_err(encode_error)?;
     Ok(sealed(head, tail))
 }
 
@@ -44,14 +60,15 @@ where
 ///
 /// # Errors
 /// [`Error::Encode`] if an argument cannot be encoded; nothing is sent then.
-pub(crate) fn chunk<A, R>(f: fn(A) -> R, args: &[A]) -> Result<OutFrame>
+pub(crate) fn chunk<A, R, B>(f: fn(A) -> R, args: &[B]) -> Result<OutFrame>
 where
     A: Serialize + DeserializeOwned + 'static,
     R: Serialize + DeserializeOwned + 'static,
+    B: Borrow<A>,
 {
     let mut head = begin(call_chunk::<A, R>, f as usize);
-    // A slice encodes exactly as the Vec<A> the trampoline decodes.
-    codec::encode_into(args, &mut head).map_err(encode_error)?;
+    // Encoded as the Vec<A> the trampoline decodes, from the borrowed items.
+    codec::encode_seq::<A, B>(args, &mut head).map_err(encode_error)?;
     Ok(sealed(head, Vec::new()))
 }
 

@@ -144,3 +144,295 @@ fn a_result_with_a_callback_is_decoded_once() {
         assert_eq!(DECODED.load(Ordering::SeqCst) - before, 1, "decoded once");
     })
 }
+
+// ---- item 6: borrowed inputs ----
+
+fn name_len(path: std::path::PathBuf) -> usize {
+    path.as_os_str().len()
+}
+
+#[test]
+fn map_family_takes_borrowed_items() {
+    use std::path::PathBuf;
+    within(Duration::from_secs(120), || {
+        let pool = Pool::new(2).unwrap();
+        let paths: Vec<PathBuf> = (0..50).map(|i| PathBuf::from("x".repeat(i))).collect();
+        let want: Vec<usize> = (0..50).collect();
+        assert_eq!(pool.map(name_len, &paths).unwrap(), want);
+        assert_eq!(pool.map(name_len, paths.iter()).unwrap(), want);
+        assert_eq!(pool.map(name_len, &paths[..]).unwrap(), want);
+        assert_eq!(pool.map_chunked(name_len, &paths, 7).unwrap(), want);
+        // Owned items still work, and inference still works from the function.
+        assert_eq!(pool.map(name_len, paths.clone()).unwrap(), want);
+        assert_eq!(pool.map(|x: u64| x * 2, 0..10).unwrap()[9], 18);
+        assert_eq!(pool.map(square, vec![3]).unwrap(), [9]);
+        // 'static borrowers for the calls that outlive the call.
+        let shared: Vec<Arc<PathBuf>> = paths.iter().cloned().map(Arc::new).collect();
+        assert_eq!(
+            pool.map_async(name_len, shared.clone())
+                .unwrap()
+                .get()
+                .unwrap(),
+            want
+        );
+        let ordered: Vec<usize> = pool
+            .imap(name_len, shared.clone())
+            .unwrap()
+            .collect::<forkpool::Result<_>>()
+            .unwrap();
+        assert_eq!(ordered, want);
+        let mut unordered: Vec<usize> = pool
+            .imap_unordered_chunked(name_len, shared.clone(), 8)
+            .unwrap()
+            .collect::<forkpool::Result<_>>()
+            .unwrap();
+        unordered.sort();
+        assert_eq!(unordered, want);
+        let boxed: Vec<Box<PathBuf>> = paths.iter().cloned().map(Box::new).collect();
+        assert_eq!(
+            pool.imap_chunked(name_len, boxed, 3)
+                .unwrap()
+                .collect::<forkpool::Result<Vec<_>>>()
+                .unwrap(),
+            want
+        );
+        let strings: &'static [String] = Box::leak(vec!["ab".to_string()].into_boxed_slice());
+        assert_eq!(
+            pool.imap(|s: String| s.len(), strings.iter())
+                .unwrap()
+                .collect::<forkpool::Result<Vec<_>>>()
+                .unwrap(),
+            [2]
+        );
+    })
+}
+
+#[test]
+fn chunks_of_bytes_keep_their_values() {
+    // A chunk of u8 items travels raw, as a Vec<u8> does: borrowed or owned, any chunk size.
+    within(Duration::from_secs(60), || {
+        let pool = Pool::new(2).unwrap();
+        let bytes: Vec<u8> = (0..=255).collect();
+        let want: Vec<u16> = (1..=256).collect();
+        let inc = |x: u8| u16::from(x) + 1;
+        for chunk in [1, 2, 3, 100, 1000] {
+            assert_eq!(pool.map_chunked(inc, &bytes, chunk).unwrap(), want);
+            assert_eq!(pool.map_chunked(inc, bytes.clone(), chunk).unwrap(), want);
+            let got: Vec<u16> = pool
+                .imap_chunked(inc, bytes.clone(), chunk)
+                .unwrap()
+                .collect::<forkpool::Result<_>>()
+                .unwrap();
+            assert_eq!(got, want);
+        }
+    })
+}
+
+// ---- item 3: chunked imap ----
+
+#[test]
+fn imap_chunked_yields_every_item_in_order_from_endless_input() {
+    within(Duration::from_secs(120), || {
+        let pool = Pool::new(2).unwrap();
+        let got: Vec<u64> = pool
+            .imap_chunked(square, 0.., 1000)
+            .unwrap()
+            .take(20_500)
+            .collect::<forkpool::Result<_>>()
+            .unwrap();
+        assert_eq!(got, (0..20_500u64).map(square).collect::<Vec<_>>());
+        // A short last chunk, and chunks bigger than the input.
+        for (n, chunk) in [(10, 3), (5, 100), (0, 4), (1, 1)] {
+            let got: Vec<u64> = pool
+                .imap_chunked(square, 0..n, chunk)
+                .unwrap()
+                .collect::<forkpool::Result<_>>()
+                .unwrap();
+            assert_eq!(
+                got,
+                (0..n).map(square).collect::<Vec<_>>(),
+                "n={n} chunk={chunk}"
+            );
+        }
+        assert!(matches!(
+            pool.imap_chunked(square, 0..3, 0),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert!(matches!(
+            pool.imap_unordered_chunked(square, 0..3, 0),
+            Err(Error::InvalidArgument { .. })
+        ));
+    })
+}
+
+/// How many input items the test's iterator has handed out.
+static PULLED: AtomicUsize = AtomicUsize::new(0);
+
+#[test]
+fn imap_chunked_pulls_input_a_window_of_chunks_ahead() {
+    within(Duration::from_secs(60), || {
+        let pool = Pool::new(2).unwrap();
+        let input = (0..u64::MAX).inspect(|_| {
+            PULLED.fetch_add(1, Ordering::SeqCst);
+        });
+        let mut it = pool.imap_chunked(square, input, 10).unwrap();
+        assert_eq!(it.next().unwrap().unwrap(), 0);
+        let pulled = PULLED.load(Ordering::SeqCst);
+        // The window is a few chunks per worker (4 x 2 workers x 10 items), plus one chunk.
+        assert!(
+            pulled <= 10 * (4 * 2 + 1),
+            "pulled {pulled} items for one result"
+        );
+        assert!(pulled >= 10, "a whole chunk is pulled at once");
+    })
+}
+
+fn fail_on_13(x: u64) -> u64 {
+    if x == 13 {
+        panic!("thirteen");
+    }
+    x
+}
+
+fn die_on_13(x: u64) -> u64 {
+    if x == 13 {
+        std::process::abort();
+    }
+    x
+}
+
+#[test]
+fn a_failed_chunk_fails_each_of_its_items_and_no_other() {
+    within(Duration::from_secs(120), || {
+        let pool = Pool::builder()
+            .processes(2)
+            .print_panics(false)
+            .build()
+            .unwrap();
+        for f in [fail_on_13 as fn(u64) -> u64, die_on_13] {
+            let got: Vec<forkpool::Result<u64>> = pool.imap_chunked(f, 0..40, 5).unwrap().collect();
+            assert_eq!(got.len(), 40);
+            for (i, r) in got.iter().enumerate() {
+                if (10..15).contains(&i) {
+                    assert!(
+                        matches!(
+                            r,
+                            Err(Error::TaskPanicked { .. } | Error::WorkerDied { .. })
+                        ),
+                        "item {i}: {r:?}"
+                    );
+                } else {
+                    assert_eq!(*r.as_ref().unwrap(), i as u64);
+                }
+            }
+            let mut got: Vec<forkpool::Result<u64>> =
+                pool.imap_unordered_chunked(f, 0..40, 5).unwrap().collect();
+            assert_eq!(got.len(), 40);
+            assert_eq!(got.iter().filter(|r| r.is_err()).count(), 5);
+            got.retain(|r| r.is_ok());
+            let mut ok: Vec<u64> = got.into_iter().map(|r| r.unwrap()).collect();
+            ok.sort();
+            assert_eq!(
+                ok,
+                (0..40)
+                    .filter(|i| !(10..15).contains(i))
+                    .collect::<Vec<_>>()
+            );
+        }
+    })
+}
+
+// ---- item 7b: map does not encode its whole input at once ----
+
+const MEM_CHILD: &str = "FORKPOOL_HABITS_MEM_CHILD";
+const ITEM_BYTES: usize = 4 << 20;
+const ITEMS: usize = 32;
+
+fn status_kib(field: &str) -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn str_len(s: String) -> usize {
+    s.len()
+}
+
+/// Run by `map_keeps_the_parents_extra_memory_to_a_few_chunks` in a child process of its own:
+/// maps 32 arguments of 4 MiB each (chunks of 1 for `map`, Python's default of 4 for
+/// `map_async`, on 2 workers) and prints how far the peak resident set rose above the
+/// resident set with the input built.
+#[test]
+#[ignore = "runs in a child process of map_keeps_the_parents_extra_memory_to_a_few_chunks"]
+fn map_memory_child() {
+    if std::env::var_os(MEM_CHILD).is_none() {
+        return;
+    }
+    let pool = Pool::new(2).unwrap();
+    let input: Vec<String> = (0..ITEMS)
+        .map(|i| {
+            char::from(b'a' + i as u8 % 26)
+                .to_string()
+                .repeat(ITEM_BYTES)
+        })
+        .collect();
+    let mode = std::env::var(MEM_CHILD).unwrap();
+    // Reset the peak to the current resident set (Linux: "5" to clear_refs).
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let before = status_kib("VmRSS:");
+    let lens = match mode.as_str() {
+        "map" => pool.map_chunked(str_len, &input, 1).unwrap(),
+        // Moved in: map_async's chunks are Python's default, 4 items each here.
+        _ => pool.map_async(str_len, input).unwrap().get().unwrap(),
+    };
+    assert_eq!(lens, vec![ITEM_BYTES; ITEMS]);
+    let peak = status_kib("VmHWM:");
+    println!("EXTRA_KIB {}", peak.saturating_sub(before));
+}
+
+#[test]
+fn map_keeps_the_parents_extra_memory_to_a_few_chunks() {
+    if !std::path::Path::new("/proc/self/clear_refs").exists() {
+        eprintln!("skipped: no /proc/self/clear_refs");
+        return;
+    }
+    for mode in ["map", "map_async"] {
+        let out = std::process::Command::new("timeout")
+            .arg("120")
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", "map_memory_child", "--ignored", "--nocapture"])
+            .env(MEM_CHILD, mode)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode} child failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let extra: usize = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("EXTRA_KIB "))
+            .unwrap_or_else(|| panic!("no EXTRA_KIB line in {stdout}"))
+            .trim()
+            .parse()
+            .unwrap();
+        let input_kib = ITEMS * (ITEM_BYTES >> 10);
+        let (chunk_kib, chunks) = match mode {
+            "map" => (ITEM_BYTES >> 10, 10),
+            _ => ((4 * ITEM_BYTES) >> 10, 6),
+        };
+        eprintln!("{mode}: {extra} KiB above the input ({input_kib} KiB)");
+        // Two chunks per worker are 4 chunks in flight; allow some slack for the allocator.
+        // Encoding everything first, as map did, takes the whole input again.
+        let allowed = chunks * chunk_kib;
+        assert!(allowed < input_kib);
+        assert!(
+            extra <= allowed,
+            "{mode}: the parent's memory rose {extra} KiB, more than {allowed} KiB (input {input_kib} KiB)"
+        );
+    }
+}
