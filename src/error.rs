@@ -51,7 +51,8 @@ pub enum Error {
     /// and nothing was submitted), or a result in the worker (the task fails; the worker goes on).
     #[error("could not encode the {what}: {message}")]
     Encode {
-        /// `"argument"` or `"result"`.
+        /// `"argument"`, `"result"`, or `"initializer argument"` (from
+        /// [`PoolBuilder::build`](crate::PoolBuilder::build)).
         what: &'static str,
         /// The codec's message.
         message: String,

@@ -20,7 +20,7 @@ use crate::frame::Bytes;
 use crate::imap::{self, Imap, Shape};
 use crate::result::{self, AsyncResult, Decoded, Sink, Slot};
 use crate::stats::Stats;
-use crate::task;
+use crate::task::{self, Initializer};
 use crate::worker::WorkerConfig;
 
 /// How many tasks (items, or chunks) an [`Imap`] keeps submitted but not yet taken, per worker.
@@ -105,7 +105,9 @@ pub struct Pool {
 #[must_use = "a builder does nothing until build() is called"]
 pub struct PoolBuilder {
     processes: Option<usize>,
-    initializer: Option<fn()>,
+    initializer: Option<Initializer>,
+    /// Why [`initializer_with`](PoolBuilder::initializer_with)'s argument did not encode.
+    initializer_error: Option<&'static str>,
     max_tasks_per_child: Option<usize>,
     max_frame_bytes: u64,
     task_timeout: Option<Duration>,
@@ -149,7 +151,64 @@ impl PoolBuilder {
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     pub fn initializer(mut self, f: fn()) -> Self {
-        self.initializer = Some(f);
+        self.initializer = Some(Initializer::plain(f));
+        self.initializer_error = None;
+        self
+    }
+
+    /// An initializer with an argument, Python's `initializer=f, initargs=(arg,)`: each worker,
+    /// replacements included, runs `f(arg)` once before its first task. `arg` is encoded once,
+    /// here, and each worker decodes its own copy. Replaces an earlier
+    /// [`initializer`](PoolBuilder::initializer).
+    ///
+    /// As with `initializer`, a panic (or an argument that fails to decode in the worker)
+    /// fails each task of that worker with [`Error::InitializerPanicked`].
+    ///
+    /// # Errors
+    /// If `arg` cannot be encoded, [`build`](PoolBuilder::build) fails with [`Error::Encode`].
+    ///
+    /// # Caveats
+    /// The encoded argument is kept until the process exits (the builder is `Copy`, so it
+    /// cannot own a buffer): fine for the usual settings, paths and seeds; for large read-only
+    /// data see [`SharedBytes`](crate::SharedBytes).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::OnceLock;
+    ///
+    /// static DB_URL: OnceLock<String> = OnceLock::new();
+    ///
+    /// fn connect(url: String) {
+    ///     DB_URL.set(url).unwrap(); // once per worker: open the connection here
+    /// }
+    ///
+    /// fn url(_: ()) -> String {
+    ///     DB_URL.get().cloned().unwrap_or_default()
+    /// }
+    ///
+    /// let pool = forkpool::Pool::builder()
+    ///     .processes(2)
+    ///     .initializer_with(connect, "postgres://db/prod".to_string())
+    ///     .build()?;
+    /// assert_eq!(pool.apply(url, ())?, "postgres://db/prod");
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn initializer_with<A>(mut self, f: fn(A), arg: A) -> Self
+    where
+        A: Serialize + DeserializeOwned + 'static,
+    {
+        match Initializer::with(f, &arg) {
+            Ok(init) => {
+                self.initializer = Some(init);
+                self.initializer_error = None;
+            }
+            Err(message) => {
+                self.initializer = None;
+                // Kept as the builder is Copy; only on this error path.
+                self.initializer_error = Some(Box::leak(message.into_boxed_str()));
+            }
+        }
         self
     }
 
@@ -308,6 +367,12 @@ impl PoolBuilder {
                 message: "max_tasks_per_child must be at least 1",
             });
         }
+        if let Some(message) = self.initializer_error {
+            return Err(Error::Encode {
+                what: "initializer argument",
+                message: message.to_string(),
+            });
+        }
         let (submitter, handle) = dispatch::start(Config {
             processes,
             worker: WorkerConfig {
@@ -333,6 +398,7 @@ impl Default for PoolBuilder {
         PoolBuilder {
             processes: None,
             initializer: None,
+            initializer_error: None,
             max_tasks_per_child: None,
             max_frame_bytes: frame::DEFAULT_MAX_FRAME,
             task_timeout: None,

@@ -436,3 +436,102 @@ fn map_keeps_the_parents_extra_memory_to_a_few_chunks() {
         );
     }
 }
+
+// ---- item 5: initializer arguments ----
+
+/// Set in each worker by its initializer.
+static INIT_ARG: Mutex<Option<(String, Vec<u32>)>> = Mutex::new(None);
+
+fn init_with_arg(arg: (String, Vec<u32>)) {
+    *INIT_ARG.lock().unwrap() = Some(arg);
+}
+
+fn read_init_arg(_: ()) -> (u32, Option<(String, Vec<u32>)>) {
+    (std::process::id(), INIT_ARG.lock().unwrap().clone())
+}
+
+#[test]
+fn the_initializer_argument_reaches_every_worker_and_replacement() {
+    within(Duration::from_secs(120), || {
+        let arg = ("settings".to_string(), vec![1, 2, 3]);
+        let pool = Pool::builder()
+            .processes(2)
+            .max_tasks_per_child(1) // every task on a fresh worker
+            .initializer_with(init_with_arg, arg.clone())
+            .build()
+            .unwrap();
+        let seen: Vec<_> = (0..8)
+            .map(|_| pool.apply_async(read_init_arg, ()).unwrap())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|r| r.get().unwrap())
+            .collect();
+        let mut pids: Vec<u32> = seen.iter().map(|(pid, _)| *pid).collect();
+        pids.sort();
+        pids.dedup();
+        assert_eq!(pids.len(), 8, "each task ran in its own worker");
+        for (pid, got) in seen {
+            assert_eq!(got.as_ref(), Some(&arg), "worker {pid}");
+        }
+        assert!(pool.stats().workers_replaced >= 6);
+        // The parent never ran it.
+        assert!(INIT_ARG.lock().unwrap().is_none());
+    })
+}
+
+/// Encodes, but refuses to decode: the worker's decode fails.
+#[derive(Debug, Serialize)]
+struct NoDecode(u8);
+
+impl<'de> Deserialize<'de> for NoDecode {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom("NoDecode refuses"))
+    }
+}
+
+/// Refuses to encode.
+#[derive(Debug, Deserialize)]
+struct NoEncode;
+
+impl Serialize for NoEncode {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("NoEncode refuses"))
+    }
+}
+
+#[test]
+fn a_bad_initializer_argument_is_a_clear_error() {
+    within(Duration::from_secs(60), || {
+        match Pool::builder()
+            .processes(1)
+            .initializer_with(|_: NoEncode| {}, NoEncode)
+            .build()
+        {
+            Err(Error::Encode { what, message }) => {
+                assert_eq!(what, "initializer argument");
+                assert!(message.contains("NoEncode refuses"), "{message}");
+            }
+            other => panic!("expected Encode, got {other:?}"),
+        }
+        let pool = Pool::builder()
+            .processes(1)
+            .print_panics(false)
+            .initializer_with(|_: NoDecode| {}, NoDecode(1))
+            .build()
+            .unwrap();
+        match pool.apply(square, 2) {
+            Err(Error::InitializerPanicked { message }) => {
+                assert!(message.contains("NoDecode refuses"), "{message}")
+            }
+            other => panic!("expected InitializerPanicked, got {other:?}"),
+        }
+        // A later plain initializer replaces the argument one.
+        let pool = Pool::builder()
+            .processes(1)
+            .initializer_with(|_: NoDecode| {}, NoDecode(1))
+            .initializer(|| {})
+            .build()
+            .unwrap();
+        assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    })
+}
