@@ -111,6 +111,7 @@ mod imap;
 mod pool;
 mod result;
 mod server;
+mod shared;
 mod spawn;
 mod stats;
 mod sys;
@@ -131,6 +132,7 @@ pub mod fuzzing {
 pub use imap::Imap;
 pub use pool::{Pool, PoolBuilder};
 pub use result::AsyncResult;
+pub use shared::SharedBytes;
 pub use stats::Stats;
 
 /// The README's examples, compiled and run as doctests.

@@ -535,3 +535,94 @@ fn a_bad_initializer_argument_is_a_clear_error() {
         assert_eq!(pool.apply(square, 3).unwrap(), 9);
     })
 }
+
+// ---- item 8: shared read-only data ----
+
+fn checksum(data: &[u8]) -> u64 {
+    data.iter()
+        .enumerate()
+        .step_by(997)
+        .map(|(i, &b)| (i as u64) ^ u64::from(b))
+        .sum()
+}
+
+fn shared_checksum(s: forkpool::SharedBytes) -> (u32, usize, u64) {
+    (std::process::id(), s.len(), checksum(&s))
+}
+
+fn shared_round_trip(s: forkpool::SharedBytes) -> forkpool::SharedBytes {
+    s
+}
+
+#[test]
+fn shared_bytes_made_after_the_pool_reach_every_task_as_a_reference() {
+    within(Duration::from_secs(120), || {
+        // A reply over 4 KiB would be refused, so a 32 MiB handle coming back proves that only
+        // a reference travels.
+        let pool = Pool::builder()
+            .processes(2)
+            .max_frame_bytes(4096)
+            .build()
+            .unwrap();
+        let data: Vec<u8> = (0..32 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let shared = forkpool::SharedBytes::new(&data).unwrap();
+        assert_eq!(&shared[..], &data[..]);
+        let want = checksum(&data);
+        let got = pool
+            .map_chunked(shared_checksum, vec![shared.clone(); 16], 1)
+            .unwrap();
+        for (_, len, sum) in &got {
+            assert_eq!((*len, *sum), (data.len(), want));
+        }
+        let back = pool.apply(shared_round_trip, shared.clone()).unwrap();
+        assert_eq!(&back[..], &data[..], "a handle decodes in its creator too");
+        let empty = forkpool::SharedBytes::new(&[]).unwrap();
+        assert_eq!(pool.apply(shared_checksum, empty.clone()).unwrap().1, 0);
+        drop(empty);
+    })
+}
+
+#[test]
+fn a_shared_handle_whose_creator_dropped_it_fails_to_decode_clearly() {
+    within(Duration::from_secs(60), || {
+        let pool = Pool::new(1).unwrap();
+        let shared = forkpool::SharedBytes::new(b"short-lived").unwrap();
+        // Encode the handle now, decode it in a worker after every handle here is gone.
+        let r = pool.apply_async(nap, 300).unwrap();
+        let late = pool.apply_async(shared_checksum, shared).unwrap();
+        // `shared` was moved into the call and encoded; nothing else holds the memfd now.
+        r.get().unwrap();
+        match late.get() {
+            Err(Error::Decode { what, message }) => {
+                assert_eq!(what, "argument");
+                assert!(message.contains("gone"), "{message}");
+            }
+            // The worker may have decoded it before the drop landed: also fine, and correct.
+            Ok((_, len, _)) => assert_eq!(len, 11),
+            other => panic!("{other:?}"),
+        }
+    })
+}
+
+#[test]
+fn shared_bytes_are_sealed_against_writes() {
+    use std::io::Write;
+    let shared = forkpool::SharedBytes::new(b"sealed").unwrap();
+    // Find our memfd and try to write through it.
+    let mut refused = false;
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if target.to_string_lossy().contains("forkpool-shared") {
+            if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(entry.path()) {
+                refused |= f.write_all(b"X").is_err();
+            } else {
+                refused = true;
+            }
+        }
+    }
+    assert!(
+        refused,
+        "no sealed forkpool-shared memfd found, or it took a write"
+    );
+    assert_eq!(&shared[..], b"sealed");
+}
