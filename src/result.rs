@@ -2,7 +2,8 @@
 //! the dispatcher hands each task's outcome back.
 //!
 //! A result travels as the worker's encoded bytes until the caller asks for it, so decoding (of
-//! a 64 MiB result, say) happens in the caller's thread, never in the dispatcher's.
+//! a 64 MiB result, say) happens in the caller's thread, never in the dispatcher's. A result
+//! with a callback is decoded once, on the callback thread, and waits decoded for `get`.
 
 use std::fmt;
 use std::future::Future;
