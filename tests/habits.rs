@@ -626,3 +626,12 @@ fn shared_bytes_are_sealed_against_writes() {
     );
     assert_eq!(&shared[..], b"sealed");
 }
+
+#[test]
+fn new_types_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<forkpool::SharedBytes>();
+    send_sync::<forkpool::AsyncResult<u64>>();
+    fn send<T: Send>() {}
+    send::<forkpool::Imap<String>>(); // as before: Send, not Sync
+}
