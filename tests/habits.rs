@@ -635,3 +635,17 @@ fn new_types_are_send_and_sync() {
     fn send<T: Send>() {}
     send::<forkpool::Imap<String>>(); // as before: Send, not Sync
 }
+
+#[test]
+fn map_async_feeds_its_last_chunks_after_close_and_join_waits_for_them() {
+    within(Duration::from_secs(120), || {
+        let pool = Pool::new(2).unwrap();
+        // 8 chunks of 4 naps: the first 4 chunks go out at once, a feeder sends the rest.
+        let r = pool.map_async(nap, vec![20u64; 32]).unwrap();
+        pool.close();
+        pool.join().unwrap();
+        assert!(r.ready(), "join returned before the fed chunks finished");
+        assert_eq!(r.get().unwrap(), vec![20u64; 32]);
+        assert_eq!(pool.stats().submitted, 8);
+    })
+}
