@@ -4,7 +4,9 @@
 //! lets the next one be encoded and sent.
 //!
 //! The first window is encoded before anything is submitted, so an argument that cannot be
-//! encoded there fails the call with nothing sent. Later chunks are fed by the blocking `map`
+//! encoded there fails the call with nothing sent. It also takes every further chunk while the
+//! frames encoded so far total under [`SMALL_INPUT`]: a small input goes out whole at once, with
+//! no feeding and no feeder thread. Later chunks are fed by the blocking `map`
 //! from the caller's thread, or by `map_async` from a feeder thread of its own; an encode error
 //! there fails the chunks not yet sent.
 //!
@@ -25,6 +27,10 @@ use crate::error::{Error, Result};
 use crate::frame::OutFrame;
 use crate::result::{Sink, Slot};
 use crate::task;
+
+/// Encoded bytes below which the first window takes more than its chunks: the memory bound
+/// matters for large inputs, and a small one is cheaper sent whole.
+const SMALL_INPUT: usize = 4 << 20;
 
 /// Feeds the chunks of one `map` into the pool.
 pub(crate) struct Feed<A, R, B> {
@@ -91,10 +97,13 @@ where
             in_flight: 0,
             limit,
         };
-        let first = chunks.min(feed.window);
-        let frames = (0..first)
-            .map(|i| feed.encode(i))
-            .collect::<Result<Vec<_>>>()?;
+        let mut frames = Vec::new();
+        let mut bytes = 0;
+        while frames.len() < chunks && (frames.len() < feed.window || bytes < SMALL_INPUT) {
+            let frame = feed.encode(frames.len())?;
+            bytes += frame.len();
+            frames.push(frame);
+        }
         for (i, frame) in frames.into_iter().enumerate() {
             feed.submit(i, frame);
         }

@@ -637,7 +637,8 @@ impl Pool {
     /// variant ([`Error::TaskPanicked`], [`Error::WorkerDied`], ...), once every chunk has
     /// finished. A panic or a crash fails its whole chunk. [`Error::Closed`] if the pool takes
     /// no tasks. [`Error::Encode`] for an item that cannot be encoded: nothing is sent if it is
-    /// in the first chunks (two per worker); a later one fails its chunk and every chunk after
+    /// in the first chunks (two per worker, or the whole input if it encodes to under 4 MiB); a
+    /// later one fails its chunk and every chunk after
     /// it, and the chunks before it still run.
     ///
     /// # Examples
@@ -693,7 +694,8 @@ impl Pool {
     /// [`map`](Pool::map) without waiting: returns a handle on the whole `Vec` of results.
     /// Empty input is ready at once.
     ///
-    /// The input is collected; the first chunks (two per worker) are sent before this returns,
+    /// The input is collected; the first chunks (two per worker, or all of them if they encode
+    /// to under 4 MiB) are sent before this returns,
     /// and a feeder thread sends the rest as chunks finish, so the encoded input in memory stays
     /// bounded as for `map`. Since that thread outlives the call, the items must be owned
     /// (`'static`): `A` itself, `Box<A>` or `Arc<A>`, not a reference to a local.

@@ -636,16 +636,35 @@ fn new_types_are_send_and_sync() {
     send::<forkpool::Imap<String>>(); // as before: Send, not Sync
 }
 
+fn nap_len(arg: (u64, String)) -> usize {
+    std::thread::sleep(Duration::from_millis(arg.0));
+    arg.1.len()
+}
+
 #[test]
 fn map_async_feeds_its_last_chunks_after_close_and_join_waits_for_them() {
     within(Duration::from_secs(120), || {
         let pool = Pool::new(2).unwrap();
-        // 8 chunks of 4 naps: the first 4 chunks go out at once, a feeder sends the rest.
-        let r = pool.map_async(nap, vec![20u64; 32]).unwrap();
+        // 16 MiB in 8 chunks of 4 items: the first 4 chunks (8 MiB) go out at once, a feeder
+        // thread sends the rest as they finish.
+        let items: Vec<(u64, String)> = (0..32).map(|_| (100, "x".repeat(512 << 10))).collect();
+        let r = pool.map_async(nap_len, items).unwrap();
+        assert!(pool.stats().submitted < 8, "everything was sent at once");
         pool.close();
         pool.join().unwrap();
         assert!(r.ready(), "join returned before the fed chunks finished");
-        assert_eq!(r.get().unwrap(), vec![20u64; 32]);
+        assert_eq!(r.get().unwrap(), vec![512 << 10; 32]);
         assert_eq!(pool.stats().submitted, 8);
+    })
+}
+
+#[test]
+fn a_small_map_goes_out_whole() {
+    within(Duration::from_secs(60), || {
+        let pool = Pool::new(2).unwrap();
+        // 8 chunks of a few bytes: all submitted before map_async returns.
+        let r = pool.map_async(nap, vec![200u64; 32]).unwrap();
+        assert_eq!(pool.stats().submitted, 8);
+        assert_eq!(r.get().unwrap(), vec![200u64; 32]);
     })
 }
