@@ -59,7 +59,8 @@ pub enum Error {
     /// and nothing was submitted), or a result in the worker (the task fails; the worker goes on).
     #[error("could not encode the {what}: {message}")]
     Encode {
-        /// `"argument"` or `"result"`.
+        /// `"argument"`, `"result"`, or `"initializer argument"` (from
+        /// [`PoolBuilder::build`](crate::PoolBuilder::build)).
         what: &'static str,
         /// The codec's message.
         message: String,
@@ -85,6 +86,15 @@ pub enum Error {
         pid: u32,
         /// The limit, per item for a chunk of `map`.
         limit: std::time::Duration,
+    },
+
+    /// [`AsyncResult::get_timeout`](crate::AsyncResult::get_timeout) gave up waiting. Unlike
+    /// [`Error::TimedOut`], nothing happened to the task: it goes on, and its result can still
+    /// be waited for on the same handle.
+    #[error("no result within {waited:?}; the task goes on and its result can still be awaited")]
+    WaitTimedOut {
+        /// How long the call waited.
+        waited: std::time::Duration,
     },
 
     /// The task was submitted after [`Pool::close`](crate::Pool::close) or
@@ -191,6 +201,7 @@ impl Error {
                 pid: *pid,
                 limit: *limit,
             },
+            Error::WaitTimedOut { waited } => Error::WaitTimedOut { waited: *waited },
             Error::Closed => Error::Closed,
             Error::Terminated => Error::Terminated,
             Error::StillRunning => Error::StillRunning,

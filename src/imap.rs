@@ -6,7 +6,7 @@
 //! pulls the next input item only when one is yielded. An endless input therefore works, and
 //! memory stays flat however long the input is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -15,18 +15,30 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::de::DeserializeOwned;
 
 use crate::dispatch::{Lease, Submitter, Task};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::frame::OutFrame;
-use crate::result::{decode_result_owned, Outcome, Sink};
+use crate::result::{decode_result_owned, Outcome, Sink, Streamed};
 
-/// Pulls the next input item and encodes it as a task frame; `None` once the input is done.
-pub(crate) type Feed = Box<dyn FnMut() -> Option<Result<OutFrame>> + Send>;
+/// Pulls the next task's worth of input (one item, or a chunk) and encodes it as a task frame,
+/// with the number of items it holds; `None` once the input is done.
+pub(crate) type Feed = Box<dyn FnMut() -> Option<(Result<OutFrame>, usize)> + Send>;
+
+/// How a task's results are laid out: one item's `R`, or a chunk's `Vec<R>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// Each task is one item.
+    Single,
+    /// Each task is a chunk of items.
+    Chunks,
+}
 
 /// An iterator over the results of [`Pool::imap`](crate::Pool::imap) (input order) or
 /// [`Pool::imap_unordered`](crate::Pool::imap_unordered) (completion order).
 ///
-/// Each item is its own task, so a panic or a crash fails only that item's `Result`, and
-/// iteration goes on. Dropping the iterator early stops pulling input; tasks already submitted
+/// For [`imap`](crate::Pool::imap) each item is its own task, so a panic or a crash fails only
+/// that item's `Result`, and iteration goes on. For
+/// [`imap_chunked`](crate::Pool::imap_chunked) each chunk is one task, so a failure fails each
+/// item of that chunk, with the chunk's error. Dropping the iterator early stops pulling input; tasks already submitted
 /// finish in the background and their results are discarded.
 ///
 /// # Caveats
@@ -49,13 +61,18 @@ pub struct Imap<R> {
     /// Held while input remains; released once the input is exhausted.
     lease: Option<Lease>,
     feed: Feed,
-    tx: Sender<(usize, Outcome)>,
-    rx: Receiver<(usize, Outcome)>,
+    shape: Shape,
+    tx: Sender<Streamed>,
+    rx: Receiver<Streamed>,
+    /// Tasks submitted, and tasks whose outcome was taken: the window is their difference.
     submitted: usize,
-    yielded: usize,
+    taken: usize,
+    /// Tasks kept submitted but not yet taken.
     window: usize,
-    /// `Some` for input order: results that arrived ahead of their turn.
-    waiting: Option<BTreeMap<usize, Outcome>>,
+    /// `Some` for input order: outcomes that arrived ahead of their turn.
+    waiting: Option<BTreeMap<usize, (usize, Outcome)>>,
+    /// Items of taken tasks, not yet yielded.
+    ready: VecDeque<Result<R>>,
     /// Each item's time limit.
     limit: Option<Duration>,
     _result: PhantomData<fn() -> R>,
@@ -65,6 +82,7 @@ impl<R: DeserializeOwned + 'static> Imap<R> {
     pub(crate) fn new(
         submitter: Submitter,
         feed: Feed,
+        shape: Shape,
         window: usize,
         ordered: bool,
         limit: Option<Duration>,
@@ -75,12 +93,14 @@ impl<R: DeserializeOwned + 'static> Imap<R> {
             submitter,
             lease: Some(lease),
             feed,
+            shape,
             tx,
             rx,
             submitted: 0,
-            yielded: 0,
+            taken: 0,
             window: window.max(1),
             waiting: ordered.then(BTreeMap::new),
+            ready: VecDeque::new(),
             limit,
             _result: PhantomData,
         };
@@ -88,9 +108,9 @@ impl<R: DeserializeOwned + 'static> Imap<R> {
         Ok(imap)
     }
 
-    /// Submits input items until the window is full or the input is done.
+    /// Submits tasks until the window is full or the input is done.
     fn top_up(&mut self) {
-        while self.submitted - self.yielded < self.window {
+        while self.submitted - self.taken < self.window {
             let Some(lease) = &self.lease else { return };
             let index = self.submitted;
             match (self.feed)() {
@@ -98,26 +118,53 @@ impl<R: DeserializeOwned + 'static> Imap<R> {
                     self.lease = None;
                     return;
                 }
-                Some(Ok(frame)) => {
-                    let task =
-                        Task::new(frame, Sink::stream(&self.tx, index)).with_limit(self.limit, 1);
+                Some((Ok(frame), items)) => {
+                    let task = Task::new(frame, Sink::stream(&self.tx, index, items))
+                        .with_limit(self.limit, items);
                     if self.submitter.submit_leased(lease, task).is_err() {
                         // The pool was terminated; the refused task resolved as such. Pull no
                         // more input.
                         self.lease = None;
                     }
                 }
-                Some(Err(error)) => {
-                    let _ = self.tx.send((index, Err(error)));
+                Some((Err(error), items)) => {
+                    let _ = self.tx.send((index, items, Err(error)));
                 }
             }
             self.submitted += 1;
         }
     }
 
-    fn finish(&mut self, outcome: Outcome) -> Result<R> {
-        self.yielded += 1;
-        decode_result_owned(outcome?)
+    /// Turns a task's outcome into its items' results, queued to be yielded.
+    fn unpack(&mut self, items: usize, outcome: Outcome) {
+        self.taken += 1;
+        match (self.shape, outcome) {
+            (Shape::Single, outcome) => {
+                self.ready.push_back(outcome.and_then(decode_result_owned));
+            }
+            (Shape::Chunks, Ok(bytes)) => match decode_result_owned::<Vec<R>>(bytes) {
+                Ok(values) if values.len() == items => {
+                    self.ready.extend(values.into_iter().map(Ok));
+                }
+                Ok(values) => self.fail_chunk(
+                    items,
+                    &Error::Decode {
+                        what: "result",
+                        message: format!(
+                            "a chunk of {items} items came back with {} results",
+                            values.len()
+                        ),
+                    },
+                ),
+                Err(error) => self.fail_chunk(items, &error),
+            },
+            (Shape::Chunks, Err(error)) => self.fail_chunk(items, &error),
+        }
+    }
+
+    fn fail_chunk(&mut self, items: usize, error: &Error) {
+        self.ready
+            .extend((0..items.max(1)).map(|_| Err(error.duplicate())));
     }
 }
 
@@ -126,21 +173,27 @@ impl<R: DeserializeOwned + 'static> Iterator for Imap<R> {
 
     fn next(&mut self) -> Option<Result<R>> {
         loop {
-            self.top_up();
-            if let Some(outcome) = self.waiting.as_mut().and_then(|w| w.remove(&self.yielded)) {
-                return Some(self.finish(outcome));
+            if let Some(item) = self.ready.pop_front() {
+                return Some(item);
             }
-            if self.submitted == self.yielded {
+            self.top_up();
+            if let Some((items, outcome)) =
+                self.waiting.as_mut().and_then(|w| w.remove(&self.taken))
+            {
+                self.unpack(items, outcome);
+                continue;
+            }
+            if self.submitted == self.taken {
                 return None;
             }
             // Every submitted task's sink delivers exactly once, even if the pool is dropped,
             // and we hold a sender, so this cannot disconnect.
-            let (index, outcome) = self.rx.recv().expect("imap holds its own sender");
+            let (index, items, outcome) = self.rx.recv().expect("imap holds its own sender");
             match &mut self.waiting {
                 Some(waiting) => {
-                    waiting.insert(index, outcome);
+                    waiting.insert(index, (items, outcome));
                 }
-                None => return Some(self.finish(outcome)),
+                None => self.unpack(items, outcome),
             }
         }
     }
@@ -150,7 +203,8 @@ impl<R> fmt::Debug for Imap<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Imap")
             .field("submitted", &self.submitted)
-            .field("yielded", &self.yielded)
+            .field("taken", &self.taken)
+            .field("shape", &self.shape)
             .field("input_done", &self.lease.is_none())
             .field("ordered", &self.waiting.is_some())
             .finish()

@@ -48,12 +48,20 @@
 //! | `Pool(4)` | [`Pool::new(4)`](Pool::new) |
 //! | `set_start_method("forkserver")` | [`forkpool::init()`](init) first in `main` |
 //! | `Pool(initializer=f, maxtasksperchild=n)` | [`Pool::builder()`](Pool::builder)`.initializer(f).max_tasks_per_child(n).build()` |
+//! | `Pool(initializer=f, initargs=(arg,))` | [`PoolBuilder::initializer_with`]`(f, arg)` |
 //! | `pool.apply(f, (x,))` | [`pool.apply(f, x)`](Pool::apply) |
 //! | `pool.apply_async(f, (x,))` | [`pool.apply_async(f, x)`](Pool::apply_async) |
 //! | `res.get()`, `res.wait(t)`, `res.ready()` | [`get`](AsyncResult::get), [`wait_timeout`](AsyncResult::wait_timeout), [`ready`](AsyncResult::ready) |
+//! | `res.get(timeout)` | [`get_timeout`](AsyncResult::get_timeout) ([`Error::WaitTimedOut`], the result stays obtainable) |
 //! | `pool.map(f, xs)`, `pool.map(f, xs, chunksize)` | [`map`](Pool::map), [`map_chunked`](Pool::map_chunked) |
 //! | `pool.map_async(f, xs)` | [`map_async`](Pool::map_async) |
 //! | `pool.imap(f, xs)`, `pool.imap_unordered(f, xs)` | [`imap`](Pool::imap), [`imap_unordered`](Pool::imap_unordered) |
+//! | `pool.imap(f, xs, n)`, `pool.imap_unordered(f, xs, n)` | [`imap_chunked`](Pool::imap_chunked), [`imap_unordered_chunked`](Pool::imap_unordered_chunked) |
+//! | `pool.map(f, paths)` over objects | `pool.map(f, &paths)`: items that borrow as `A` are encoded without a clone |
+//! | a progress count in `callback` | [`Stats::callbacks_run`]: inside the k-th callback it reads k |
+//! | a global set before `Pool()` | a `static` set before the pool is built: shared copy-on-write |
+//! | large data made later (`shared_memory`) | [`SharedBytes`]: one sealed memfd every worker maps |
+//! | `bytes` inside objects | a `#[serde(with = "serde_bytes")]` field, which the codec takes in one piece |
 //! | `pool.starmap(f, [(a, b)])` | `pool.map(f, [(a, b)])` with `f: fn((A, B)) -> R` |
 //! | `pool.close()`, `pool.join()`, `pool.terminate()` | [`close`](Pool::close), [`join`](Pool::join), [`terminate`](Pool::terminate) |
 //! | `with Pool() as p:` (terminates on exit) | dropping the [`Pool`] (terminates) |
@@ -64,6 +72,30 @@
 //! [`processes`](PoolBuilder::processes)). For tasks that mostly wait (on a subprocess, a
 //! network), more. Every task costs a round trip over a pipe (microseconds), so for many tiny
 //! tasks use [`Pool::map`] (which sends chunks) or a larger chunk in [`Pool::map_chunked`].
+//!
+//! # Sharing large read-only data
+//!
+//! An argument is copied to its worker for each task. For large read-only data, two ways avoid
+//! the copies. Data that exists before the pool is built is best as a `static` (a `OnceLock`,
+//! say): workers are forks, so they share it copy-on-write, with no copy at all (8 tasks over
+//! 200 MB: 54 ms, against 19 s passing the data to each). Data made after the pool exists goes
+//! in a [`SharedBytes`]: copied once into a sealed memfd, it travels as a small reference and
+//! every worker maps the same memory.
+//!
+//! ```
+//! use std::sync::OnceLock;
+//!
+//! static WORDS: OnceLock<Vec<String>> = OnceLock::new();
+//!
+//! fn word(i: usize) -> String {
+//!     WORDS.get().expect("set before the pool")[i].clone()
+//! }
+//!
+//! WORDS.set(vec!["fork".into(), "pool".into()]).unwrap(); // before the pool is built
+//! let pool = forkpool::Pool::new(2)?;
+//! assert_eq!(pool.map(word, [1, 0])?, ["pool", "fork"]);
+//! # Ok::<(), forkpool::Error>(())
+//! ```
 //!
 //! # Fork safety
 //!
@@ -134,12 +166,14 @@ mod callback;
 mod codec;
 mod dispatch;
 mod error;
+mod feed;
 mod frame;
 mod imap;
 mod pool;
 mod proto;
 mod result;
 mod server;
+mod shared;
 mod spawn;
 mod stats;
 mod sys;
@@ -161,6 +195,7 @@ pub mod fuzzing {
 pub use imap::Imap;
 pub use pool::{Pool, PoolBuilder};
 pub use result::AsyncResult;
+pub use shared::SharedBytes;
 pub use stats::Stats;
 pub use zygote::init;
 

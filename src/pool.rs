@@ -1,6 +1,7 @@
 //! [`Pool`] and [`PoolBuilder`]: the public face. No system calls here; the pool turns each call
 //! into encoded tasks and hands them to its dispatcher.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -10,18 +11,23 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::callback::{self, Callbacks};
+use crate::callback::Callbacks;
 use crate::dispatch::{self, Config, Submitter, Task};
 use crate::error::{Error, Result};
+use crate::feed::Feed;
 use crate::frame;
-use crate::imap::Imap;
-use crate::result::{self, AsyncResult, Sink, Slot};
+use crate::frame::Bytes;
+use crate::imap::{self, Imap, Shape};
+use crate::result::{self, AsyncResult, Decoded, Sink, Slot};
 use crate::stats::Stats;
-use crate::task;
+use crate::task::{self, Initializer};
 use crate::worker::WorkerConfig;
 
-/// How many results an [`Imap`] keeps submitted but not yet yielded, per worker.
+/// How many tasks (items, or chunks) an [`Imap`] keeps submitted but not yet taken, per worker.
 const IMAP_WINDOW_PER_WORKER: usize = 4;
+/// How many chunks of a `map` are encoded and unfinished at a time, per worker: one running,
+/// one queued behind it.
+const MAP_WINDOW_PER_WORKER: usize = 2;
 
 /// A pool of forked worker processes that run tasks: Python's `multiprocessing.Pool` for Rust.
 ///
@@ -106,7 +112,9 @@ pub struct Pool {
 #[must_use = "a builder does nothing until build() is called"]
 pub struct PoolBuilder {
     processes: Option<usize>,
-    initializer: Option<fn()>,
+    initializer: Option<Initializer>,
+    /// Why [`initializer_with`](PoolBuilder::initializer_with)'s argument did not encode.
+    initializer_error: Option<&'static str>,
     max_tasks_per_child: Option<usize>,
     max_frame_bytes: u64,
     task_timeout: Option<Duration>,
@@ -155,7 +163,64 @@ impl PoolBuilder {
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     pub fn initializer(mut self, f: fn()) -> Self {
-        self.initializer = Some(f);
+        self.initializer = Some(Initializer::plain(f));
+        self.initializer_error = None;
+        self
+    }
+
+    /// An initializer with an argument, Python's `initializer=f, initargs=(arg,)`: each worker,
+    /// replacements included, runs `f(arg)` once before its first task. `arg` is encoded once,
+    /// here, and each worker decodes its own copy. Replaces an earlier
+    /// [`initializer`](PoolBuilder::initializer).
+    ///
+    /// As with `initializer`, a panic (or an argument that fails to decode in the worker)
+    /// fails each task of that worker with [`Error::InitializerPanicked`].
+    ///
+    /// # Errors
+    /// If `arg` cannot be encoded, [`build`](PoolBuilder::build) fails with [`Error::Encode`].
+    ///
+    /// # Caveats
+    /// The encoded argument is kept until the process exits (the builder is `Copy`, so it
+    /// cannot own a buffer): fine for the usual settings, paths and seeds; for large read-only
+    /// data see [`SharedBytes`](crate::SharedBytes).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::OnceLock;
+    ///
+    /// static DB_URL: OnceLock<String> = OnceLock::new();
+    ///
+    /// fn connect(url: String) {
+    ///     DB_URL.set(url).unwrap(); // once per worker: open the connection here
+    /// }
+    ///
+    /// fn url(_: ()) -> String {
+    ///     DB_URL.get().cloned().unwrap_or_default()
+    /// }
+    ///
+    /// let pool = forkpool::Pool::builder()
+    ///     .processes(2)
+    ///     .initializer_with(connect, "postgres://db/prod".to_string())
+    ///     .build()?;
+    /// assert_eq!(pool.apply(url, ())?, "postgres://db/prod");
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn initializer_with<A>(mut self, f: fn(A), arg: A) -> Self
+    where
+        A: Serialize + DeserializeOwned + 'static,
+    {
+        match Initializer::with(f, &arg) {
+            Ok(init) => {
+                self.initializer = Some(init);
+                self.initializer_error = None;
+            }
+            Err(message) => {
+                self.initializer = None;
+                // Kept as the builder is Copy; only on this error path.
+                self.initializer_error = Some(Box::leak(message.into_boxed_str()));
+            }
+        }
         self
     }
 
@@ -322,6 +387,12 @@ impl PoolBuilder {
                 message: "max_tasks_per_child must be at least 1",
             });
         }
+        if let Some(message) = self.initializer_error {
+            return Err(Error::Encode {
+                what: "initializer argument",
+                message: message.to_string(),
+            });
+        }
         let (submitter, handle) = dispatch::start(Config {
             processes,
             worker: WorkerConfig {
@@ -349,6 +420,7 @@ impl Default for PoolBuilder {
         PoolBuilder {
             processes: None,
             initializer: None,
+            initializer_error: None,
             max_tasks_per_child: None,
             max_frame_bytes: frame::DEFAULT_MAX_FRAME,
             task_timeout: None,
@@ -532,28 +604,28 @@ impl Pool {
     {
         self.check_process()?;
         let frame = task::call(f, arg)?;
-        let jobs = self.callbacks.sender()?;
+        let runner = self.callbacks.runner()?;
         let slot = Slot::new(1);
-        let filled = Arc::clone(&slot);
+        let decoded = Decoded::new();
+        let (filled, value_to) = (Arc::clone(&slot), Arc::clone(&decoded));
         let sink = Sink::then(move |outcome| {
-            let job = move || {
-                let value = match &outcome {
-                    Ok(bytes) => result::decode_result::<R>(bytes),
-                    Err(e) => Err(e.duplicate()),
-                };
-                callback::run_caught(callback, &value);
-                drop(value);
-                filled.fill(0, outcome);
+            let job = {
+                let runner = runner.clone();
+                move || {
+                    // Decoded once, here: the callback sees the value that get() returns.
+                    let value = outcome.and_then(result::decode_result_owned::<R>);
+                    runner.run_caught(callback, &value);
+                    value_to.put(value);
+                    filled.fill(0, Ok(Bytes::default()));
+                }
             };
             // The callback thread outlives every task (join waits for the dispatcher first),
             // so this send fails only if that thread died, and then the job runs here.
-            if let Err(crossbeam_channel::SendError(job)) = jobs.send(Box::new(job)) {
-                job();
-            }
+            runner.send(Box::new(job));
         });
         let task = Task::new(frame, sink).with_limit(self.task_timeout, 1);
         self.submitter.submit([task])?;
-        Ok(AsyncResult::new(slot, result::finish_one::<R>))
+        Ok(AsyncResult::decoded(slot, decoded))
     }
 
     /// Runs `f(arg)` in a worker and waits for the result: `apply_async(f, arg)?.get()`.
@@ -578,30 +650,49 @@ impl Pool {
 
     /// Applies `f` to every item and returns the results in input order.
     ///
-    /// The input is collected, then sent in chunks of Python's default size,
-    /// `ceil(len / (4 * processes))`. Use [`map_chunked`](Pool::map_chunked) to choose it.
+    /// The input is collected (Python does `list(iterable)` too), then sent in chunks of
+    /// Python's default size, `ceil(len / (4 * processes))`. Use
+    /// [`map_chunked`](Pool::map_chunked) to choose it. Chunks are encoded as they are sent,
+    /// at most two per worker ahead of the results, so the pool's own memory stays at a few
+    /// chunks beyond the input, however large the input.
+    ///
+    /// The items may be the arguments themselves or anything that borrows as one: `&A` (so
+    /// `pool.map(f, &paths)` works with `f: fn(PathBuf) -> _`), `Box<A>`, `Arc<A>`. A borrowed
+    /// item is encoded from the reference, never cloned.
     ///
     /// # Errors
     /// If any item fails, the error of the first failing item in input order, with its own
     /// variant ([`Error::TaskPanicked`], [`Error::WorkerDied`], ...), once every chunk has
-    /// finished. A panic or a crash fails its whole chunk. Also [`Error::Closed`],
-    /// [`Error::Encode`] and [`Error::ForkedProcess`] as for [`apply_async`](Pool::apply_async).
+    /// finished. A panic or a crash fails its whole chunk. [`Error::Closed`] if the pool takes
+    /// no tasks, [`Error::ForkedProcess`] in a child made by `fork()`. [`Error::Encode`] for an
+    /// item that cannot be encoded: nothing is sent if it is in the first chunks (two per
+    /// worker, or the whole input if it encodes to under 4 MiB); a later one fails its chunk and
+    /// every chunk after it, and the chunks before it still run.
     ///
     /// # Examples
     ///
     /// ```
+    /// use std::path::PathBuf;
+    ///
+    /// fn name_len(path: PathBuf) -> usize {
+    ///     path.as_os_str().len()
+    /// }
+    ///
     /// let pool = forkpool::Pool::new(2)?;
     /// assert_eq!(pool.map(|x: u32| x * 10, 1..=5)?, [10, 20, 30, 40, 50]);
-    /// assert_eq!(pool.map(|x: u32| x, Vec::new())?, Vec::<u32>::new());
+    /// assert_eq!(pool.map(|x: u32| x, Vec::<u32>::new())?, Vec::<u32>::new());
+    /// let paths = vec![PathBuf::from("a"), PathBuf::from("bcd")];
+    /// assert_eq!(pool.map(name_len, &paths)?, [1, 3]); // borrowed, not cloned
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     pub fn map<A, R, I>(&self, f: fn(A) -> R, args: I) -> Result<Vec<R>>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
     {
-        self.map_async(f, args)?.get()
+        self.map_blocking(f, args, None)
     }
 
     /// [`map`](Pool::map) with `chunksize` items sent to a worker at a time. Larger chunks cost
@@ -622,17 +713,26 @@ impl Pool {
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
     {
-        self.map_async_chunked(f, args, Some(chunksize))?.get()
+        self.map_blocking(f, args, Some(chunksize))
     }
 
     /// [`map`](Pool::map) without waiting: returns a handle on the whole `Vec` of results.
     /// Empty input is ready at once.
     ///
+    /// The input is collected; the first chunks (two per worker, or all of them if they encode
+    /// to under 4 MiB) are sent before this returns,
+    /// and a feeder thread sends the rest as chunks finish, so the encoded input in memory stays
+    /// bounded as for `map`. Since that thread outlives the call, the items must be owned
+    /// (`'static`): `A` itself, `Box<A>` or `Arc<A>`, not a reference to a local.
+    ///
     /// # Errors
-    /// As [`map`](Pool::map): the call itself fails with [`Error::Closed`] or
-    /// [`Error::Encode`], and [`AsyncResult::get`] with a task's error.
+    /// As [`map`](Pool::map): the call itself fails with [`Error::Closed`], or with
+    /// [`Error::Encode`] for an item of the first chunks, and [`AsyncResult::get`] with a
+    /// task's error (including the encode error of a later item). [`Error::Io`] if the feeder
+    /// thread cannot start; the chunks already sent still run.
     ///
     /// # Examples
     ///
@@ -646,7 +746,8 @@ impl Pool {
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: Borrow<A> + Send + 'static,
     {
         self.map_async_chunked(f, args, None)
     }
@@ -660,7 +761,58 @@ impl Pool {
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: Borrow<A> + Send + 'static,
+    {
+        let feed = self.start_feed(f, args, chunksize)?;
+        let slot = feed.slot();
+        if !feed.is_done() {
+            let abandon = feed.abandon();
+            let spawned = std::thread::Builder::new()
+                .name("forkpool-map-feeder".into())
+                .spawn(move || feed.run());
+            if let Err(e) = spawned {
+                let error = Error::Io {
+                    op: "spawning the map feeder thread",
+                    source: e,
+                };
+                abandon.fail_rest(&error);
+                return Err(error);
+            }
+        }
+        Ok(AsyncResult::new(slot, result::finish_chunks::<R>))
+    }
+
+    /// `map` and `map_chunked`: feeds the chunks from the calling thread, then collects.
+    fn map_blocking<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
+    {
+        let feed = self.start_feed(f, args, chunksize)?;
+        let slot = feed.slot();
+        feed.run();
+        AsyncResult::new(slot, result::finish_chunks::<R>).get()
+    }
+
+    fn start_feed<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: Option<usize>,
+    ) -> Result<Feed<A, R, I::Item>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
     {
         self.check_process()?;
         if chunksize == Some(0) {
@@ -671,25 +823,28 @@ impl Pool {
         if !self.submitter.is_open() {
             return Err(Error::Closed);
         }
-        let args: Vec<A> = args.into_iter().collect();
-        let chunksize = chunksize.unwrap_or_else(|| default_chunksize(args.len(), self.processes));
-        let frames = args
-            .chunks(chunksize)
-            .map(|chunk| Ok((task::chunk(f, chunk)?, chunk.len())))
-            .collect::<Result<Vec<_>>>()?;
-        let slot = Slot::new(frames.len());
-        let tasks = frames.into_iter().enumerate().map(|(i, (frame, items))| {
-            Task::new(frame, Sink::slot(&slot, i)).with_limit(self.task_timeout, items)
-        });
-        self.submitter.submit(tasks)?;
-        Ok(AsyncResult::new(slot, result::finish_chunks::<R>))
+        let items: Vec<I::Item> = args.into_iter().collect();
+        let chunksize = chunksize.unwrap_or_else(|| default_chunksize(items.len(), self.processes));
+        let window = MAP_WINDOW_PER_WORKER * self.processes;
+        Feed::start(
+            &self.submitter,
+            f,
+            items,
+            chunksize,
+            window,
+            self.task_timeout,
+        )
     }
 
     /// Applies `f` to every item, lazily, yielding results in input order as they become
     /// available. Each item is its own task, so one failure fails only its own `Result`.
     ///
     /// The input is pulled only as results are taken, a bounded window ahead (a few items per
-    /// worker), so an endless iterator works.
+    /// worker), so an endless iterator works. Items may be `A` or anything that borrows as
+    /// one and is `'static` (`Arc<A>`, `Box<A>`, `&'static A`), encoded without a clone.
+    ///
+    /// Each item costs a round trip; for many small items use
+    /// [`imap_chunked`](Pool::imap_chunked).
     ///
     /// # Errors
     /// [`Error::Closed`] if the pool no longer takes tasks; [`Error::ForkedProcess`] in a child
@@ -709,10 +864,11 @@ impl Pool {
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: Borrow<A> + 'static,
         I::IntoIter: Send + 'static,
     {
-        self.imap_in(f, args, true)
+        self.imap_in(f, args, None, true)
     }
 
     /// Like [`imap`](Pool::imap), but yields results in the order they complete.
@@ -735,26 +891,117 @@ impl Pool {
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: Borrow<A> + 'static,
         I::IntoIter: Send + 'static,
     {
-        self.imap_in(f, args, false)
+        self.imap_in(f, args, None, false)
     }
 
-    fn imap_in<A, R, I>(&self, f: fn(A) -> R, args: I, ordered: bool) -> Result<Imap<R>>
+    /// [`imap`](Pool::imap) with `chunksize` items per task, Python's `imap(f, xs, chunksize)`:
+    /// the input is still pulled lazily, a window of a few chunks per worker ahead, and results
+    /// are still yielded item by item in input order; each chunk is one round trip.
+    ///
+    /// A failure (a panic, a crash, a time limit) fails each item of its chunk, with the
+    /// chunk's error; the other chunks go on.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a chunk size of 0; otherwise as [`imap`](Pool::imap).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let firsts: Vec<u64> = pool
+    ///     .imap_chunked(|x: u64| x * 3, 0.., 100)? // endless input, 100 items per task
+    ///     .take(5)
+    ///     .collect::<forkpool::Result<_>>()?;
+    /// assert_eq!(firsts, [0, 3, 6, 9, 12]);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn imap_chunked<A, R, I>(&self, f: fn(A) -> R, args: I, chunksize: usize) -> Result<Imap<R>>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
+        I: IntoIterator,
+        I::Item: Borrow<A> + 'static,
+        I::IntoIter: Send + 'static,
+    {
+        self.imap_in(f, args, Some(chunksize), true)
+    }
+
+    /// [`imap_unordered`](Pool::imap_unordered) with `chunksize` items per task: chunks are
+    /// yielded in the order they complete, the items of a chunk in input order.
+    ///
+    /// # Errors
+    /// As [`imap_chunked`](Pool::imap_chunked).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let mut got: Vec<u32> = pool
+    ///     .imap_unordered_chunked(|x: u32| x + 1, 0..1000, 64)?
+    ///     .collect::<forkpool::Result<_>>()?;
+    /// got.sort();
+    /// assert_eq!(got, (1..=1000).collect::<Vec<_>>());
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn imap_unordered_chunked<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: usize,
+    ) -> Result<Imap<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator,
+        I::Item: Borrow<A> + 'static,
+        I::IntoIter: Send + 'static,
+    {
+        self.imap_in(f, args, Some(chunksize), false)
+    }
+
+    fn imap_in<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: Option<usize>,
+        ordered: bool,
+    ) -> Result<Imap<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator,
+        I::Item: Borrow<A> + 'static,
         I::IntoIter: Send + 'static,
     {
         self.check_process()?;
         let mut args = args.into_iter();
-        let feed = Box::new(move || args.next().map(|arg| task::call(f, arg)));
+        let (feed, shape): (imap::Feed, Shape) = match chunksize {
+            None => (
+                Box::new(move || args.next().map(|arg| (task::item(f, arg), 1))),
+                Shape::Single,
+            ),
+            Some(0) => {
+                return Err(Error::InvalidArgument {
+                    message: "chunksize must be at least 1",
+                })
+            }
+            Some(n) => (
+                Box::new(move || {
+                    let chunk: Vec<I::Item> = args.by_ref().take(n).collect();
+                    (!chunk.is_empty()).then(|| (task::chunk(f, &chunk), chunk.len()))
+                }),
+                Shape::Chunks,
+            ),
+        };
         let window = IMAP_WINDOW_PER_WORKER * self.processes;
         Imap::new(
             self.submitter.clone(),
             feed,
+            shape,
             window,
             ordered,
             self.task_timeout,
@@ -776,7 +1023,9 @@ impl Pool {
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     pub fn stats(&self) -> Stats {
-        self.submitter.stats()
+        let mut stats = self.submitter.stats();
+        stats.callbacks_run = self.callbacks.started();
+        stats
     }
 
     /// Stops taking tasks. Tasks already submitted still run; the workers exit once they are

@@ -2,7 +2,8 @@
 //! the dispatcher hands each task's outcome back.
 //!
 //! A result travels as the worker's encoded bytes until the caller asks for it, so decoding (of
-//! a 64 MiB result, say) happens in the caller's thread, never in the dispatcher's.
+//! a 64 MiB result, say) happens in the caller's thread, never in the dispatcher's. A result
+//! with a callback is decoded once, on the callback thread, and waits decoded for `get`.
 
 use std::fmt;
 use std::future::Future;
@@ -30,6 +31,10 @@ const HELP_SLICE: Duration = Duration::from_millis(1);
 /// What became of one task: the worker's encoded result, or why there is none.
 pub(crate) type Outcome = Result<Bytes>;
 
+/// One task's outcome on an [`Imap`](crate::Imap)'s stream: its index, how many input items
+/// it carried, and the outcome.
+pub(crate) type Streamed = (usize, usize, Outcome);
+
 /// Where the dispatcher delivers one task's outcome.
 ///
 /// A sink dropped without a delivery delivers [`Error::Terminated`], so no path that loses a
@@ -42,8 +47,8 @@ pub(crate) struct Sink {
 enum Target {
     /// Part `index` of an [`AsyncResult`]'s slot.
     Slot(Arc<Slot>, usize),
-    /// Item `index` of an [`Imap`](crate::Imap)'s stream.
-    Stream(Sender<(usize, Outcome)>, usize),
+    /// Task `index` of an [`Imap`](crate::Imap)'s stream, carrying `items` input items.
+    Stream(Sender<Streamed>, usize, usize),
     /// Whatever the closure does with it (run a callback, then fill a slot).
     Then(Box<dyn FnOnce(Outcome) + Send>),
 }
@@ -52,7 +57,7 @@ impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Slot(_, i) => write!(f, "Slot({i})"),
-            Target::Stream(_, i) => write!(f, "Stream({i})"),
+            Target::Stream(_, i, n) => write!(f, "Stream({i}, {n} items)"),
             Target::Then(_) => write!(f, "Then"),
         }
     }
@@ -65,9 +70,9 @@ impl Sink {
         }
     }
 
-    pub(crate) fn stream(tx: &Sender<(usize, Outcome)>, index: usize) -> Sink {
+    pub(crate) fn stream(tx: &Sender<Streamed>, index: usize, items: usize) -> Sink {
         Sink {
-            target: Some(Target::Stream(tx.clone(), index)),
+            target: Some(Target::Stream(tx.clone(), index, items)),
         }
     }
 
@@ -81,8 +86,8 @@ impl Sink {
     pub(crate) fn deliver(mut self, outcome: Outcome) {
         match self.target.take() {
             Some(Target::Slot(slot, index)) => slot.fill(index, outcome),
-            Some(Target::Stream(tx, index)) => {
-                let _ = tx.send((index, outcome));
+            Some(Target::Stream(tx, index, items)) => {
+                let _ = tx.send((index, items, outcome));
             }
             Some(Target::Then(f)) => f(outcome),
             None => {}
@@ -231,6 +236,12 @@ impl Slot {
         self.wait_until(None);
         take_parts(&mut self.lock())
     }
+
+    /// The outcomes if the slot completes by `deadline`; otherwise `None`, and they stay.
+    fn take_by(&self, deadline: Option<Instant>) -> Option<Vec<Outcome>> {
+        self.wait_until(deadline)
+            .then(|| take_parts(&mut self.lock()))
+    }
 }
 
 /// Takes the outcomes out of a complete slot; a part taken before (a future polled after it
@@ -241,14 +252,6 @@ fn take_parts(state: &mut SlotState) -> Vec<Outcome> {
         .iter_mut()
         .map(|p| p.take().unwrap_or(Err(Error::Terminated)))
         .collect()
-}
-
-/// Decodes a worker's encoded result.
-pub(crate) fn decode_result<R: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<R> {
-    codec::decode(bytes).map_err(|message| Error::Decode {
-        what: "result",
-        message,
-    })
 }
 
 /// Decodes a worker's encoded result, taking the buffer (a `Vec<u8>` result is the buffer).
@@ -307,16 +310,63 @@ pub(crate) fn finish_chunks<R: DeserializeOwned + 'static>(parts: Vec<Outcome>) 
 /// ```
 pub struct AsyncResult<R> {
     slot: Arc<Slot>,
-    finish: fn(Vec<Outcome>) -> Result<R>,
+    finish: Finish<R>,
     _result: PhantomData<fn() -> R>,
+}
+
+/// How an [`AsyncResult`] turns its slot's outcomes into its value.
+enum Finish<R> {
+    /// By decoding them.
+    Decode(fn(Vec<Outcome>) -> Result<R>),
+    /// The value was decoded already (to show a callback) and waits here; the slot only says
+    /// when it is in.
+    Decoded(Arc<Decoded<R>>),
+}
+
+/// A value decoded before its [`AsyncResult`] asked for it, so that it is decoded only once.
+#[derive(Debug)]
+pub(crate) struct Decoded<R>(Mutex<Option<Result<R>>>);
+
+impl<R> Decoded<R> {
+    pub(crate) fn new() -> Arc<Decoded<R>> {
+        Arc::new(Decoded(Mutex::new(None)))
+    }
+
+    /// Stores the value; call before filling the slot, which publishes it.
+    pub(crate) fn put(&self, value: Result<R>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
+    }
+
+    fn take(&self) -> Result<R> {
+        let value = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        value.unwrap_or(Err(Error::Terminated))
+    }
 }
 
 impl<R> AsyncResult<R> {
     pub(crate) fn new(slot: Arc<Slot>, finish: fn(Vec<Outcome>) -> Result<R>) -> AsyncResult<R> {
         AsyncResult {
             slot,
-            finish,
+            finish: Finish::Decode(finish),
             _result: PhantomData,
+        }
+    }
+
+    /// A result whose value arrives already decoded in `decoded` once `slot` is complete.
+    pub(crate) fn decoded(slot: Arc<Slot>, decoded: Arc<Decoded<R>>) -> AsyncResult<R> {
+        AsyncResult {
+            slot,
+            finish: Finish::Decoded(decoded),
+            _result: PhantomData,
+        }
+    }
+
+    fn finish(&self, parts: Vec<Outcome>) -> Result<R> {
+        match &self.finish {
+            Finish::Decode(decode) => decode(parts),
+            // The slot's part only marks the value's arrival: the value is already here, or
+            // was taken by an earlier call (and then reads as terminated).
+            Finish::Decoded(decoded) => decoded.take(),
         }
     }
 
@@ -335,7 +385,46 @@ impl<R> AsyncResult<R> {
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     pub fn get(self) -> Result<R> {
-        (self.finish)(self.slot.take())
+        self.finish(self.slot.take())
+    }
+
+    /// Waits up to `timeout` for the task, then returns its value: Python's `res.get(timeout)`.
+    /// If the task has not finished by then, the call fails with [`Error::WaitTimedOut`] and
+    /// changes nothing: the task goes on, and a later `get_timeout`, [`get`](Self::get) or
+    /// `.await` on this handle still gets its result.
+    ///
+    /// It takes `&mut self` because a value it returns is moved out of the handle: after it
+    /// returned the task's outcome (`Ok` or the task's own error), the handle is spent and a
+    /// further call gives [`Error::Terminated`], as a future polled after completion does.
+    /// Compare [`wait_timeout`](Self::wait_timeout), which only waits and returns whether the
+    /// result is in.
+    ///
+    /// # Errors
+    /// [`Error::WaitTimedOut`] if `timeout` passed first; otherwise those of
+    /// [`get`](Self::get).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let mut r = pool.apply_async(nap, 300)?;
+    /// let early = r.get_timeout(Duration::from_millis(10));
+    /// assert!(matches!(early, Err(forkpool::Error::WaitTimedOut { .. })));
+    /// assert_eq!(r.get_timeout(Duration::from_secs(10))?, 300); // still there
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn get_timeout(&mut self, timeout: Duration) -> Result<R> {
+        match self.slot.take_by(Instant::now().checked_add(timeout)) {
+            Some(parts) => self.finish(parts),
+            None => Err(Error::WaitTimedOut { waited: timeout }),
+        }
     }
 
     /// Blocks until the task has finished.
@@ -354,7 +443,9 @@ impl<R> AsyncResult<R> {
     }
 
     /// Blocks until the task has finished or `timeout` has passed; true if it has finished.
-    /// The result stays available for [`get`](Self::get) either way.
+    /// The result stays available for [`get`](Self::get) either way. To wait and take the
+    /// value in one call, as Python's `res.get(timeout)`, use
+    /// [`get_timeout`](Self::get_timeout).
     ///
     /// # Examples
     ///
@@ -424,7 +515,7 @@ impl<R> Future for AsyncResult<R> {
     /// ```
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
         match self.slot.poll_take(cx.waker()) {
-            Some(parts) => Poll::Ready((self.finish)(parts)),
+            Some(parts) => Poll::Ready(self.finish(parts)),
             None => Poll::Pending,
         }
     }

@@ -49,6 +49,11 @@ pub struct Stats {
     /// Workers forked to replace one that ended (crash, timeout, `max_tasks_per_child`, memory
     /// cap).
     pub workers_replaced: u64,
+    /// Callbacks of [`Pool::apply_async_with`](crate::Pool::apply_async_with) started so far,
+    /// each counted just before it runs. The counter for a progress line printed from callbacks:
+    /// callbacks run one at a time, so inside the k-th one it reads exactly k (`completed` may
+    /// already count tasks whose callbacks have not run yet).
+    pub callbacks_run: u64,
 }
 
 /// The live counters behind [`Stats`], shared by the pool's callers and its dispatcher.
@@ -131,6 +136,8 @@ impl Counters {
                 .workers_spawned
                 .load(Relaxed)
                 .saturating_sub(self.initial_workers.load(Relaxed)),
+            // Counted by the callback thread; the pool fills it in.
+            callbacks_run: 0,
         }
     }
 }

@@ -869,7 +869,7 @@ mod zygote_wrapper_tests {
         }
     }
 }
-// Process hygiene (branch `harden`): names, process groups, parent death, resource limits, and
+// Process hygiene: names, process groups, parent death, resource limits, and
 // errors that name the call that failed.
 // ---------------------------------------------------------------------------------------------
 
@@ -1084,4 +1084,106 @@ pub(crate) fn is_open_cloexec(fd: RawFd) -> bool {
     // SAFETY: F_GETFD only reads the descriptor's flags; a closed `fd` gives EBADF.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
     flags != -1 && flags & libc::FD_CLOEXEC != 0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared read-only memory, for `SharedBytes` (src/shared.rs)
+// ---------------------------------------------------------------------------------------------, for `SharedBytes` (src/shared.rs) ----
+
+/// `memfd_create(2)` with `MFD_CLOEXEC | MFD_ALLOW_SEALING`: an anonymous file in memory.
+#[cfg(target_os = "linux")]
+pub(crate) fn memfd_sealable(name: &std::ffi::CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is a valid NUL-terminated string; the flags are valid for memfd_create.
+    let fd = syscall!(memfd_create(
+        name.as_ptr(),
+        libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING
+    ))?;
+    // SAFETY: memfd_create succeeded, so `fd` is open and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Seals a memfd against every change: no write, no resize, no further seal.
+#[cfg(target_os = "linux")]
+pub(crate) fn seal_read_only(fd: &OwnedFd) -> io::Result<()> {
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: `fd` is open for as long as the borrow lives; F_ADD_SEALS takes an int.
+    syscall!(fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals))?;
+    Ok(())
+}
+
+/// True if `fd` is a memfd sealed as [`seal_read_only`] leaves it.
+#[cfg(target_os = "linux")]
+pub(crate) fn is_sealed_read_only(fd: &OwnedFd) -> bool {
+    let want = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: `fd` is open for as long as the borrow lives; F_GET_SEALS takes no argument.
+    syscall!(fcntl(fd.as_raw_fd(), libc::F_GET_SEALS)).is_ok_and(|seals| seals & want == want)
+}
+
+/// A read-only shared mapping of a whole file, unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and owned by this value alone; sharing the pointer between
+// threads only ever reads memory that nobody can write (the file is sealed or private).
+unsafe impl Send for Mapping {}
+// SAFETY: as above: `&Mapping` only reads.
+unsafe impl Sync for Mapping {}
+
+/// Shared, and on Linux populated at once: one pass in the kernel instead of a page fault per
+/// few pages as a task reads through the data.
+#[cfg(target_os = "linux")]
+const MAP_FLAGS: libc::c_int = libc::MAP_SHARED | libc::MAP_POPULATE;
+#[cfg(not(target_os = "linux"))]
+const MAP_FLAGS: libc::c_int = libc::MAP_SHARED;
+
+impl Mapping {
+    /// Maps the first `len` bytes of `fd` read-only (`len` may be 0: nothing is mapped).
+    pub(crate) fn read_only(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
+        if len == 0 {
+            return Ok(Mapping {
+                ptr: std::ptr::null_mut(),
+                len: 0,
+            });
+        }
+        // SAFETY: a fresh mapping chosen by the kernel (null hint), of an open descriptor;
+        // nothing else is touched.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                MAP_FLAGS,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr, len })
+    }
+
+    /// The mapped bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `ptr` maps `len` readable bytes until drop; the file is sealed against writes
+        // and shrinking, so the bytes neither change nor vanish under the borrow.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: `ptr` and `len` are exactly what mmap returned, unmapped only here.
+            unsafe {
+                libc::munmap(self.ptr, self.len);
+            }
+        }
+    }
 }

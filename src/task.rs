@@ -6,6 +6,7 @@
 //! trampoline monomorphized for `A` and `R` that decodes the argument, calls the function and
 //! encodes the result. The worker only knows the trampoline's erased signature, [`Trampoline`].
 
+use std::borrow::Borrow;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -34,8 +35,23 @@ where
     A: Serialize + DeserializeOwned + 'static,
     R: Serialize + DeserializeOwned + 'static,
 {
+    item(f, arg)
+}
+
+/// Builds the frame for one call of `f` on the item `arg` stands for: an `A`, or anything that
+/// borrows as one (`&A`, `Arc<A>`), encoded from the reference without a clone. An owned
+/// `Vec<u8>` is moved into the frame, not copied.
+///
+/// # Errors
+/// [`Error::Encode`] if the argument cannot be encoded; nothing is sent then.
+pub(crate) fn item<A, R, B>(f: fn(A) -> R, arg: B) -> Result<OutFrame>
+where
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
+    B: Borrow<A> + 'static,
+{
     let mut head = begin(call_one::<A, R>, f as usize);
-    let tail = codec::encode_owned(arg, &mut head).map_err(encode_error)?;
+    let tail = codec::encode_owned::<A, B>(arg, &mut head).map_err(encode_error)?;
     Ok(sealed(head, tail))
 }
 
@@ -44,14 +60,15 @@ where
 ///
 /// # Errors
 /// [`Error::Encode`] if an argument cannot be encoded; nothing is sent then.
-pub(crate) fn chunk<A, R>(f: fn(A) -> R, args: &[A]) -> Result<OutFrame>
+pub(crate) fn chunk<A, R, B>(f: fn(A) -> R, args: &[B]) -> Result<OutFrame>
 where
     A: Serialize + DeserializeOwned + 'static,
     R: Serialize + DeserializeOwned + 'static,
+    B: Borrow<A>,
 {
     let mut head = begin(call_chunk::<A, R>, f as usize);
-    // A slice encodes exactly as the Vec<A> the trampoline decodes.
-    codec::encode_into(args, &mut head).map_err(encode_error)?;
+    // Encoded as the Vec<A> the trampoline decodes, from the borrowed items.
+    codec::encode_seq::<A, B>(args, &mut head).map_err(encode_error)?;
     Ok(sealed(head, Vec::new()))
 }
 
@@ -74,6 +91,119 @@ fn encode_error(message: String) -> Error {
     Error::Encode {
         what: "argument",
         message,
+    }
+}
+
+/// A worker's initializer, type-erased as a task is: the address of a trampoline that knows
+/// the argument's type, the address of the user's `fn(A)` (or `fn()`), and the encoded
+/// argument. A self-contained value of three plain parts, so that it can be copied into every
+/// worker (by fork, or as bytes).
+///
+/// The argument's bytes live for the rest of the process (they are leaked when the builder is
+/// configured), since both [`PoolBuilder`](crate::PoolBuilder) and the worker configuration are
+/// `Copy`; an initializer argument is set once per pool and is usually small.
+#[derive(Clone, Copy)]
+pub(crate) struct Initializer {
+    trampoline: usize,
+    function: usize,
+    arg: &'static [u8],
+}
+
+/// The erased signature of an initializer's trampoline.
+///
+/// # Safety
+/// `function` must be the address of the function this trampoline was monomorphized for.
+type InitTrampoline = unsafe fn(function: usize, arg: &[u8]);
+
+impl Initializer {
+    /// An initializer without an argument.
+    pub(crate) fn plain(f: fn()) -> Initializer {
+        Initializer {
+            trampoline: init_plain as InitTrampoline as usize,
+            function: f as usize,
+            arg: &[],
+        }
+    }
+
+    /// `f(arg)`, with `arg` encoded now, once, in the parent.
+    ///
+    /// # Errors
+    /// The codec's message if `arg` cannot be encoded.
+    pub(crate) fn with<A: Serialize + DeserializeOwned + 'static>(
+        f: fn(A),
+        arg: &A,
+    ) -> std::result::Result<Initializer, String> {
+        let mut bytes = Vec::new();
+        codec::encode_into(arg, &mut bytes)?;
+        Ok(Initializer {
+            trampoline: init_with::<A> as InitTrampoline as usize,
+            function: f as usize,
+            arg: Box::leak(bytes.into_boxed_slice()),
+        })
+    }
+
+    /// The initializer's three parts, to send to a process of the same program image (the
+    /// zygote): the trampoline's and the function's addresses, and the argument's bytes.
+    pub(crate) fn parts(&self) -> (usize, usize, &'static [u8]) {
+        (self.trampoline, self.function, self.arg)
+    }
+
+    /// Puts an initializer back together from [`parts`](Self::parts).
+    ///
+    /// # Safety
+    /// The parts must come from `parts` in a process running the same program image.
+    pub(crate) unsafe fn from_parts(
+        trampoline: usize,
+        function: usize,
+        arg: &'static [u8],
+    ) -> Initializer {
+        Initializer {
+            trampoline,
+            function,
+            arg,
+        }
+    }
+
+    /// Runs the initializer. Panics, as the initializer itself may, if the argument does not
+    /// decode; the worker reports either as [`Error::InitializerPanicked`].
+    ///
+    /// # Safety
+    /// `self` must have been made by [`plain`](Self::plain) or [`with`](Self::with) in the
+    /// program image this process runs (the parent, or a fork of it).
+    pub(crate) unsafe fn run(&self) {
+        // SAFETY: per this function's contract the address is an `InitTrampoline` of this
+        // program; fn pointers and usize have the same size on every platform this crate
+        // builds for.
+        let trampoline = unsafe { std::mem::transmute::<usize, InitTrampoline>(self.trampoline) };
+        // SAFETY: `plain` and `with` paired this trampoline with its function.
+        unsafe { trampoline(self.function, self.arg) }
+    }
+}
+
+impl std::fmt::Debug for Initializer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Initializer")
+            .field("arg_bytes", &self.arg.len())
+            .finish()
+    }
+}
+
+/// # Safety
+/// `function` is the address of a `fn()`.
+unsafe fn init_plain(function: usize, _arg: &[u8]) {
+    // SAFETY: the caller guarantees `function` is a `fn()` of this program.
+    let f = unsafe { std::mem::transmute::<usize, fn()>(function) };
+    f();
+}
+
+/// # Safety
+/// `function` is the address of a `fn(A)`.
+unsafe fn init_with<A: DeserializeOwned + 'static>(function: usize, arg: &[u8]) {
+    // SAFETY: the caller guarantees `function` is a `fn(A)` of this program.
+    let f = unsafe { std::mem::transmute::<usize, fn(A)>(function) };
+    match codec::decode::<A>(arg) {
+        Ok(arg) => f(arg),
+        Err(message) => panic!("could not decode the initializer's argument: {message}"),
     }
 }
 

@@ -69,7 +69,7 @@ pub(crate) fn exit_status_meaning(code: i32) -> Option<&'static str> {
 /// What a worker needs to know, fixed when the pool is built.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WorkerConfig {
-    pub(crate) initializer: Option<fn()>,
+    pub(crate) initializer: Option<task::Initializer>,
     pub(crate) max_tasks: Option<usize>,
     /// Resident set size above which the worker exits after its current task.
     pub(crate) max_memory: Option<u64>,
@@ -114,9 +114,11 @@ fn flush_stdout() {
 fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -> i32 {
     IN_WORKER.store(true, Ordering::Relaxed);
     PRINT_PANICS.store(config.print_panics, Ordering::Relaxed);
-    let init_failure = config
-        .initializer
-        .and_then(|init| panic::catch_unwind(init).err().map(panic_message));
+    let init_failure = config.initializer.and_then(|init| {
+        // SAFETY: the pool built `init` in the program image this worker is a fork of.
+        let ran = panic::catch_unwind(|| unsafe { init.run() });
+        ran.err().map(panic_message)
+    });
     let mut reader = FrameReader::new(u64::MAX);
     let mut out = OutFrame::default();
     frame::begin_reply(&mut out.head, 0, Status::Ready);

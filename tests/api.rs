@@ -312,7 +312,7 @@ fn lifecycle_errors() {
         assert!(matches!(pool.apply(square, 1), Err(Error::Closed)));
         assert!(matches!(pool.map(square, [1]), Err(Error::Closed)));
         assert!(matches!(
-            pool.map_async(square, Vec::new()),
+            pool.map_async(square, Vec::<u64>::new()),
             Err(Error::Closed)
         ));
         assert!(matches!(

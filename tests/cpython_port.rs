@@ -313,11 +313,11 @@ fn map_async_empty_input_is_ready_at_once() {
     let _g = shared();
     within(secs(30), || {
         let pool = Pool::new(2).unwrap();
-        let r = pool.map_async(sqr, Vec::new()).unwrap();
+        let r = pool.map_async(sqr, Vec::<u64>::new()).unwrap();
         assert!(r.ready(), "map_async on empty input is not ready at once");
         assert_eq!(r.get().unwrap(), Vec::<u64>::new());
         assert_eq!(
-            pool.map_chunked(sqr, Vec::new(), 1).unwrap(),
+            pool.map_chunked(sqr, Vec::<u64>::new(), 1).unwrap(),
             Vec::<u64>::new()
         );
     });
@@ -565,11 +565,17 @@ fn empty_iterable() {
     let _g = shared();
     within(secs(30), || {
         let pool = Pool::new(1).unwrap();
-        assert_eq!(pool.map(sqr, Vec::new()).unwrap(), Vec::<u64>::new());
-        assert_eq!(pool.imap(sqr, Vec::new()).unwrap().count(), 0);
-        assert_eq!(pool.imap_unordered(sqr, Vec::new()).unwrap().count(), 0);
+        assert_eq!(pool.map(sqr, Vec::<u64>::new()).unwrap(), Vec::<u64>::new());
+        assert_eq!(pool.imap(sqr, Vec::<u64>::new()).unwrap().count(), 0);
         assert_eq!(
-            pool.map_async(sqr, Vec::new()).unwrap().get().unwrap(),
+            pool.imap_unordered(sqr, Vec::<u64>::new()).unwrap().count(),
+            0
+        );
+        assert_eq!(
+            pool.map_async(sqr, Vec::<u64>::new())
+                .unwrap()
+                .get()
+                .unwrap(),
             Vec::<u64>::new()
         );
         pool.close();

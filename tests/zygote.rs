@@ -41,7 +41,7 @@ fn main() {
     }
     LATE.store(7, Ordering::Relaxed);
     scenario::watchdog(Duration::from_secs(600));
-    let checks: [(&str, fn()); 11] = [
+    let checks: [(&str, fn()); 12] = [
         (
             "a_killed_zygote_is_reaped_and_later_pools_fork_their_own_server",
             a_killed_zygote_is_reaped_and_later_pools_fork_their_own_server,
@@ -61,6 +61,10 @@ fn main() {
         (
             "workers_start_from_the_program_as_it_was_at_init",
             workers_start_from_the_program_as_it_was_at_init,
+        ),
+        (
+            "an_initializer_argument_made_after_init_reaches_every_worker",
+            an_initializer_argument_made_after_init_reaches_every_worker,
         ),
         (
             "tasks_that_print_answer_in_pools_built_beside_printing_threads",
@@ -236,6 +240,31 @@ fn worker_pid(_: u64) -> u32 {
 
 fn late_value(_: u64) -> u64 {
     LATE.load(Ordering::Relaxed)
+}
+
+fn set_late(value: String) {
+    LATE.store(value.len() as u64, Ordering::Relaxed);
+}
+
+/// Workers start from the program as it was at init(); state made later travels in the
+/// initializer's argument, whose bytes the zygote receives with the pool's START message. With
+/// max_tasks_per_child(1) every task runs in a fresh worker: each must have it.
+fn an_initializer_argument_made_after_init_reaches_every_worker() {
+    let made_later = "x".repeat(100_000);
+    let pool = Pool::builder()
+        .processes(2)
+        .max_tasks_per_child(1)
+        .initializer_with(set_late, made_later)
+        .build()
+        .unwrap();
+    let seen = pool.map(late_value, 0..6u64).unwrap();
+    assert_eq!(seen, [100_000; 6]);
+    let server = pool.apply(scenario::parent_pid, 0).unwrap();
+    let zygote = ppid_of(server).unwrap();
+    assert_ne!(zygote, std::process::id(), "the server is not the zygote's");
+    assert_eq!(ppid_of(zygote), Some(std::process::id()));
+    pool.close();
+    pool.join().unwrap();
 }
 
 fn square(x: u64) -> u64 {

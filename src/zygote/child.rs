@@ -65,9 +65,14 @@ fn serve_loop(sock: RawFd) -> io::Result<()> {
                     send(sock, START_FAILED, libc::EBADF as u64)?;
                     continue;
                 };
+                // The initializer's argument follows the message; it lives as long as this
+                // process (every server forked from here needs it).
+                let mut arg = vec![0u8; proto::start_arg_len(&words) as usize];
+                read_exact(sock, &mut arg)?;
+                let arg: &'static [u8] = Box::leak(arg.into_boxed_slice());
                 // SAFETY: the message came from our parent, a process of the same program
-                // image, which built it with start_request.
-                let spec = unsafe { proto::parse_start(&words) };
+                // image, which built it with start_request and sent the argument after it.
+                let spec = unsafe { proto::parse_start(&words, arg) };
                 // SAFETY: this process is single-threaded, so the child holds no lock another
                 // thread could have held; in the child only child_setup and server::serve run,
                 // and serve ends in _exit.
@@ -100,6 +105,18 @@ fn serve_loop(sock: RawFd) -> io::Result<()> {
             _ => {}
         }
     }
+}
+
+/// Reads exactly `buf.len()` bytes.
+fn read_exact(sock: RawFd, buf: &mut [u8]) -> io::Result<()> {
+    let mut n = 0;
+    while n < buf.len() {
+        match sys::read(sock, &mut buf[n..])? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            k => n += k,
+        }
+    }
+    Ok(())
 }
 
 /// Reads the rest of a message whose first `n` bytes arrived.

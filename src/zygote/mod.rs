@@ -227,6 +227,9 @@ fn from_zygote(spec: ServerSpec) -> Option<io::Result<Launched>> {
     let answer = (|| -> io::Result<_> {
         let (ours, theirs) = sys::socketpair()?;
         sys::send_with_fds(fd, &proto::start_request(spec), &[theirs.as_raw_fd()])?;
+        if let Some(init) = spec.config.initializer {
+            sys::send_with_fds(fd, init.parts().2, &[])?;
+        }
         drop(theirs); // the zygote has its own copy; the server will own it
         let words = read_answer(fd, Instant::now() + START_TIMEOUT)?;
         Ok((words, ours))

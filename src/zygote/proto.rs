@@ -4,7 +4,7 @@
 //!
 //! | message | direction | words | attached |
 //! |---|---|---|---|
-//! | [`START`] | parent to zygote | a [`ServerSpec`] (see [`start_request`]) | the new server's end of its socket |
+//! | [`START`] | parent to zygote | a [`ServerSpec`] (see [`start_request`]), then the initializer's argument bytes | the new server's end of its socket |
 //! | [`KILL`] | parent to zygote | the pid of a fork server that would not exit | |
 //! | [`STARTED`] | zygote to parent | the new server's pid | |
 //! | [`START_FAILED`] | zygote to parent | `errno` of the failed fork | |
@@ -12,10 +12,11 @@
 //! The parent sends one [`START`] at a time and waits for its answer; [`KILL`] has none.
 
 use crate::sys::{Pid, SignalSet};
+use crate::task::Initializer;
 use crate::worker::WorkerConfig;
 
 /// Words in one message.
-pub(crate) const WORDS: usize = 10;
+pub(crate) const WORDS: usize = 12;
 /// Bytes in one message.
 pub(crate) const MESSAGE: usize = WORDS * 8;
 
@@ -62,8 +63,9 @@ pub(crate) fn short(kind: u64, arg: u64) -> [u8; MESSAGE] {
     encode(words)
 }
 
-/// The [`START`] message for `spec`. The initializer travels as its address, which is valid in
-/// the zygote because the zygote is a fork of this very program image.
+/// The [`START`] message for `spec`. The initializer travels as its trampoline's and function's
+/// addresses, valid in the zygote because the zygote is a fork of this very program image, and
+/// its argument's length; the argument's bytes follow the message on the socket.
 pub(crate) fn start_request(spec: ServerSpec) -> [u8; MESSAGE] {
     // Destructured, so that a field added to WorkerConfig fails to compile here until it is
     // carried too.
@@ -74,9 +76,10 @@ pub(crate) fn start_request(spec: ServerSpec) -> [u8; MESSAGE] {
         print_panics,
         max_frame,
     } = spec.config;
+    let (trampoline, function, arg) = initializer.map_or((0, 0, &[][..]), |i| i.parts());
     encode([
         START,
-        initializer.map_or(0, |f| f as usize as u64),
+        trampoline as u64,
         max_tasks.is_some() as u64,
         max_tasks.unwrap_or(0) as u64,
         max_memory.is_some() as u64,
@@ -84,21 +87,29 @@ pub(crate) fn start_request(spec: ServerSpec) -> [u8; MESSAGE] {
         print_panics as u64,
         spec.worker_mask.0,
         max_frame,
+        function as u64,
+        arg.len() as u64,
         0,
     ])
 }
 
-/// The spec of a [`START`] message.
+/// How many argument bytes follow a [`START`] message on the socket.
+pub(crate) fn start_arg_len(words: &[u64; WORDS]) -> u64 {
+    words[10]
+}
+
+/// The spec of a [`START`] message, whose initializer's argument bytes, read after it, are
+/// `arg`.
 ///
 /// # Safety
 /// `words` must come from [`start_request`] in a process running the same program image (the
 /// zygote's parent): the initializer's address is turned back into a function pointer.
-pub(crate) unsafe fn parse_start(words: &[u64; WORDS]) -> ServerSpec {
+pub(crate) unsafe fn parse_start(words: &[u64; WORDS], arg: &'static [u8]) -> ServerSpec {
     let initializer = match words[1] as usize {
         0 => None,
-        // SAFETY: the caller guarantees that this is the address of an `fn()` of this image;
-        // function pointers and usize have the same size.
-        addr => Some(unsafe { std::mem::transmute::<usize, fn()>(addr) }),
+        // SAFETY: the caller guarantees that these are the parts of an initializer of this
+        // image, as start_request sent them.
+        trampoline => Some(unsafe { Initializer::from_parts(trampoline, words[9] as usize, arg) }),
     };
     ServerSpec {
         worker_mask: SignalSet(words[7]),
@@ -121,14 +132,16 @@ pub(crate) fn pid(word: u64) -> Pid {
 mod tests {
     use super::*;
 
-    fn init() {}
+    fn init(x: u32) {
+        assert_eq!(x, 7);
+    }
 
     #[test]
     fn a_spec_round_trips() {
         let spec = ServerSpec {
             worker_mask: SignalSet::default().with(libc::SIGCHLD),
             config: WorkerConfig {
-                initializer: Some(init),
+                initializer: Some(Initializer::with(init, &7u32).unwrap()),
                 max_tasks: Some(usize::MAX),
                 max_memory: Some(1 << 30),
                 print_panics: false,
@@ -137,13 +150,14 @@ mod tests {
         };
         let words = decode(&start_request(spec));
         assert_eq!(words[0], START);
-        // SAFETY: made by start_request in this process.
-        let back = unsafe { parse_start(&words) };
+        let sent = spec.config.initializer.unwrap().parts();
+        assert_eq!(start_arg_len(&words), sent.2.len() as u64);
+        // SAFETY: made by start_request in this process, with its argument's bytes.
+        let back = unsafe { parse_start(&words, sent.2) };
         assert_eq!(back.worker_mask, spec.worker_mask);
-        assert_eq!(
-            back.config.initializer.map(|f| f as usize),
-            Some(init as fn() as usize)
-        );
+        assert_eq!(back.config.initializer.map(|i| i.parts()), Some(sent));
+        // SAFETY: the parts came from Initializer::with in this process.
+        unsafe { back.config.initializer.unwrap().run() };
         assert_eq!(back.config.max_tasks, Some(usize::MAX));
         assert_eq!(back.config.max_memory, Some(1 << 30));
         assert!(!back.config.print_panics);
@@ -159,8 +173,9 @@ mod tests {
             worker_mask: SignalSet::default(),
             config: none,
         }));
+        assert_eq!(start_arg_len(&words), 0);
         // SAFETY: as above.
-        let back = unsafe { parse_start(&words) };
+        let back = unsafe { parse_start(&words, &[]) };
         assert!(back.config.initializer.is_none());
         assert_eq!(
             (back.config.max_tasks, back.config.max_memory),
