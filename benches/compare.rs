@@ -1,18 +1,29 @@
 //! forkpool beside Python's `multiprocessing.Pool` and the raw pipe limits, in one run.
 //!
 //! ```sh
-//! cargo bench --bench compare                    # the full comparison, 5 to 10 minutes
-//! cargo bench --bench compare -- --quick         # a smoke run with small sizes
+//! cargo bench --bench compare                    # the full comparison, 10 to 15 minutes
+//! cargo bench --bench compare -- --quick         # a smoke run with small sizes, < 1 minute
 //! cargo bench --bench compare -- --reps 3 --no-python
+//! cargo bench --bench compare -- --check-busy-cleanup
 //! ```
 //!
 //! Options after `--`: `--reps N` (default 5; 2 with `--quick`), `--quick` (small sizes),
-//! `--no-python` (skip `benches/python_pool.py`).
+//! `--no-python` (skip `benches/python_pool.py`), `--check-busy-cleanup` (only check that no
+//! busy loop outlives the harness, see `compare/busy.rs`; `--quick` runs it first).
 //!
-//! Each repetition runs every workload (W1-W7) three ways, back to back, so that the three see
-//! the same load on a noisy machine (the order alternates between repetitions):
+//! Each repetition runs every workload three ways, back to back, so that the three see the
+//! same load on a noisy machine (the order alternates between repetitions): W1-W7; W6 again in
+//! this process, after the others (and once before them, and once after `malloc_trim(0)`, to
+//! tell why it differs); W8c, W1 on new(4C) beside new(C) (C = CPUs), quiet; W10, a 2 GiB
+//! parent (`compare/large_parent.rs`); then, with one busy-loop process per CPU running
+//! (`compare/busy.rs`), W8a (W1 on new(C)), W8b (W3) and W8d (W6 on new(C)). W9, a 1 GiB echo
+//! and the parent's peak RSS during it (`compare/big_payload.rs`), runs once per run. Each
+//! target of issue 9 is a row of the table with its PASS or MISS.
 //!
-//! * on forkpool: a pool of 2 workers, built first thing in `main`;
+//! The three ways:
+//!
+//! * on forkpool: a pool of 2 workers, built first thing in `main` (W8 and W10 build their
+//!   own);
 //! * on Python's `multiprocessing.Pool(2)`, start method fork: `python3 benches/python_pool.py
 //!   --json --serve`, one per repetition, runs each workload this program names on its stdin and
 //!   answers with one JSON line;
@@ -28,9 +39,12 @@
 //! is set).
 //!
 //! Some measurements run in fresh processes, through hidden options of this binary:
-//! W6 (`--w6 N`; Python's with `--w6-only`), because a fork costs more in a process that the
-//! other workloads have grown; and W7's imap peak RSS (`--imap-rss N`), because `VmHWM` in
-//! `/proc/self/status` is a process-wide high-water mark. The imap runs happen once per run, not
+//! W6 and W8d (`--w6 N WORKERS`; Python's with `--w6-only`), because a fork costs more in a
+//! process that the other workloads have grown; W7's imap peak RSS (`--imap-rss N`) and W9
+//! (`--big-echo BYTES`), because `VmHWM` in `/proc/self/status` is a process-wide high-water
+//! mark; W10 (`--large-parent`), so that its 2 GiB distort nothing else; the busy loops
+//! (`--busy-loop`); and once per run the pinned ping-pong (`--ping-pong N`), to show whether
+//! this process's state inflates the raw figure W3 is judged against. The imap runs happen once per run, not
 //! once per repetition, and Python's W7 at 1M tasks only in the first repetition; the output
 //! says so.
 
@@ -103,6 +117,8 @@ enum Mode {
     BusyHold(usize),
     /// Check that no busy loop outlives the harness, then exit.
     CheckBusyCleanup,
+    /// Hidden: the pinned raw ping-pong of this many round trips, in a fresh process.
+    PingPong(usize),
     /// Hidden: W9's big echo of this many bytes in a fresh process.
     BigEcho(usize),
     /// Hidden: W10 in a fresh process (MiB of ballast, W6 lives, tasks, with init()).
@@ -160,6 +176,10 @@ fn parse_args() -> Mode {
                 None => usage(),
             },
             "--check-busy-cleanup" => return Mode::CheckBusyCleanup,
+            "--ping-pong" => match args.next().and_then(|n| n.parse().ok()) {
+                Some(n) => return Mode::PingPong(n),
+                None => usage(),
+            },
             "--big-echo" => match args.next().and_then(|n| n.parse().ok()) {
                 Some(n) => return Mode::BigEcho(n),
                 None => usage(),
@@ -546,6 +566,13 @@ fn forkpool_step(pool: &Pool, step: Step, b: &Bench<'_>, m: &mut Metrics) {
             let w6 = w6_measured(sizes.w6_iters, WORKERS);
             put(m, "fp.w6_here", w6.ms);
             w6.file(m, "diag.fp.w6_here");
+            // The diagnosis: the same after glibc gives the heap the other workloads left
+            // behind back to the kernel. Only a diagnostic: nothing judges it.
+            // SAFETY: malloc_trim only releases free heap memory; no pointer is involved.
+            unsafe { libc::malloc_trim(0) };
+            let w6 = w6_measured(sizes.w6_iters, WORKERS);
+            put(m, "fp.w6_trimmed", w6.ms);
+            w6.file(m, "diag.fp.w6_trimmed");
         }
         Step::W7(n) => {
             let secs = apply_async_secs(pool, n);
@@ -1935,6 +1962,11 @@ fn notes(sizes: &Sizes, reps: &[Metrics], once: &Metrics, busy_secs: f64) -> Str
             std::slice::from_ref(once),
         ),
         ("harness, after the others", "fp.w6_here", reps),
+        (
+            "harness, after the others and malloc_trim(0)",
+            "fp.w6_trimmed",
+            reps,
+        ),
     ] {
         let d = |f: &str| num(median(&collect(src, &format!("diag.{key}.{f}"))));
         let _ = writeln!(
@@ -2030,6 +2062,11 @@ fn main() {
         }
         Mode::BigEcho(bytes) => {
             big_payload::child(bytes);
+            return;
+        }
+        Mode::PingPong(n) => {
+            let (med, p99) = ping_pong(n, true).expect("ping-pong");
+            println!("ping_pong {med} {p99}");
             return;
         }
         Mode::LargeParent(mib, lives, tasks, init) => {
@@ -2193,6 +2230,20 @@ fn main() {
     pool.join().expect("join");
     drop(pool);
 
+    // The pinned ping-pong once more, in a fresh process with no pool and no history: does
+    // the harness's own state inflate the raw figure W3 is judged against?
+    match run_self(
+        &["--ping-pong", &sizes.ping_pongs.to_string()],
+        "ping_pong ",
+    ) {
+        Ok(line) => {
+            if let Some(v) = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()) {
+                put(&mut once, "diag.raw.pp_pin_fresh_med", v);
+            }
+        }
+        Err(e) => eprintln!("compare: fresh-process ping-pong failed: {e}"),
+    }
+
     // W9's big echo: once per run, in a fresh process.
     eprintln!(
         "compare: W9 echo of {} MiB in a fresh process",
@@ -2263,8 +2314,9 @@ fn main() {
     let _ = writeln!(
         report,
         "Cells are medians over the repetitions. \"vs Python\" is how many times better forkpool \
-         did (its rate ÷ Python's, or Python's time ÷ its time); \"forkpool ÷ raw\" is forkpool's \
-         number divided by the raw limit's. Both are computed per repetition; the table shows \
+         did (its rate ÷ Python's, or Python's time ÷ its time); \"forkpool ÷ baseline\" is \
+         forkpool's number divided by the baseline's: the raw limit for W3-W5, forkpool itself \
+         on new(C) for W8c and with a small parent for W10. Both are computed per repetition; the table shows \
          their median and, in brackets, their range. Targets are judged on those medians."
     );
     if !sizes.w7_python_once.is_empty() {
@@ -2308,6 +2360,13 @@ fn main() {
     ] {
         let _ = writeln!(report, "- {what}: {}", num(median(&collect(&reps, key))));
     }
+    let _ = writeln!(
+        report,
+        "- ping-pong, both pinned to one CPU, once in a fresh process (no pool, no history): \
+         median µs: {}",
+        once.get("diag.raw.pp_pin_fresh_med")
+            .map_or("–".into(), |v| num(*v))
+    );
     for (i, (name, _, _)) in ECHO_VARIANTS.iter().enumerate() {
         let _ = writeln!(
             report,
