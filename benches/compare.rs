@@ -121,8 +121,8 @@ enum Mode {
     PingPong(usize),
     /// Hidden: W9's big echo of this many bytes in a fresh process.
     BigEcho(usize),
-    /// Hidden: W10 in a fresh process (MiB of ballast, W6 lives, tasks, with init()).
-    LargeParent(usize, usize, u64, bool),
+    /// Hidden: W10 in a fresh process (MiB of ballast, W6 lives, (tasks, seconds), init()).
+    LargeParent(usize, usize, (u64, f64), bool),
 }
 
 fn usage() -> ! {
@@ -188,9 +188,12 @@ fn parse_args() -> Mode {
                 let mib = args.next().and_then(|n| n.parse().ok());
                 let lives = args.next().and_then(|n| n.parse().ok());
                 let tasks = args.next().and_then(|n| n.parse().ok());
+                let secs = args.next().and_then(|n| n.parse().ok());
                 let init = args.next().as_deref() == Some("--init");
-                match (mib, lives, tasks) {
-                    (Some(m), Some(l), Some(t)) => return Mode::LargeParent(m, l, t, init),
+                match (mib, lives, tasks, secs) {
+                    (Some(m), Some(l), Some(t), Some(s)) => {
+                        return Mode::LargeParent(m, l, (t, s), init)
+                    }
                     _ => usage(),
                 }
             }
@@ -239,8 +242,10 @@ struct Sizes {
     w10_mib: usize,
     /// W10's pool lives (the median counts).
     w10_w6_iters: usize,
-    /// W10's tasks through Pool(2) with max_tasks_per_child(1).
+    /// W10's tasks through Pool(2) with max_tasks_per_child(1): at most this many...
     w10_tasks: u64,
+    /// ... or as many as this many seconds allow (at least 20).
+    w10_seconds: f64,
 }
 
 impl Sizes {
@@ -265,7 +270,8 @@ impl Sizes {
                 w9_bytes: 128 << 20,
                 w10_mib: 256,
                 w10_w6_iters: 3,
-                w10_tasks: 20,
+                w10_tasks: 200,
+                w10_seconds: 0.3,
             }
         } else {
             Sizes {
@@ -286,7 +292,8 @@ impl Sizes {
                 w9_bytes: 1 << 30,
                 w10_mib: 2048,
                 w10_w6_iters: 5,
-                w10_tasks: 100,
+                w10_tasks: 5_000,
+                w10_seconds: 2.0,
             }
         }
     }
@@ -586,7 +593,7 @@ fn forkpool_step(pool: &Pool, step: Step, b: &Bench<'_>, m: &mut Metrics) {
             match large_parent::run_forkpool(
                 sizes.w10_mib,
                 sizes.w10_w6_iters,
-                sizes.w10_tasks,
+                (sizes.w10_tasks, sizes.w10_seconds),
                 init,
             ) {
                 Ok(r) => {
@@ -600,7 +607,7 @@ fn forkpool_step(pool: &Pool, step: Step, b: &Bench<'_>, m: &mut Metrics) {
                 match large_parent::run_forkpool(
                     sizes.w10_mib,
                     sizes.w10_w6_iters,
-                    sizes.w10_tasks,
+                    (sizes.w10_tasks, sizes.w10_seconds),
                     false,
                 ) {
                     Ok(r) => {
@@ -1157,7 +1164,12 @@ fn raw_step(step: Step, sizes: &Sizes, payload: &[u8], m: &mut Metrics) -> bool 
         // parent beside the large one.
         Step::W8c => put(m, "raw.w8c", w1_on_new_pool(sizes.cpus, sizes.w1)),
         Step::W10 => {
-            match large_parent::run_forkpool(0, sizes.w10_w6_iters, sizes.w10_tasks, false) {
+            match large_parent::run_forkpool(
+                0,
+                sizes.w10_w6_iters,
+                (sizes.w10_tasks, sizes.w10_seconds),
+                false,
+            ) {
                 Ok(r) => {
                     put(m, "raw.w10_w6", r.w6_ms);
                     put(m, "raw.w10_mtpc", r.mtpc_rate);
@@ -1237,8 +1249,11 @@ impl Python {
             Step::W8d => python_w6(sizes, sizes.cpus)?,
             Step::W8c => return Ok(()),
             Step::W10 => {
-                let r =
-                    large_parent::run_python(sizes.w10_mib, sizes.w10_w6_iters, sizes.w10_tasks)?;
+                let r = large_parent::run_python(
+                    sizes.w10_mib,
+                    sizes.w10_w6_iters,
+                    (sizes.w10_tasks, sizes.w10_seconds),
+                )?;
                 put(m, "py.w10_w6", r.w6_ms);
                 put(m, "py.w10_mtpc", r.mtpc_rate);
                 put(m, "diag.py.w10_rss_mib", r.rss_mib);
@@ -2069,8 +2084,8 @@ fn main() {
             println!("ping_pong {med} {p99}");
             return;
         }
-        Mode::LargeParent(mib, lives, tasks, init) => {
-            large_parent::child(mib, lives, tasks, init);
+        Mode::LargeParent(mib, lives, (tasks, secs), init) => {
+            large_parent::child(mib, lives, tasks, secs, init);
             return;
         }
         Mode::Compare(opts) => opts,
@@ -2156,6 +2171,7 @@ fn main() {
             }
             let python_runs = match step {
                 Step::W7(n) => rep == 0 || !sizes.w7_python_once.contains(&n),
+                Step::W8c => false,
                 _ => true,
             };
             // Alternate the order, so that neither side always runs first.
@@ -2335,9 +2351,10 @@ fn main() {
     );
     let _ = writeln!(
         report,
-        "W6 runs in a fresh process on both sides (this binary with a hidden --w6 option; \
-         python_pool.py --w6-only), so that no pool is forked from a process grown by the other \
-         workloads."
+        "W6 and W8d run in a fresh process on both sides (this binary with a hidden --w6 \
+         option; python_pool.py --w6-only), so that no pool is forked from a process grown by \
+         the other workloads; the \"W6 in the harness process\" rows run in this process \
+         (Python's after the others: in its serving process, after its workloads)."
     );
     let _ = writeln!(
         report,

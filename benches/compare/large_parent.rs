@@ -31,6 +31,10 @@ fn init() -> Result<(), String> {
     Err("forkpool::init() is not in this build".into())
 }
 
+/// Tasks submitted at once through the max_tasks_per_child(1) pool, between two looks at the
+/// clock.
+const BATCH: u64 = 10;
+
 /// What one large-parent run measured.
 pub struct Measured {
     /// W6, median ms.
@@ -41,8 +45,11 @@ pub struct Measured {
     pub rss_mib: f64,
 }
 
-/// The hidden `--large-parent <MiB> <W6 lives> <tasks> [--init]` mode.
-pub fn child(mib: usize, w6_iters: usize, tasks: u64, with_init: bool) {
+/// The hidden `--large-parent <MiB> <W6 lives> <tasks> <seconds> [--init]` mode. The
+/// max_tasks_per_child(1) rate is taken over batches of [`BATCH`] tasks until `tasks` are done
+/// or `seconds` have passed (at least two batches): a few thousand tasks a second with a small
+/// parent, a few with a large one, both measured for long enough.
+pub fn child(mib: usize, w6_iters: usize, tasks: u64, seconds: f64, with_init: bool) {
     if with_init {
         init().expect("W10-init");
     }
@@ -57,13 +64,19 @@ pub fn child(mib: usize, w6_iters: usize, tasks: u64, with_init: bool) {
         .build()
         .expect("pool with max_tasks_per_child(1)");
     let start = Instant::now();
-    let pending: Vec<_> = (0..tasks)
-        .map(|i| pool.apply_async(square, i).expect("submit"))
-        .collect();
-    for (i, r) in pending.into_iter().enumerate() {
-        assert_eq!(r.get().expect("task"), square(i as u64));
+    let mut done = 0;
+    while done < tasks.max(2 * BATCH)
+        && (done < 2 * BATCH || start.elapsed().as_secs_f64() < seconds)
+    {
+        let pending: Vec<_> = (done..done + BATCH)
+            .map(|i| (i, pool.apply_async(square, i).expect("submit")))
+            .collect();
+        for (i, r) in pending {
+            assert_eq!(r.get().expect("task"), square(i));
+        }
+        done += BATCH;
     }
-    let rate = tasks as f64 / start.elapsed().as_secs_f64();
+    let rate = done as f64 / start.elapsed().as_secs_f64();
     pool.close();
     pool.join().expect("join");
     drop(pool);
@@ -76,11 +89,12 @@ pub fn child(mib: usize, w6_iters: usize, tasks: u64, with_init: bool) {
 pub fn run_forkpool(
     mib: usize,
     w6_iters: usize,
-    tasks: u64,
+    (tasks, seconds): (u64, f64),
     with_init: bool,
 ) -> Result<Measured, String> {
-    let (mib_s, w6_s, tasks_s) = (mib.to_string(), w6_iters.to_string(), tasks.to_string());
-    let mut args = vec!["--large-parent", &mib_s, &w6_s, &tasks_s];
+    let (mib_s, w6_s) = (mib.to_string(), w6_iters.to_string());
+    let (tasks_s, secs_s) = (tasks.to_string(), seconds.to_string());
+    let mut args = vec!["--large-parent", &mib_s, &w6_s, &tasks_s, &secs_s];
     if with_init {
         args.push("--init");
     }
@@ -101,12 +115,17 @@ pub fn run_forkpool(
 }
 
 /// `python3 benches/python_pool.py --json --large-parent MiB`: the same on Python's Pool.
-pub fn run_python(mib: usize, w6_iters: usize, tasks: u64) -> Result<Measured, String> {
+pub fn run_python(
+    mib: usize,
+    w6_iters: usize,
+    (tasks, seconds): (u64, f64),
+) -> Result<Measured, String> {
     let out = Command::new("python3")
         .arg(crate::PYTHON_SCRIPT)
         .args(["--json", "--large-parent", &mib.to_string()])
         .args(["--w6-iters", &w6_iters.to_string()])
         .args(["--mtpc-tasks", &tasks.to_string()])
+        .args(["--mtpc-seconds", &seconds.to_string()])
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
