@@ -1,23 +1,28 @@
 #!/usr/bin/env python3
-"""The forkpool comparison workloads (W1-W7) on Python's multiprocessing.Pool.
+"""The forkpool comparison workloads (W1-W8, W10) on Python's multiprocessing.Pool.
 
-Standard library only (Python 3.8+; written for 3.11). Every pool has 2 workers and uses the
-"fork" start method. The functions are the Rust benchmark's: square(x) = x*x, echo(b) = b, and
-spin, a fixed number of xorshift64 rounds.
+Standard library only (Python 3.8+; written for 3.11). Pools have 2 workers unless a workload
+names its size, and use the "fork" start method. The functions are the Rust benchmark's:
+square(x) = x*x, echo(b) = b, and spin, a fixed number of xorshift64 rounds.
 
-    python3 benches/python_pool.py            # every workload, printed readably
-    python3 benches/python_pool.py --json     # every workload, one JSON object
+    python3 benches/python_pool.py            # W1-W7, printed readably
+    python3 benches/python_pool.py --json     # W1-W7, one JSON object
     python3 benches/python_pool.py --json --serve
 
-    python3 benches/python_pool.py --json --w6-only
+    python3 benches/python_pool.py --json --w6-only [--w6-workers N]
+    python3 benches/python_pool.py --json --large-parent MIB [--mtpc-tasks N]
 
 `cargo bench --bench compare` runs it once per repetition with --serve: the script builds its
 pool, prints one JSON line ({"ready": true, ...}), then reads workload names from stdin ("w1",
-"w2", "w3", "w4", "w5", "w6", "w7 N", "quit") and answers each with one JSON line. That way each
-Python workload runs right beside the same forkpool workload, and their ratio is taken under the
-same load on a noisy machine. W6 (the life of a pool) it runs with --w6-only, in a fresh process,
-as the Rust side does, so that neither side's pool is forked from a process grown by the other
-workloads. The sizes are given on the command line; the defaults are the issue's.
+"w2", "w3", "w4", "w5", "w6", "w7 N", "w1_pool N", "quit") and answers each with one JSON line.
+That way each Python workload runs right beside the same forkpool workload, and their ratio is
+taken under the same load on a noisy machine (the harness starts its busy loops for W8a and W8b
+around the same commands: "w1_pool N" is W1 on a new Pool(N), "w3" is W3). "w6" here is W6 in
+this process, after the other workloads; the harness's W6 and W8d run it with --w6-only, in a
+fresh process, as the Rust side does, so that neither side's pool is forked from a process
+grown by the other workloads. --large-parent is W10: W6 and the rate through
+Pool(2, maxtasksperchild=1) in a fresh process that holds MIB MiB resident. The sizes are given
+on the command line; the defaults are the issue's.
 
 Python runs far fewer spin rounds per second than Rust, so W5 calibrates its own round count for
 the requested task duration: compare each implementation's own speedup (parallel over serial),
@@ -87,19 +92,50 @@ def apply_async_secs(pool, n):
     return elapsed
 
 
-def w6(ctx, iters):
+def w6(ctx, iters, workers=WORKERS):
     """The life of a pool, timed from Pool() to the pool gone after join(): the median of
     `iters`."""
     lives = []
     for _ in range(iters):
         t0 = time.perf_counter()
-        p = ctx.Pool(WORKERS)
+        p = ctx.Pool(workers)
         assert p.apply(square, (3,)) == 9
         p.close()
         p.join()
         del p
         lives.append((time.perf_counter() - t0) * 1000.0)
     return {"w6_ms": statistics.median(lives)}
+
+
+def rss_kib():
+    """VmRSS of this process, in KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return float("nan")
+
+
+def large_parent(ctx, mib, iters, tasks, seconds, batch=10):
+    """W10: W6 and the rate through Pool(2, maxtasksperchild=1) while this process holds `mib`
+    MiB resident (filled with ones, so every page is faulted in). The rate is taken over
+    batches of `batch` tasks until `tasks` are done or `seconds` have passed (at least two
+    batches), as the Rust side does."""
+    ballast = bytearray(b"\x01") * (mib << 20)
+    out = {"rss_kib": rss_kib()}
+    out.update(w6(ctx, iters))
+    with ctx.Pool(WORKERS, maxtasksperchild=1) as pool:
+        t0 = time.perf_counter()
+        done = 0
+        while done < max(tasks, 2 * batch) and (
+            done < 2 * batch or time.perf_counter() - t0 < seconds
+        ):
+            pending = [pool.apply_async(square, (i,)) for i in range(done, done + batch)]
+            assert [r.get() for r in pending] == [i * i for i in range(done, done + batch)]
+            done += batch
+        out["mtpc_tasks_per_s"] = done / (time.perf_counter() - t0)
+    assert ballast[len(ballast) // 2] == 1
+    return out
 
 
 class Bench:
@@ -114,6 +150,13 @@ class Bench:
     def w1(self):
         n = self.args.w1
         return {"w1_tasks_per_s": n / apply_async_secs(self.pool, n)}
+
+    def w1_pool(self, workers):
+        """W1 on a pool of `workers` built for it (untimed, with one task to start it)."""
+        n = self.args.w1
+        with self.ctx.Pool(workers) as pool:
+            assert pool.apply(square, (5,)) == 25
+            return {"w1_tasks_per_s": n / apply_async_secs(pool, n)}
 
     def w2(self):
         pool, a = self.pool, self.args
@@ -179,6 +222,8 @@ class Bench:
         name, *rest = command.split()
         if name == "w7":
             return self.w7(int(rest[0]))
+        if name == "w1_pool":
+            return self.w1_pool(int(rest[0]))
         return getattr(self, name)()
 
 
@@ -200,6 +245,17 @@ def main():
         action="store_true",
         help="run W6 alone, in this fresh process, and nothing else",
     )
+    ap.add_argument("--w6-workers", type=int, default=WORKERS, help="W6 pool size (--w6-only)")
+    ap.add_argument(
+        "--large-parent",
+        type=int,
+        metavar="MIB",
+        help="W10 alone: W6 and maxtasksperchild=1 while holding MIB MiB, and nothing else",
+    )
+    ap.add_argument(
+        "--mtpc-tasks", type=int, default=5000, help="W10 maxtasksperchild=1 tasks, at most"
+    )
+    ap.add_argument("--mtpc-seconds", type=float, default=2.0, help="W10 ... or this long")
     ap.add_argument("--w7", default="1000,10000,100000,1000000", help="W7 task counts")
     args = ap.parse_args()
 
@@ -209,8 +265,17 @@ def main():
         "start_method": "fork",
         "workers": WORKERS,
     }
+    if args.large_parent is not None:
+        out = {
+            **info,
+            **large_parent(
+                ctx, args.large_parent, args.w6_iters, args.mtpc_tasks, args.mtpc_seconds
+            ),
+        }
+        print(json.dumps(out) if args.json else out)
+        return 0
     if args.w6_only:
-        out = {**info, **w6(ctx, args.w6_iters)}
+        out = {**info, **w6(ctx, args.w6_iters, args.w6_workers)}
         print(json.dumps(out) if args.json else out)
         return 0
 
