@@ -8,8 +8,8 @@
 //! Python's with the same ballast.
 //!
 //! `W10-init`: the setup the docs recommend for large programs is `forkpool::init()` first in
-//! `main`, before the ballast is allocated. [`init`] is where that call goes; until it exists in
-//! the crate, [`INIT_AVAILABLE`] is false and the harness runs no "with init()" variant.
+//! `main`, before the ballast is allocated. [`init`] is where that call goes; the harness runs
+//! W10 with it, and again without it for comparison.
 
 use std::hint::black_box;
 use std::process::{Command, Stdio};
@@ -19,16 +19,12 @@ use forkpool::Pool;
 
 use crate::{parse_flat_json, proc_status_kib, run_self, square, w6_lives, Json};
 
-// W10-init: when `forkpool::init()` lands (branch `zygote`), set this to true and make
-// `init` below call it; nothing else changes.
 /// Whether this build has `forkpool::init()`, so that the "with init()" variant runs.
-pub const INIT_AVAILABLE: bool = false;
+pub const INIT_AVAILABLE: bool = true;
 
 /// The setup the docs recommend for large programs, called first in the child's `main`.
 fn init() -> Result<(), String> {
-    // W10-init: replace the body with
-    //     forkpool::init().map_err(|e| format!("forkpool::init: {e}"))
-    Err("forkpool::init() is not in this build".into())
+    forkpool::init().map_err(|e| format!("forkpool::init: {e}"))
 }
 
 /// Tasks submitted at once through the max_tasks_per_child(1) pool, between two looks at the
