@@ -89,6 +89,18 @@ impl Task {
         self
     }
 
+    /// The task's frame, for a scheduler that sends it elsewhere (the `mpi` module).
+    #[cfg(feature = "mpi")]
+    pub(crate) fn frame_mut(&mut self) -> &mut OutFrame {
+        &mut self.frame
+    }
+
+    /// The time limit of each item, and how many items the frame holds.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn limit(&self) -> (Option<Duration>, u32) {
+        (self.limit, self.items)
+    }
+
     /// Counts the task's outcome, then delivers it.
     fn finish(self, outcome: Outcome, counters: &Counters) {
         counters.completed(&outcome);
@@ -266,19 +278,7 @@ impl Drop for Lease {
 /// killed and reaped first.
 pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
     worker::install_panic_hook();
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let (wake_r, wake_w) = sys::pipe().map_err(Error::io("pipe"))?;
-    sys::set_nonblocking(&wake_r).map_err(Error::io("fcntl"))?;
-    sys::set_nonblocking(&wake_w).map_err(Error::io("fcntl"))?;
-    let shared = Arc::new(Shared {
-        submit: Mutex::new(()),
-        gate: AtomicU8::new(Gate::Open as u8),
-        tx,
-        leases: AtomicUsize::new(0),
-        sleeping: AtomicBool::new(false),
-        wake: Mutex::new(Some(wake_w)),
-        counters: Counters::default(),
-    });
+    let (shared, rx, wake_r) = submission_front()?;
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
     let thread_shared = Arc::clone(&shared);
     let handle = thread::Builder::new()
@@ -322,6 +322,127 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
                 source: io::Error::other("the dispatcher thread ended before it started"),
             })
         }
+    }
+}
+
+/// The shared state, the task channel's receiving end and the wake pipe's read end of a new
+/// pool.
+fn submission_front() -> Result<(Arc<Shared>, Receiver<Task>, OwnedFd)> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let (wake_r, wake_w) = sys::pipe().map_err(Error::io("pipe"))?;
+    sys::set_nonblocking(&wake_r).map_err(Error::io("fcntl"))?;
+    sys::set_nonblocking(&wake_w).map_err(Error::io("fcntl"))?;
+    let shared = Arc::new(Shared {
+        submit: Mutex::new(()),
+        gate: AtomicU8::new(Gate::Open as u8),
+        tx,
+        leases: AtomicUsize::new(0),
+        sleeping: AtomicBool::new(false),
+        wake: Mutex::new(Some(wake_w)),
+        counters: Counters::default(),
+    });
+    Ok((shared, rx, wake_r))
+}
+
+/// A pool's submission front for a scheduler other than this module's dispatcher (the `mpi`
+/// module's): the callers get the [`Submitter`], the scheduler the [`Front`].
+#[cfg(feature = "mpi")]
+pub(crate) fn front() -> Result<(Submitter, Front)> {
+    let (shared, rx, wake) = submission_front()?;
+    let submitter = Submitter {
+        shared: Arc::clone(&shared),
+    };
+    Ok((submitter, Front { shared, rx, wake }))
+}
+
+/// The consuming end of a pool's submissions: what the dispatcher itself reads, for another
+/// scheduler. It keeps the dispatcher's wake-up protocol: callers send, then wake the
+/// scheduler only if it said it sleeps.
+#[cfg(feature = "mpi")]
+#[derive(Debug)]
+pub(crate) struct Front {
+    shared: Arc<Shared>,
+    rx: Receiver<Task>,
+    wake: OwnedFd,
+}
+
+/// Where a pool is in its life, as its scheduler sees it.
+#[cfg(feature = "mpi")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Tasks may still come: the pool is open, or closed with a lease left.
+    Taking,
+    /// Closed with no lease left: once the channel is drained, no task can come.
+    Draining,
+    /// Terminated: fail everything.
+    Terminated,
+}
+
+#[cfg(feature = "mpi")]
+impl Front {
+    /// Where the pool is. Read it *before* draining [`Front::tasks`], so that a task accepted
+    /// before `close` is seen.
+    pub(crate) fn phase(&self) -> Phase {
+        match self.shared.gate() {
+            Gate::Terminated => Phase::Terminated,
+            Gate::Closed if self.shared.leases.load(SeqCst) == 0 => Phase::Draining,
+            _ => Phase::Taking,
+        }
+    }
+
+    /// The tasks submitted since the last call.
+    pub(crate) fn tasks(&self) -> crossbeam_channel::TryIter<'_, Task> {
+        self.rx.try_iter()
+    }
+
+    /// Sleeps until a caller submits, closes, terminates or drops a lease, or `timeout` passes.
+    pub(crate) fn wait(&self, timeout: Duration) {
+        let (gate, leases) = (self.shared.gate(), self.shared.leases.load(SeqCst));
+        self.shared.sleeping.store(true, SeqCst);
+        let idle = self.rx.is_empty()
+            && self.shared.gate() == gate
+            && self.shared.leases.load(SeqCst) == leases;
+        let mut fds = [PollFd::new(self.wake.as_raw_fd(), true, false)];
+        let _ = sys::poll(&mut fds, Some(if idle { timeout } else { Duration::ZERO }));
+        self.shared.sleeping.store(false, SeqCst);
+        if fds[0].readable() {
+            let mut sink = [0u8; 64];
+            while matches!(sys::read(self.wake.as_raw_fd(), &mut sink), Ok(n) if n > 0) {}
+        }
+    }
+
+    /// Wakes the scheduler from [`Front::wait`], from another thread.
+    pub(crate) fn waker(&self) -> impl Fn() + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || shared.wake()
+    }
+
+    /// Counts a task's outcome, then delivers it.
+    pub(crate) fn finish(&self, task: Task, outcome: Outcome) {
+        task.finish(outcome, &self.shared.counters);
+    }
+
+    /// Sets the worker counts [`Stats`] reports.
+    pub(crate) fn set_workers(&self, alive: usize) {
+        self.shared.counters.set_initial(alive);
+        self.shared.counters.workers(alive);
+    }
+
+    /// Refuses new tasks, as if the pool were terminated (after a fatal error).
+    pub(crate) fn shut(&self) {
+        self.shared.set_gate(Gate::Terminated);
+    }
+}
+
+#[cfg(feature = "mpi")]
+impl Drop for Front {
+    fn drop(&mut self) {
+        // As when the dispatcher ends: after `join`, the pool holds no descriptor.
+        self.shared
+            .wake
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 }
 
@@ -722,7 +843,11 @@ impl Dispatcher {
             (None, Some(limit)) if w.timed_out || cause == ExitCause::Signal(libc::SIGALRM) => {
                 Error::TimedOut { pid, limit }
             }
-            (None, _) => Error::WorkerDied { pid, cause },
+            (None, _) => Error::WorkerDied {
+                pid,
+                cause,
+                host: None,
+            },
         };
         // A worker that dies before it is ready failed to start, most likely in its
         // initializer. Its first task fails even if it never read it (else that task would be

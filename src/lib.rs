@@ -107,6 +107,8 @@ mod dispatch;
 mod error;
 mod frame;
 mod imap;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod pool;
 mod result;
 mod server;

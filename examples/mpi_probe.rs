@@ -1,0 +1,216 @@
+//! The program `tests/mpi.rs` launches under `mpirun`: one scenario per argument, each printing
+//! what the test checks. Not an example to copy; see `mpi_crawl.rs` for that.
+//!
+//! `mpirun -n 3 --oversubscribe target/debug/examples/mpi_probe map`
+
+use std::time::Duration;
+
+use forkpool::{Error, Pool};
+
+/// Which build this is: the mismatch test patches this marker in a copy of the binary.
+static VARIANT: &str = "forkpool-mpi-probe-variant-A";
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// The MPI rank whose worker ran the task (workers inherit the launcher's environment).
+fn rank_of_worker() -> i32 {
+    std::env::var("OMPI_COMM_WORLD_RANK")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(-1)
+}
+
+/// Segfaults if it runs on rank 2, else returns the rank it ran on.
+fn segv_on_rank2(_: u32) -> i32 {
+    let rank = rank_of_worker();
+    if rank == 2 {
+        // SAFETY: none; this is the crash the test wants.
+        unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
+    }
+    // Long enough that tasks spread over both serving ranks.
+    std::thread::sleep(Duration::from_millis(20));
+    rank
+}
+
+fn nap(ms: u64) -> i32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    rank_of_worker()
+}
+
+/// Kills the serving rank this task's worker belongs to (the fork server's parent).
+fn kill_my_rank(_: ()) -> i32 {
+    let ppid = |pid: u32| -> u32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit(')').next().unwrap_or("");
+        after.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0)
+    };
+    let server = ppid(std::process::id());
+    let rank = ppid(server);
+    let _ = std::process::Command::new("kill").args(["-9", &rank.to_string()]).status();
+    std::thread::sleep(Duration::from_secs(30));
+    0
+}
+
+fn main() {
+    let scenario = std::env::args().nth(1).unwrap_or_else(|| "map".into());
+    let mut builder = Pool::builder().processes(2).mpi();
+    if scenario == "timeout" {
+        builder = builder.task_timeout(Duration::from_millis(500));
+    }
+    if scenario == "rank0" {
+        builder = builder.mpi_rank0_workers(true);
+    }
+    let pool = match builder.build() {
+        Ok(pool) => pool,
+        Err(e) => {
+            println!("build failed: {e}");
+            std::process::exit(2);
+        }
+    };
+    println!("variant {VARIANT}");
+    println!("processes {}", pool.processes());
+    let outcome = match scenario.as_str() {
+        "map" | "rank0" => map(&pool),
+        "crash" => crash(&pool),
+        "timeout" => timeout(&pool),
+        "lost" => {
+            let r = pool.apply(kill_my_rank, ());
+            println!("lost rank: {r:?}");
+            Ok(())
+        }
+        other => {
+            println!("unknown scenario {other}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = outcome {
+        println!("FAILED: {e}");
+        std::process::exit(1);
+    }
+    pool.close();
+    pool.join().expect("join");
+    println!("joined");
+}
+
+fn map(pool: &Pool) -> Result<(), String> {
+    let n = 5_000u64;
+    let got = pool.map(square, 0..n).map_err(|e| e.to_string())?;
+    let want: Vec<u64> = (0..n).map(square).collect();
+    if got != want {
+        return Err("map: wrong results".into());
+    }
+    println!("map ok {}", got.len());
+    let chunked = pool.map_chunked(square, 0..999u64, 7).map_err(|e| e.to_string())?;
+    if chunked != (0..999u64).map(square).collect::<Vec<_>>() {
+        return Err("map_chunked: wrong results".into());
+    }
+    println!("map_chunked ok");
+    let imap: Vec<u64> = pool
+        .imap(square, 0..2_000u64)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if imap != (0..2_000u64).map(square).collect::<Vec<_>>() {
+        return Err("imap: wrong results or order".into());
+    }
+    println!("imap ok");
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered(square, 0..500u64)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    unordered.sort_unstable();
+    if unordered != (0..500u64).map(square).collect::<Vec<_>>() {
+        return Err("imap_unordered: wrong results".into());
+    }
+    println!("imap_unordered ok");
+    let pending: Vec<_> = (0..200u64)
+        .map(|i| pool.apply_async(square, i))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    for (i, r) in pending.into_iter().enumerate() {
+        if r.get().map_err(|e| e.to_string())? != square(i as u64) {
+            return Err("apply_async: wrong result".into());
+        }
+    }
+    println!("apply_async ok");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _ = pool
+        .apply_async_with(square, 12, move |r| {
+            let _ = tx.send(r.as_ref().ok().copied());
+        })
+        .map_err(|e| e.to_string())?;
+    if rx.recv_timeout(Duration::from_secs(60)) != Ok(Some(144)) {
+        return Err("apply_async_with: no callback".into());
+    }
+    println!("apply_async_with ok");
+    let panicked = pool.apply(|_: ()| -> u8 { panic!("on purpose") }, ());
+    if !matches!(panicked, Err(Error::TaskPanicked { ref message }) if message == "on purpose") {
+        return Err(format!("panic: {panicked:?}"));
+    }
+    println!("panic ok");
+    let ranks: std::collections::BTreeSet<i32> =
+        pool.map(nap, vec![30; 8]).map_err(|e| e.to_string())?.into_iter().collect();
+    println!("ranks used {ranks:?}");
+    let stats = pool.stats();
+    println!("stats completed {} failed {}", stats.completed, stats.failed);
+    Ok(())
+}
+
+fn crash(pool: &Pool) -> Result<(), String> {
+    let results: Vec<_> = (0..24u32)
+        .map(|i| pool.apply_async(segv_on_rank2, i))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let (mut died, mut ok) = (0, 0);
+    for r in results {
+        match r.get() {
+            Ok(1) => ok += 1,
+            Err(Error::WorkerDied { pid, cause, host: Some(host) }) => {
+                if died == 0 {
+                    println!("died: worker {pid} on {host}: {cause}");
+                }
+                died += 1;
+            }
+            other => return Err(format!("unexpected outcome {other:?}")),
+        }
+    }
+    println!("crash: {died} died on rank 2, {ok} ok on rank 1");
+    if died == 0 || ok == 0 {
+        return Err("expected tasks on both ranks".into());
+    }
+    let after = pool.map(square, 0..100u64).map_err(|e| e.to_string())?;
+    if after != (0..100u64).map(square).collect::<Vec<_>>() {
+        return Err("the 100 tasks after the crash".into());
+    }
+    println!("after crash: 100 ok");
+    Ok(())
+}
+
+fn timeout(pool: &Pool) -> Result<(), String> {
+    let long: Vec<_> = (0..4)
+        .map(|_| pool.apply_async(nap, 20_000))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let short: Vec<_> = (0..8)
+        .map(|_| pool.apply_async(nap, 10))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let mut timed_out = 0;
+    for r in long {
+        match r.get() {
+            Err(Error::TimedOut { limit, .. }) if limit == Duration::from_millis(500) => {
+                timed_out += 1
+            }
+            other => return Err(format!("a long task ended with {other:?}")),
+        }
+    }
+    let mut ranks = std::collections::BTreeSet::new();
+    for r in short {
+        ranks.insert(r.get().map_err(|e| e.to_string())?);
+    }
+    println!("timeout: {timed_out} timed out, short tasks ran on ranks {ranks:?}");
+    Ok(())
+}
