@@ -44,11 +44,17 @@ fn kill_my_rank(_: ()) -> i32 {
     let ppid = |pid: u32| -> u32 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let after = stat.rsplit(')').next().unwrap_or("");
-        after.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0)
+        after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
     };
     let server = ppid(std::process::id());
     let rank = ppid(server);
-    let _ = std::process::Command::new("kill").args(["-9", &rank.to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &rank.to_string()])
+        .status();
     std::thread::sleep(Duration::from_secs(30));
     0
 }
@@ -102,7 +108,9 @@ fn map(pool: &Pool) -> Result<(), String> {
         return Err("map: wrong results".into());
     }
     println!("map ok {}", got.len());
-    let chunked = pool.map_chunked(square, 0..999u64, 7).map_err(|e| e.to_string())?;
+    let chunked = pool
+        .map_chunked(square, 0..999u64, 7)
+        .map_err(|e| e.to_string())?;
     if chunked != (0..999u64).map(square).collect::<Vec<_>>() {
         return Err("map_chunked: wrong results".into());
     }
@@ -137,7 +145,7 @@ fn map(pool: &Pool) -> Result<(), String> {
     }
     println!("apply_async ok");
     let (tx, rx) = std::sync::mpsc::channel();
-    let _ = pool
+    let _handle = pool
         .apply_async_with(square, 12, move |r| {
             let _ = tx.send(r.as_ref().ok().copied());
         })
@@ -151,11 +159,17 @@ fn map(pool: &Pool) -> Result<(), String> {
         return Err(format!("panic: {panicked:?}"));
     }
     println!("panic ok");
-    let ranks: std::collections::BTreeSet<i32> =
-        pool.map(nap, vec![30; 8]).map_err(|e| e.to_string())?.into_iter().collect();
+    let ranks: std::collections::BTreeSet<i32> = pool
+        .map(nap, vec![30; 8])
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .collect();
     println!("ranks used {ranks:?}");
     let stats = pool.stats();
-    println!("stats completed {} failed {}", stats.completed, stats.failed);
+    println!(
+        "stats completed {} failed {}",
+        stats.completed, stats.failed
+    );
     Ok(())
 }
 
@@ -168,7 +182,11 @@ fn crash(pool: &Pool) -> Result<(), String> {
     for r in results {
         match r.get() {
             Ok(1) => ok += 1,
-            Err(Error::WorkerDied { pid, cause, host: Some(host) }) => {
+            Err(Error::WorkerDied {
+                pid,
+                cause,
+                host: Some(host),
+            }) => {
                 if died == 0 {
                     println!("died: worker {pid} on {host}: {cause}");
                 }

@@ -39,7 +39,10 @@ pub enum Error {
     /// The worker process running the task died before it answered (a signal such as SIGSEGV or
     /// SIGKILL, an abort, a stack overflow, or `std::process::exit`). The pool replaced it; no
     /// other task was affected.
-    #[error("worker {pid}{} {cause} while running the task; the pool replaced it", on_host(host))]
+    #[error(
+        "worker {pid}{} {cause} while running the task; the pool replaced it",
+        on_host(host)
+    )]
     WorkerDied {
         /// The dead worker's process id.
         pid: u32,
@@ -193,7 +196,8 @@ impl Error {
 
 /// " on HOST" for a worker of another rank, nothing for a local one.
 fn on_host(host: &Option<String>) -> String {
-    host.as_ref().map_or_else(String::new, |h| format!(" on {h}"))
+    host.as_ref()
+        .map_or_else(String::new, |h| format!(" on {h}"))
 }
 
 /// How a worker process ended.

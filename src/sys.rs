@@ -728,7 +728,12 @@ pub(crate) fn exe_image() -> ExeImage {
     let mut image = ExeImage::default();
     // SAFETY: the callback matches dl_iterate_phdr's contract and only writes through `data`,
     // which points to `image` for the duration of the call.
-    unsafe { libc::dl_iterate_phdr(Some(first), &mut image as *mut ExeImage as *mut libc::c_void) };
+    unsafe {
+        libc::dl_iterate_phdr(
+            Some(first),
+            &mut image as *mut ExeImage as *mut libc::c_void,
+        )
+    };
     image
 }
 

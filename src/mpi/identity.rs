@@ -91,7 +91,7 @@ mod tests {
     #[test]
     fn a_function_round_trips_through_its_offset() {
         let image = Image::of_self();
-        let address = probe as usize as u64;
+        let address = probe as fn(u64) -> u64 as usize as u64;
         let offset = image.offset(address);
         assert_eq!(image.address(offset), Some(address));
     }
@@ -104,7 +104,10 @@ mod tests {
         assert_eq!(image.address(data), None);
         assert_eq!(image.address(u64::MAX), None);
         let heap = Box::new(1u64);
-        assert_eq!(image.address(image.offset(&*heap as *const u64 as u64)), None);
+        assert_eq!(
+            image.address(image.offset(&*heap as *const u64 as u64)),
+            None
+        );
     }
 
     #[test]
@@ -112,6 +115,9 @@ mod tests {
         let image = Image::of_self();
         assert_eq!(image.identity(), Image::of_self().identity());
         let shown = image.identity().to_string();
-        assert!(shown.starts_with("build-id:") || shown.starts_with("sip13:"), "{shown}");
+        assert!(
+            shown.starts_with("build-id:") || shown.starts_with("sip13:"),
+            "{shown}"
+        );
     }
 }

@@ -105,7 +105,12 @@ pub(crate) fn build(local: PoolBuilder, options: Options) -> Result<Pool> {
 
 /// This process's rank, as the launcher's environment says; `None` if no launcher started it.
 fn launcher_rank() -> Option<i32> {
-    env_number(&["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"])
+    env_number(&[
+        "OMPI_COMM_WORLD_RANK",
+        "PMIX_RANK",
+        "PMI_RANK",
+        "SLURM_PROCID",
+    ])
 }
 
 /// The job's size, if the launcher's environment says.

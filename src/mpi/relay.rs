@@ -178,7 +178,8 @@ impl Relay {
     fn on_tasks(&mut self, bytes: &[u8]) -> Result<(), String> {
         for entry in wire::tasks(bytes, u64::MAX) {
             let (items, frame) = entry.map_err(|e| format!("a malformed TASKS message: {e}"))?;
-            let header = frame::task_header(frame).ok_or("a task frame too short for its header")?;
+            let header =
+                frame::task_header(frame).ok_or("a task frame too short for its header")?;
             self.inflight += 1;
             match self.task(header, items, frame) {
                 // A refused submission (the local pool closed) drops the task, whose sink then
@@ -212,7 +213,14 @@ impl Relay {
             let _ = tx.send((id, outcome));
         });
         let limit = (header.limit_us > 0).then(|| Duration::from_micros(header.limit_us));
-        Ok(Task::new(OutFrame { head, tail: Vec::new() }, sink).with_limit(limit, items as usize))
+        Ok(Task::new(
+            OutFrame {
+                head,
+                tail: Vec::new(),
+            },
+            sink,
+        )
+        .with_limit(limit, items as usize))
     }
 
     /// Winds the local pool down: after a close, rank 0 has every outcome already; after a

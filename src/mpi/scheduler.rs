@@ -81,7 +81,9 @@ pub(super) fn run(front: Front, local: Option<Pool>, ready: Sender<Result<usize>
         local_rx,
     };
     if let Some(pool) = local {
-        scheduler.members.push(Member::new(Link::Local(pool), super::host(), 0));
+        scheduler
+            .members
+            .push(Member::new(Link::Local(pool), super::host(), 0));
         let last = scheduler.members.last_mut().expect("just pushed");
         last.processes = match &last.link {
             Link::Local(pool) => pool.processes(),
@@ -110,7 +112,10 @@ fn handshake(
     let mut missing = world.size() as usize - 1;
     let mut nap = Duration::from_micros(10);
     while missing > 0 {
-        match world.any_process().immediate_matched_probe_with_tag(wire::HELLO) {
+        match world
+            .any_process()
+            .immediate_matched_probe_with_tag(wire::HELLO)
+        {
             Some(probed) => {
                 let (bytes, status) = probed.matched_receive_vec::<u8>();
                 let rank = status.source_rank();
@@ -262,10 +267,15 @@ impl Scheduler {
             let (bytes, status) = probed.matched_receive_vec::<u8>();
             let rank = status.source_rank();
             let Some(i) = self.member_of(rank) else {
-                return Err(format!("a message from rank {rank}, which is not in the pool"));
+                return Err(format!(
+                    "a message from rank {rank}, which is not in the pool"
+                ));
             };
             if status.tag() != wire::RESULTS {
-                return Err(format!("rank {rank} sent a message with tag {}", status.tag()));
+                return Err(format!(
+                    "rank {rank} sent a message with tag {}",
+                    status.tag()
+                ));
             }
             let outcomes = wire::outcomes(bytes, &self.members[i].host)
                 .map_err(|e| format!("rank {rank} sent malformed results: {e}"))?;
@@ -310,7 +320,8 @@ impl Scheduler {
             return false;
         }
         let total: usize = self.members.iter().map(|m| m.processes.max(1)).sum();
-        let in_hand = self.queue.len() + self.members.iter().map(|m| m.inflight.len()).sum::<usize>();
+        let in_hand =
+            self.queue.len() + self.members.iter().map(|m| m.inflight.len()).sum::<usize>();
         let short = self.members.iter().any(|m| m.served > 0 && m.avg < SHORT);
         let caps: Vec<usize> = self
             .members
@@ -422,7 +433,7 @@ impl Scheduler {
                 self.front.finish(task, Err(Error::Terminated));
             }
         }
-        while let Ok(_) = self.local_rx.try_recv() {}
+        while self.local_rx.try_recv().is_ok() {}
         for task in self.queue.drain(..).chain(self.front.tasks()) {
             self.front.finish(task, Err(Error::Terminated));
         }

@@ -88,7 +88,10 @@ pub(crate) fn push_task(out: &mut Vec<u8>, items: u32, frame: [&[u8]; 2]) {
 
 /// Splits a TASKS message into its entries: `(items, frame)`, each frame with its length
 /// prefix. Frames above `max_frame` bytes, or cut short, end the message with an error.
-pub(crate) fn tasks(mut bytes: &[u8], max_frame: u64) -> impl Iterator<Item = Result<(u32, &[u8]), String>> {
+pub(crate) fn tasks(
+    mut bytes: &[u8],
+    max_frame: u64,
+) -> impl Iterator<Item = Result<(u32, &[u8]), String>> {
     std::iter::from_fn(move || {
         if bytes.is_empty() {
             return None;
@@ -98,7 +101,9 @@ pub(crate) fn tasks(mut bytes: &[u8], max_frame: u64) -> impl Iterator<Item = Re
             let items = r.u32()?;
             let len = r.u64()?;
             if len > max_frame {
-                return Err(format!("a task frame of {len} bytes is above the limit of {max_frame}"));
+                return Err(format!(
+                    "a task frame of {len} bytes is above the limit of {max_frame}"
+                ));
             }
             let frame_len = len as usize + 8;
             let frame = bytes
@@ -185,14 +190,28 @@ pub(crate) fn outcomes(bytes: Vec<u8>, host: &str) -> Result<Vec<(u64, Outcome)>
                 cause: cause_from(b),
                 host: Some(host.to_string()),
             }),
-            3 => Err(Error::Encode { what: what_from(a), message: text() }),
-            4 => Err(Error::Decode { what: what_from(a), message: text() }),
-            5 => Err(Error::TimedOut { pid: a as u32, limit: Duration::from_micros(b) }),
+            3 => Err(Error::Encode {
+                what: what_from(a),
+                message: text(),
+            }),
+            4 => Err(Error::Decode {
+                what: what_from(a),
+                message: text(),
+            }),
+            5 => Err(Error::TimedOut {
+                pid: a as u32,
+                limit: Duration::from_micros(b),
+            }),
             6 => Err(Error::Terminated),
             7 => Err(Error::InitializerPanicked { message: text() }),
-            8 => Err(Error::Protocol { pid: a as u32, message: format!("on {host}: {}", text()) }),
+            8 => Err(Error::Protocol {
+                pid: a as u32,
+                message: format!("on {host}: {}", text()),
+            }),
             9 => Err(Error::Closed),
-            10 => Err(Error::Mpi { message: format!("on {host}: {}", text()) }),
+            10 => Err(Error::Mpi {
+                message: format!("on {host}: {}", text()),
+            }),
             k => return Err(format!("unknown result kind {k}")),
         };
         out.push((id, outcome));
@@ -235,7 +254,10 @@ impl<'a> Reader<'a> {
     fn bytes(&mut self, n: u64) -> Result<&'a [u8], String> {
         let n = usize::try_from(n).map_err(|_| "a length above the address space")?;
         if n > self.0.len() {
-            return Err(format!("a field of {n} bytes with {} left in the message", self.0.len()));
+            return Err(format!(
+                "a field of {n} bytes with {} left in the message",
+                self.0.len()
+            ));
         }
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;
@@ -247,11 +269,15 @@ impl<'a> Reader<'a> {
     }
 
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.bytes(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.bytes(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.bytes(8)?.try_into().expect("8 bytes"),
+        ))
     }
 }
 
