@@ -49,7 +49,7 @@ pub enum Error {
         /// How it ended.
         cause: ExitCause,
         /// The host the worker ran on, for a worker of another rank of an MPI pool
-        /// ([`PoolBuilder::mpi`](crate::PoolBuilder::mpi)); `None` for a local worker.
+        /// (`PoolBuilder::mpi`, feature `mpi`); `None` for a local worker.
         host: Option<String>,
     },
 
@@ -123,7 +123,7 @@ pub enum Error {
         message: String,
     },
 
-    /// An MPI pool ([`PoolBuilder::mpi`](crate::PoolBuilder::mpi)) could not start or a rank
+    /// An MPI pool (`PoolBuilder::mpi`, feature `mpi`) could not start or a rank
     /// broke its protocol: for example a rank runs a different build of the program, or MPI
     /// was initialized before.
     #[error("MPI: {message}")]

@@ -7,7 +7,7 @@
 //!             └──── AsyncResult ◀──────┘    └─────── RESULTS ────────┘  └── outcomes ┘
 //! ```
 //!
-//! - [`PoolBuilder::mpi`](crate::PoolBuilder::mpi) makes `build` collective. Each rank learns
+//! - [`PoolBuilder::mpi`] makes `build` collective. Each rank learns
 //!   its rank from the launcher's environment (`OMPI_COMM_WORLD_RANK`, `PMIX_RANK`, `PMI_RANK`,
 //!   `SLURM_PROCID`) and builds its local pool *before* MPI is initialized, so its fork server
 //!   never inherits MPI's threads or sockets. Without a launcher, or with one rank, `build`
@@ -17,11 +17,11 @@
 //!   they poll with `MPI_Iprobe`, send with `MPI_Isend` ([`wire::Outbox`]), and sleep with a
 //!   growing backoff when idle, so an idle job costs almost no CPU.
 //! - At start every rank sends rank 0 its binary's identity ([`identity`]); one mismatch and
-//!   rank 0's `build` fails with [`Error::Mpi`](crate::Error::Mpi), naming the hosts and both
+//!   rank 0's `build` fails with [`Error::Mpi`], naming the hosts and both
 //!   identities. Functions travel as offsets from the executable's load base, and a rank turns
 //!   an offset back into an address only if it falls inside its executable's code.
 //! - Serving ranks never run user code: a task that crashes kills a worker of the rank's local
-//!   pool, which fails that task alone ([`Error::WorkerDied`](crate::Error::WorkerDied), with
+//!   pool, which fails that task alone ([`Error::WorkerDied`], with
 //!   the host). The loss of a whole rank ends the job, as MPI does (`mpirun` reports it).
 //! - Tasks are sent in batches, one message per rank per round, under a credit per rank:
 //!   many tasks per worker while tasks are short, one per worker (and no more than a rank's
@@ -60,7 +60,12 @@ pub(crate) fn build(local: PoolBuilder, options: Options) -> Result<Pool> {
     let (_, task_timeout) = local.mpi_settings();
     // The local pool first: its fork server starts before MPI exists in this process.
     if rank != 0 {
-        let pool = local.build()?;
+        // A serving rank never returns, not even an error: rank 0 would wait for it forever.
+        // Exiting non-zero before MPI starts makes the launcher end the job.
+        let pool = local.build().unwrap_or_else(|e| {
+            eprintln!("forkpool: rank {rank} could not start its local pool: {e}");
+            std::process::exit(1)
+        });
         let relay = thread::Builder::new()
             .name("forkpool-mpi".into())
             .stack_size(MPI_THREAD_STACK)

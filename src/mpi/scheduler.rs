@@ -119,8 +119,13 @@ fn handshake(
             Some(probed) => {
                 let (bytes, status) = probed.matched_receive_vec::<u8>();
                 let rank = status.source_rank();
-                let hello = Hello::decode(&bytes)
-                    .map_err(|e| format!("rank {rank} sent a malformed HELLO: {e}"))?;
+                // A malformed HELLO counts as a mismatch: the rank is refused with the others.
+                let hello = Hello::decode(&bytes).unwrap_or_else(|e| Hello {
+                    processes: 0,
+                    pid: 0,
+                    identity: format!("malformed HELLO ({e}):").into_bytes(),
+                    host: "an unknown host".into(),
+                });
                 let slot = &mut hellos[rank as usize];
                 if slot.is_none() {
                     missing -= 1;
