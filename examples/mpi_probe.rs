@@ -81,6 +81,10 @@ fn main() {
         "map" | "rank0" => map(&pool),
         "crash" => crash(&pool),
         "timeout" => timeout(&pool),
+        "idle" => {
+            idle();
+            Ok(())
+        }
         "lost" => {
             let r = pool.apply(kill_my_rank, ());
             println!("lost rank: {r:?}");
@@ -231,4 +235,36 @@ fn timeout(pool: &Pool) -> Result<(), String> {
     }
     println!("timeout: {timed_out} timed out, short tasks ran on ranks {ranks:?}");
     Ok(())
+}
+
+/// Prints the CPU time (clock ticks of 10 ms) every process of this binary used over 2 s with
+/// the pool open and idle.
+fn idle() {
+    let ticks = || -> u64 {
+        let me = std::fs::read_link("/proc/self/exe").expect("/proc/self/exe");
+        let mut total = 0;
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() != Some(&me) {
+                continue;
+            }
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let after = stat.rsplit(')').next().unwrap_or("");
+            let fields: Vec<u64> = after
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            total += fields.iter().sum::<u64>();
+        }
+        total
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let before = ticks();
+    std::thread::sleep(Duration::from_secs(2));
+    println!("idle ticks {}", ticks() - before);
 }

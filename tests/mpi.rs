@@ -159,6 +159,23 @@ fn losing_a_whole_rank_ends_the_job_with_a_report_instead_of_a_hang() {
     );
 }
 
+#[test]
+fn an_idle_job_does_not_spin() {
+    let _one = lock();
+    let (output, text) = probe("idle");
+    assert!(output.status.success(), "{text}");
+    let ticks: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("idle ticks ")?.trim().parse().ok())
+        .expect("the idle line");
+    // A rank spinning in a blocking receive alone would use about 200 ticks (2 s) here; an idle
+    // job measures 4 or 5. The bound is loose for a loaded machine.
+    assert!(
+        ticks < 60,
+        "an idle job used {ticks} ticks of 10 ms in 2 s:\n{text}"
+    );
+}
+
 /// The NT_GNU_BUILD_ID note's header: namesz 4, descsz 20, type 3, "GNU\0".
 const BUILD_ID_NOTE: [u8; 16] = [4, 0, 0, 0, 20, 0, 0, 0, 3, 0, 0, 0, b'G', b'N', b'U', 0];
 
