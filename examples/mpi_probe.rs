@@ -34,6 +34,10 @@ fn segv_on_rank2(_: u32) -> i32 {
     rank
 }
 
+fn echo(bytes: Vec<u8>) -> Vec<u8> {
+    bytes
+}
+
 fn nap(ms: u64) -> i32 {
     std::thread::sleep(Duration::from_millis(ms));
     rank_of_worker()
@@ -163,6 +167,22 @@ fn map(pool: &Pool) -> Result<(), String> {
         return Err(format!("panic: {panicked:?}"));
     }
     println!("panic ok");
+    // Raw byte payloads (a Vec<u8> is its own encoding), past the 8 MiB batch size.
+    let big: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+    let back = pool.apply(echo, big.clone()).map_err(|e| e.to_string())?;
+    let several: Vec<_> = (0..6)
+        .map(|_| pool.apply_async(echo, big[..3 << 20].to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let several: Vec<Vec<u8>> = several
+        .into_iter()
+        .map(|r| r.get())
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if back != big || several.iter().any(|b| b[..] != big[..3 << 20]) {
+        return Err("large arguments and results came back wrong".into());
+    }
+    println!("large ok");
     let ranks: std::collections::BTreeSet<i32> = pool
         .map(nap, vec![30; 8])
         .map_err(|e| e.to_string())?

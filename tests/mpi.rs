@@ -94,6 +94,7 @@ fn map_imap_and_the_rest_are_correct_and_in_order_across_ranks() {
         "apply_async ok",
         "apply_async_with ok",
         "panic ok",
+        "large ok",
         "ranks used {1, 2}",
         "joined",
     ] {

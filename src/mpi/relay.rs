@@ -135,7 +135,7 @@ impl Relay {
                 }
             }
             while let Ok((id, outcome)) = self.rx.try_recv() {
-                self.push(id, &outcome);
+                self.push(id, &outcome, world, outbox);
                 active = true;
             }
             if !self.batch.is_empty() {
@@ -159,7 +159,7 @@ impl Relay {
             if self.inflight > 0 {
                 // An outcome wakes this at once; a message from rank 0 waits for the nap.
                 if let Ok((id, outcome)) = self.rx.recv_timeout(nap) {
-                    self.push(id, &outcome);
+                    self.push(id, &outcome, world, outbox);
                     last_activity = Instant::now();
                 }
             } else {
@@ -168,9 +168,38 @@ impl Relay {
         }
     }
 
-    fn push(&mut self, id: u64, outcome: &Outcome) {
+    /// Adds an outcome to the RESULTS batch, sending the batch first if the outcome would push
+    /// it past MPI's message limit, and after if it is large enough to go.
+    fn push(
+        &mut self,
+        id: u64,
+        outcome: &Outcome,
+        world: &SimpleCommunicator,
+        outbox: &mut Outbox,
+    ) {
         self.inflight -= 1;
-        wire::push_outcome(&mut self.batch, id, outcome);
+        let size = outcome.as_ref().map_or(0, |payload| payload.len()) + 64;
+        if self.batch.len() + size.min(wire::MAX_MESSAGE) > wire::MAX_MESSAGE {
+            outbox.send(world, 0, wire::RESULTS, std::mem::take(&mut self.batch));
+        }
+        self.push_one(id, outcome);
+        if self.batch.len() >= wire::BATCH_BYTES {
+            outbox.send(world, 0, wire::RESULTS, std::mem::take(&mut self.batch));
+        }
+    }
+
+    fn push_one(&mut self, id: u64, outcome: &Outcome) {
+        match outcome {
+            Ok(payload) if payload.len() > wire::MAX_MESSAGE => {
+                let message = format!(
+                    "a result of {} bytes is above the largest MPI message ({} bytes)",
+                    payload.len(),
+                    wire::MAX_MESSAGE
+                );
+                wire::push_outcome(&mut self.batch, id, &Err(Error::Mpi { message }));
+            }
+            _ => wire::push_outcome(&mut self.batch, id, outcome),
+        }
     }
 
     /// Hands every task of a TASKS message to the local pool; a task that cannot run (an

@@ -348,20 +348,44 @@ impl Scheduler {
                 .min_by_key(|(_, m)| m.inflight.len() * 1024 / m.processes.max(1))
                 .map(|(i, _)| i);
             let Some(i) = best else { break };
-            let task = self.queue.pop_front().expect("queue is not empty");
+            let mut task = self.queue.pop_front().expect("queue is not empty");
+            let remote = matches!(self.members[i].link, Link::Rank(_));
+            if remote && task.frame_mut().len() > wire::MAX_MESSAGE {
+                let message = format!(
+                    "an argument frame of {} bytes is above the largest MPI message ({} bytes)",
+                    task.frame_mut().len(),
+                    wire::MAX_MESSAGE
+                );
+                self.front.finish(task, Err(Error::Mpi { message }));
+                continue;
+            }
+            // A batch stays under MPI's message limit: send it before a frame would overflow it.
+            let room = wire::MAX_MESSAGE - self.members[i].batch.len();
+            if remote && task.frame_mut().len() + 4 > room {
+                self.send_batch(i, world, outbox);
+            }
             let id = self.next_id;
             self.next_id += 1;
             self.place(i, id, task, now);
             sent = true;
-        }
-        for member in &mut self.members {
-            if let Link::Rank(rank) = member.link {
-                if !member.batch.is_empty() {
-                    outbox.send(world, rank, wire::TASKS, std::mem::take(&mut member.batch));
-                }
+            if self.members[i].batch.len() >= wire::BATCH_BYTES {
+                self.send_batch(i, world, outbox);
             }
         }
+        for i in 0..self.members.len() {
+            self.send_batch(i, world, outbox);
+        }
         sent
+    }
+
+    /// Sends member `i`'s TASKS batch, if it is a rank and the batch holds anything.
+    fn send_batch(&mut self, i: usize, world: &SimpleCommunicator, outbox: &mut Outbox) {
+        let member = &mut self.members[i];
+        if let Link::Rank(rank) = member.link {
+            if !member.batch.is_empty() {
+                outbox.send(world, rank, wire::TASKS, std::mem::take(&mut member.batch));
+            }
+        }
     }
 
     /// Puts task `id` in member `i`'s batch (or hands it to the local pool).

@@ -38,6 +38,12 @@ pub(crate) const RESULTS: Tag = 4;
 pub(crate) const END: Tag = 5;
 pub(crate) const BYE: Tag = 6;
 
+/// The largest message MPI carries (its counts are `int`s), less room for the fields around
+/// a frame or a payload.
+pub(crate) const MAX_MESSAGE: usize = i32::MAX as usize - 4096;
+/// A batch this large is sent at once rather than grown further.
+pub(crate) const BATCH_BYTES: usize = 8 << 20;
+
 pub(crate) const WELCOME: u8 = 0;
 pub(crate) const REFUSED: u8 = 1;
 pub(crate) const CLOSE: u8 = 0;
