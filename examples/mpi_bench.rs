@@ -81,9 +81,9 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() -> forkpool::Result<()> {
-    // Calibrated before the pool exists, so nothing competes with it.
-    let rounds = calibrate(0.5);
     let pool = Pool::builder().mpi().build()?;
+    // Only rank 0 gets here; calibrated while the pool's ranks sleep.
+    let rounds = calibrate(0.5);
     println!("pool of {} workers", pool.processes());
     pool.map(square, 0..1_000u64)?; // warm up every rank
 
