@@ -85,6 +85,7 @@ fn main() {
         "map" | "rank0" => map(&pool),
         "crash" => crash(&pool),
         "timeout" => timeout(&pool),
+        "spread" => spread(&pool),
         "idle" => {
             idle();
             Ok(())
@@ -287,4 +288,29 @@ fn idle() {
     let before = ticks();
     std::thread::sleep(Duration::from_secs(2));
     println!("idle ticks {}", ticks() - before);
+}
+
+/// Busy for `ms` milliseconds of wall time; returns (rank, pid).
+fn busy(ms: u64) -> (i32, u32) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(ms) {
+        std::hint::spin_loop();
+    }
+    (rank_of_worker(), std::process::id())
+}
+
+/// After a run of short tasks (which deepens every rank's credit), 4 long tasks must still go
+/// to 4 different workers, 2 per rank: no rank holds a backlog while another idles.
+fn spread(pool: &Pool) -> Result<(), String> {
+    pool.map(square, 0..2_000u64).map_err(|e| e.to_string())?;
+    for _ in 0..200 {
+        pool.apply(square, 3).map_err(|e| e.to_string())?;
+    }
+    let placed = pool
+        .map_chunked(busy, vec![300; 4], 1)
+        .map_err(|e| e.to_string())?;
+    let pids: std::collections::BTreeSet<u32> = placed.iter().map(|p| p.1).collect();
+    let on_rank1 = placed.iter().filter(|p| p.0 == 1).count();
+    println!("spread: {} workers, {on_rank1} of 4 on rank 1", pids.len());
+    Ok(())
 }

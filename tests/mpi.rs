@@ -161,6 +161,17 @@ fn losing_a_whole_rank_ends_the_job_with_a_report_instead_of_a_hang() {
 }
 
 #[test]
+fn long_tasks_spread_over_every_rank_and_worker() {
+    let _one = lock();
+    let (output, text) = probe("spread");
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("spread: 4 workers, 2 of 4 on rank 1"),
+        "{text}"
+    );
+}
+
+#[test]
 fn an_idle_job_does_not_spin() {
     let _one = lock();
     let (output, text) = probe("idle");
