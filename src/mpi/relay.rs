@@ -21,8 +21,10 @@ const SPIN: Duration = Duration::from_micros(50);
 /// The longest sleep between two probes: bounds the latency an idle rank adds to a task, and
 /// keeps an idle rank near 0.1% of a CPU.
 const MAX_NAP: Duration = Duration::from_millis(2);
-/// Exit status of a rank whose binary rank 0 refused.
-const EXIT_REFUSED: i32 = 3;
+/// Exit status of a rank whose binary rank 0 refused. Zero on purpose: Open MPI aborts the
+/// job when a rank exits non-zero, which could kill rank 0 before it reports the mismatch
+/// (rank 0's `build` error is the report; the refused rank also prints why on stderr).
+const EXIT_REFUSED: i32 = 0;
 /// Exit status of a rank that failed (MPI, or rank 0 broke the protocol).
 const EXIT_FAILED: i32 = 4;
 
