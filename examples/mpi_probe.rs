@@ -86,6 +86,7 @@ fn main() {
         "crash" => crash(&pool),
         "timeout" => timeout(&pool),
         "spread" => spread(&pool),
+        "terminate" => terminate(&pool),
         "idle" => {
             idle();
             Ok(())
@@ -190,11 +191,14 @@ fn map(pool: &Pool) -> Result<(), String> {
         .into_iter()
         .collect();
     println!("ranks used {ranks:?}");
-    let stats = pool.stats();
+    let s = pool.stats();
     println!(
-        "stats completed {} failed {}",
-        stats.completed, stats.failed
+        "stats submitted={} completed={} failed={} panicked={} running={} queued={} workers={}",
+        s.submitted, s.completed, s.failed, s.panicked, s.running, s.queued, s.workers_alive
     );
+    if s.submitted != s.completed {
+        return Err("stats: submitted and completed differ with nothing in flight".into());
+    }
     Ok(())
 }
 
@@ -312,5 +316,34 @@ fn spread(pool: &Pool) -> Result<(), String> {
     let pids: std::collections::BTreeSet<u32> = placed.iter().map(|p| p.1).collect();
     let on_rank1 = placed.iter().filter(|p| p.0 == 1).count();
     println!("spread: {} workers, {on_rank1} of 4 on rank 1", pids.len());
+    Ok(())
+}
+
+/// Terminates the pool with long tasks running on both ranks and more queued: every task still
+/// pending fails with Terminated, at once.
+fn terminate(pool: &Pool) -> Result<(), String> {
+    let pending: Vec<_> = (0..12)
+        .map(|_| pool.apply_async(nap, 60_000))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while pool.stats().running < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let start = std::time::Instant::now();
+    pool.terminate();
+    let terminated = pending
+        .into_iter()
+        .map(|r| r.get())
+        .filter(|o| matches!(o, Err(Error::Terminated)))
+        .count();
+    pool.join().map_err(|e| e.to_string())?;
+    println!(
+        "terminate: {terminated} of 12 terminated in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    if start.elapsed() > Duration::from_secs(30) {
+        return Err("terminate waited for the tasks".into());
+    }
     Ok(())
 }

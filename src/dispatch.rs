@@ -422,6 +422,11 @@ impl Front {
         task.finish(outcome, &self.shared.counters);
     }
 
+    /// Counts a task as running (`true`) or no longer (`false`) in [`Stats`].
+    pub(crate) fn running(&self, up: bool) {
+        self.shared.counters.running(up);
+    }
+
     /// Sets the worker counts [`Stats`] reports.
     pub(crate) fn set_workers(&self, alive: usize) {
         self.shared.counters.set_initial(alive);

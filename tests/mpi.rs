@@ -96,6 +96,7 @@ fn map_imap_and_the_rest_are_correct_and_in_order_across_ranks() {
         "panic ok",
         "large ok",
         "ranks used {1, 2}",
+        "failed=1 panicked=1 running=0 queued=0 workers=4",
         "joined",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
@@ -168,6 +169,20 @@ fn long_tasks_spread_over_every_rank_and_worker() {
     assert!(
         text.contains("spread: 4 workers, 2 of 4 on rank 1"),
         "{text}"
+    );
+}
+
+#[test]
+fn terminate_fails_what_is_pending_and_ends_every_rank() {
+    let _one = lock();
+    let exe = example("mpi_probe");
+    let (output, text) = probe("terminate");
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("terminate: 12 of 12 terminated"), "{text}");
+    assert_eq!(
+        leftovers(&exe),
+        Vec::<u32>::new(),
+        "processes left after the job"
     );
 }
 

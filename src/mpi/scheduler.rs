@@ -313,6 +313,7 @@ impl Scheduler {
             return;
         };
         member.served += 1;
+        self.front.running(false);
         // An average over the last few tasks (weight 1/8 for the newest).
         member.avg = (member.avg * 7 + sent.elapsed()) / 8;
         self.front.finish(task, outcome);
@@ -420,6 +421,8 @@ impl Scheduler {
             }
         }
         member.inflight.insert(id, (task, now));
+        // A task in a rank's hands counts as running, whether it runs or waits there.
+        self.front.running(true);
     }
 
     /// Tells every rank the pool is closed (all outcomes are in) or terminated, waits for their
@@ -459,6 +462,7 @@ impl Scheduler {
         }
         for member in &mut self.members {
             for (_, (task, _)) in member.inflight.drain() {
+                self.front.running(false);
                 self.front.finish(task, Err(Error::Terminated));
             }
         }
