@@ -34,6 +34,21 @@ fn segv_on_rank2(_: u32) -> i32 {
     rank
 }
 
+static INITIALIZED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn init() {
+    INITIALIZED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether this worker ran the initializer, and its pid.
+fn initialized(_: u32) -> (bool, u32) {
+    std::thread::sleep(Duration::from_millis(5));
+    (
+        INITIALIZED.load(std::sync::atomic::Ordering::Relaxed),
+        std::process::id(),
+    )
+}
+
 fn echo(bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
@@ -69,6 +84,9 @@ fn main() {
     if scenario == "timeout" {
         builder = builder.task_timeout(Duration::from_millis(500));
     }
+    if scenario == "limits" {
+        builder = builder.initializer(init).max_tasks_per_child(2);
+    }
     if scenario == "rank0" {
         builder = builder.mpi_rank0_workers(true);
     }
@@ -86,6 +104,7 @@ fn main() {
         "crash" => crash(&pool),
         "timeout" => timeout(&pool),
         "spread" => spread(&pool),
+        "limits" => limits(&pool),
         "terminate" => terminate(&pool),
         "idle" => {
             idle();
@@ -345,5 +364,28 @@ fn terminate(pool: &Pool) -> Result<(), String> {
     if start.elapsed() > Duration::from_secs(30) {
         return Err("terminate waited for the tasks".into());
     }
+    Ok(())
+}
+
+/// With an initializer and max_tasks_per_child(2): every worker on every rank ran the
+/// initializer, and workers are recycled after 2 tasks.
+fn limits(pool: &Pool) -> Result<(), String> {
+    let got: Vec<_> = (0..24)
+        .map(|i| pool.apply_async(initialized, i))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let got: Vec<(bool, u32)> = got
+        .into_iter()
+        .map(|r| r.get())
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let pids: std::collections::BTreeSet<u32> = got.iter().map(|g| g.1).collect();
+    let all = got.iter().all(|g| g.0);
+    // 2 tasks per worker at most: at least 12 workers (more if the ranks split the 24 unevenly).
+    println!(
+        "limits: initialized everywhere {all}, recycled {} ({} workers for 24 tasks)",
+        pids.len() >= 12,
+        pids.len()
+    );
     Ok(())
 }

@@ -187,6 +187,17 @@ fn terminate_fails_what_is_pending_and_ends_every_rank() {
 }
 
 #[test]
+fn the_initializer_and_max_tasks_per_child_apply_on_every_rank() {
+    let _one = lock();
+    let (output, text) = probe("limits");
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("limits: initialized everywhere true, recycled true"),
+        "{text}"
+    );
+}
+
+#[test]
 fn an_idle_job_does_not_spin() {
     let _one = lock();
     let (output, text) = probe("idle");
