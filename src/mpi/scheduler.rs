@@ -58,6 +58,15 @@ pub(super) fn run(front: Front, local: Option<Pool>, ready: Sender<Result<usize>
         }
     };
     let world = universe.world();
+    if world.rank() != 0 {
+        // The launcher's environment said rank 0; MPI disagrees. Waiting for HELLOs here would
+        // hang the job, and a serving rank must not return: end the job instead.
+        eprintln!(
+            "forkpool: the launcher's environment says rank 0, MPI says rank {}",
+            world.rank()
+        );
+        std::process::exit(1);
+    }
     let image = Image::of_self();
     let mut outbox = Outbox::default();
     let members = match handshake(&world, &image, &mut outbox) {
