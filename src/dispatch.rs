@@ -396,12 +396,12 @@ impl Front {
     }
 
     /// Sleeps until a caller submits, closes, terminates or drops a lease, or `timeout` passes.
-    pub(crate) fn wait(&self, timeout: Duration) {
-        let (gate, leases) = (self.shared.gate(), self.shared.leases.load(SeqCst));
+    /// `seen` is the phase the scheduler last acted on: if it changed since, or `pending` says
+    /// the scheduler has other work (fed by a [`Front::waker`]), this returns at once, since a
+    /// change before `sleeping` was set sent no wakeup.
+    pub(crate) fn wait(&self, seen: Phase, timeout: Duration, pending: impl Fn() -> bool) {
         self.shared.sleeping.store(true, SeqCst);
-        let idle = self.rx.is_empty()
-            && self.shared.gate() == gate
-            && self.shared.leases.load(SeqCst) == leases;
+        let idle = self.rx.is_empty() && self.phase() == seen && !pending();
         let mut fds = [PollFd::new(self.wake.as_raw_fd(), true, false)];
         let _ = sys::poll(&mut fds, Some(if idle { timeout } else { Duration::ZERO }));
         self.shared.sleeping.store(false, SeqCst);

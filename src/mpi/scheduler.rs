@@ -264,11 +264,12 @@ impl Scheduler {
             if remote && idle < SPIN {
                 std::thread::yield_now();
             } else if remote {
-                self.front
-                    .wait((idle / 8).clamp(Duration::from_micros(20), MAX_BUSY_NAP));
+                let nap = (idle / 8).clamp(Duration::from_micros(20), MAX_BUSY_NAP);
+                self.front.wait(phase, nap, || !self.local_rx.is_empty());
             } else {
                 // Nothing can come from the ranks; a submission or a local outcome wakes this.
-                self.front.wait(IDLE_NAP);
+                self.front
+                    .wait(phase, IDLE_NAP, || !self.local_rx.is_empty());
             }
         }
     }
