@@ -265,3 +265,65 @@ impl Relay {
         let _ = self.local.join();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    fn square(x: u64) -> u64 {
+        x * x
+    }
+
+    /// A task frame as rank 0 sends it: addresses rewritten as offsets.
+    fn wire_frame(image: &Image, x: u64) -> Vec<u8> {
+        let frame = crate::task::call(square, x).expect("encode");
+        let mut bytes = [frame.head.as_slice(), frame.tail.as_slice()].concat();
+        frame::stamp_task(&mut bytes, 42, 0);
+        let h = frame::task_header(&bytes).expect("header");
+        frame::set_task_addresses(
+            &mut bytes,
+            image.offset(h.trampoline),
+            image.offset(h.function),
+        );
+        bytes
+    }
+
+    #[test]
+    fn a_task_from_offsets_runs_in_the_local_pool() {
+        let image = Image::of_self();
+        let relay = Relay::new(Pool::new(1).expect("pool"), image.clone());
+        let bytes = wire_frame(&image, 7);
+        let header = frame::task_header(&bytes).expect("header");
+        let task = relay
+            .task(header, 1, &bytes)
+            .expect("offsets inside the code");
+        relay.local.submit_task(task).expect("submit");
+        let (id, outcome) = relay
+            .rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("an outcome");
+        assert_eq!(id, 42);
+        let bytes = outcome.expect("the task ran");
+        assert_eq!(codec::decode::<u64>(&bytes), Ok(49));
+    }
+
+    #[test]
+    fn offsets_outside_the_code_are_refused_and_never_called() {
+        let image = Image::of_self();
+        let relay = Relay::new(Pool::new(1).expect("pool"), image.clone());
+        let mut bytes = wire_frame(&image, 7);
+        let h = frame::task_header(&bytes).expect("header");
+        static NOT_CODE: u64 = 0;
+        let data = image.offset(&NOT_CODE as *const u64 as u64);
+        for (trampoline, function) in [(data, h.function), (h.trampoline, u64::MAX - 7)] {
+            frame::set_task_addresses(&mut bytes, trampoline, function);
+            let header = frame::task_header(&bytes).expect("header");
+            let refused = relay.task(header, 1, &bytes).expect_err("refused");
+            assert!(
+                refused.contains("outside this executable's code"),
+                "{refused}"
+            );
+        }
+    }
+}
