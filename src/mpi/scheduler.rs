@@ -318,8 +318,9 @@ impl Scheduler {
 
     fn deliver(&mut self, i: usize, id: u64, outcome: Outcome) {
         let member = &mut self.members[i];
+        // An id not in flight there (a rank's bug) is dropped: nothing a rank sends may panic
+        // rank 0.
         let Some((task, sent)) = member.inflight.remove(&id) else {
-            debug_assert!(false, "an outcome for task {id}, not in flight there");
             return;
         };
         member.served += 1;
