@@ -47,12 +47,18 @@ pub enum Error {
     /// The worker process running the task died before it answered (a signal such as SIGSEGV or
     /// SIGKILL, an abort, a stack overflow, or `std::process::exit`). The pool replaced it; no
     /// other task was affected.
-    #[error("worker {pid} {cause} while running the task; the pool replaced it")]
+    #[error(
+        "worker {pid}{} {cause} while running the task; the pool replaced it",
+        on_host(host)
+    )]
     WorkerDied {
         /// The dead worker's process id.
         pid: u32,
         /// How it ended.
         cause: ExitCause,
+        /// The host the worker ran on, for a worker of another rank of an MPI pool
+        /// (`PoolBuilder::mpi`, feature `mpi`); `None` for a local worker.
+        host: Option<String>,
     },
 
     /// A value could not be serialized: an argument in the calling thread (the call returns this
@@ -150,6 +156,15 @@ pub enum Error {
         current: u32,
     },
 
+    /// An MPI pool (`PoolBuilder::mpi`, feature `mpi`) could not start or a rank
+    /// broke its protocol: for example a rank runs a different build of the program, or MPI
+    /// was initialized before.
+    #[error("MPI: {message}")]
+    Mpi {
+        /// What went wrong, naming the host and rank concerned.
+        message: String,
+    },
+
     /// A system call failed.
     #[error("{op} failed: {source}")]
     Io {
@@ -185,9 +200,10 @@ impl Error {
                 owner: *owner,
                 current: *current,
             },
-            Error::WorkerDied { pid, cause } => Error::WorkerDied {
+            Error::WorkerDied { pid, cause, host } => Error::WorkerDied {
                 pid: *pid,
                 cause: *cause,
+                host: host.clone(),
             },
             Error::Encode { what, message } => Error::Encode {
                 what,
@@ -213,6 +229,9 @@ impl Error {
                 pid: *pid,
                 message: message.clone(),
             },
+            Error::Mpi { message } => Error::Mpi {
+                message: message.clone(),
+            },
             Error::Io { op, source } => Error::Io {
                 op,
                 source: match source.raw_os_error() {
@@ -222,6 +241,12 @@ impl Error {
             },
         }
     }
+}
+
+/// " on HOST" for a worker of another rank, nothing for a local one.
+fn on_host(host: &Option<String>) -> String {
+    host.as_ref()
+        .map_or_else(String::new, |h| format!(" on {h}"))
 }
 
 /// How a worker process ended.

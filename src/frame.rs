@@ -130,6 +130,26 @@ pub(crate) fn begin_task(header: TaskHeader) -> Vec<u8> {
     frame
 }
 
+/// The fixed fields of a task frame built by [`begin_task`] (length prefix included), or `None`
+/// if it is too short to hold them.
+#[cfg(feature = "mpi")]
+pub(crate) fn task_header(frame: &[u8]) -> Option<TaskHeader> {
+    let word = |i: usize| Some(u64::from_le_bytes(frame.get(i..i + 8)?.try_into().ok()?));
+    Some(TaskHeader {
+        id: word(LEN)?,
+        trampoline: word(LEN + 8)?,
+        function: word(LEN + 16)?,
+        limit_us: word(LEN + 24)?,
+    })
+}
+
+/// Rewrites the trampoline and function addresses of a task frame built by [`begin_task`].
+#[cfg(feature = "mpi")]
+pub(crate) fn set_task_addresses(frame: &mut [u8], trampoline: u64, function: u64) {
+    frame[LEN + 8..LEN + 16].copy_from_slice(&trampoline.to_le_bytes());
+    frame[LEN + 16..LEN + 24].copy_from_slice(&function.to_le_bytes());
+}
+
 /// Sets the id and the time limit of a task frame built by [`begin_task`].
 pub(crate) fn stamp_task(frame: &mut [u8], id: u64, limit_us: u64) {
     frame[LEN..LEN + 8].copy_from_slice(&id.to_le_bytes());
@@ -212,6 +232,13 @@ pub(crate) struct Bytes {
 }
 
 impl Bytes {
+    /// `buf` from `start` on.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn from_vec(buf: Vec<u8>, start: usize) -> Bytes {
+        debug_assert!(start <= buf.len());
+        Bytes { buf, start }
+    }
+
     fn advance(&mut self, n: usize) {
         self.start += n;
     }

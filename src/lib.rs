@@ -154,6 +154,13 @@
 //! first unanswered task of a worker that dies is the one that killed it, and the tasks queued
 //! behind it are sent elsewhere. See `docs/DESIGN.md` in the repository.
 //!
+//! # Across a cluster (feature `mpi`)
+//!
+//! With the `mpi` cargo feature, `Pool::builder().mpi().build()` under `mpirun -n N ./app` (or
+//! `srun`) spreads the pool over every rank of the MPI job, with the same API and the same crash
+//! containment: rank 0 gets the pool, every other rank runs a local pool and relays tasks into it
+//! (Python's `mpi4py.util.pool.Pool`). See `PoolBuilder::mpi` and the README.
+//!
 //! # When to use threads instead
 //!
 //! If the work is thread-safe, shares large data, and cannot crash, a thread pool such as rayon
@@ -169,6 +176,8 @@ mod error;
 mod feed;
 mod frame;
 mod imap;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod pool;
 mod proto;
 mod result;

@@ -120,6 +120,8 @@ pub struct PoolBuilder {
     task_timeout: Option<Duration>,
     max_memory_per_child: Option<u64>,
     print_panics: bool,
+    #[cfg(feature = "mpi")]
+    mpi: Option<crate::mpi::Options>,
 }
 
 impl PoolBuilder {
@@ -393,6 +395,11 @@ impl PoolBuilder {
                 message: message.to_string(),
             });
         }
+        #[cfg(feature = "mpi")]
+        if let Some(options) = self.mpi {
+            let local = PoolBuilder { mpi: None, ..self };
+            return crate::mpi::build(local, options);
+        }
         let (submitter, handle) = dispatch::start(Config {
             processes,
             worker: WorkerConfig {
@@ -415,6 +422,69 @@ impl PoolBuilder {
     }
 }
 
+#[cfg(feature = "mpi")]
+impl PoolBuilder {
+    /// Spreads the pool over every rank of an MPI job (Open MPI, MPICH); Python's
+    /// `mpi4py.util.pool.Pool`. Needs the `mpi` cargo feature.
+    ///
+    /// Under `mpirun -n N ./app` (or `srun ./app`), [`build`](PoolBuilder::build) is collective:
+    /// every rank must call it, first thing in `main`. On rank 0 it returns a [`Pool`] whose
+    /// tasks run on the other ranks; on every other rank it never returns: the rank runs a local
+    /// pool of [`processes`](PoolBuilder::processes) workers (default: that node's CPUs), relays
+    /// rank 0's tasks into it and the outcomes back, and exits the process with status 0 when
+    /// rank 0 closes, terminates or drops the pool. [`Pool::processes`] on rank 0 is the total.
+    /// Every other setting (initializer, time limit, recycling) applies on every rank. Run
+    /// without `mpirun`, or with one rank, it is a local pool.
+    ///
+    /// # Caveats
+    /// * Every rank must run the same build of the program: functions travel as offsets into
+    ///   the executable. `build` checks the binary's identity (GNU build-id, else a hash of the
+    ///   executable) on every rank and fails with [`Error::Mpi`] on rank 0 on a mismatch.
+    /// * A task that crashes fails alone ([`Error::WorkerDied`] names its host), but the loss
+    ///   of a whole rank (node failure, a killed relay) ends the MPI job, rank 0 included, as
+    ///   MPI does; `mpirun` reports which rank died.
+    /// * MPI can be initialized once per process: one MPI pool per program.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// // Without mpirun this is a local pool; under `mpirun -n 4` the tasks run on ranks 1 to 3.
+    /// let pool = forkpool::Pool::builder().processes(2).mpi().build()?;
+    /// assert_eq!(pool.map(square, 0..4)?, [0, 1, 4, 9]);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn mpi(mut self) -> Self {
+        self.mpi.get_or_insert_with(crate::mpi::Options::default);
+        self
+    }
+
+    /// With [`mpi`](PoolBuilder::mpi): whether rank 0 runs a local pool of
+    /// [`processes`](PoolBuilder::processes) workers too (default: no, rank 0 only schedules).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::builder().processes(2).mpi().mpi_rank0_workers(true).build()?;
+    /// assert_eq!(pool.apply(|x: u8| x + 1, 1)?, 2);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn mpi_rank0_workers(mut self, yes: bool) -> Self {
+        self.mpi
+            .get_or_insert_with(crate::mpi::Options::default)
+            .rank0_workers = yes;
+        self
+    }
+
+    /// The settings the `mpi` module needs from the builder.
+    pub(crate) fn mpi_settings(&self) -> (Option<usize>, Option<Duration>) {
+        (self.processes, self.task_timeout)
+    }
+}
+
 impl Default for PoolBuilder {
     fn default() -> Self {
         PoolBuilder {
@@ -426,11 +496,41 @@ impl Default for PoolBuilder {
             task_timeout: None,
             max_memory_per_child: None,
             print_panics: true,
+            #[cfg(feature = "mpi")]
+            mpi: None,
         }
     }
 }
 
 impl Pool {
+    /// A pool whose tasks a scheduler other than the local dispatcher runs (the `mpi`
+    /// module's); `scheduler` is its thread, joined by [`Pool::join`].
+    #[cfg(feature = "mpi")]
+    pub(crate) fn with_scheduler(
+        submitter: Submitter,
+        processes: usize,
+        task_timeout: Option<Duration>,
+        scheduler: JoinHandle<()>,
+    ) -> Pool {
+        Pool {
+            submitter,
+            processes,
+            task_timeout,
+            dispatcher: Mutex::new(Some(scheduler)),
+            callbacks: Callbacks::default(),
+            owner: std::process::id(),
+        }
+    }
+
+    /// Submits a task built elsewhere (the `mpi` module's relay).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] once the pool is closed or terminated.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn submit_task(&self, task: Task) -> Result<()> {
+        self.submitter.submit([task])
+    }
+
     /// Forks `processes` workers; the same as `Pool::builder().processes(processes).build()`.
     ///
     /// # Errors

@@ -1187,3 +1187,83 @@ impl Drop for Mapping {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The executable's image, for the `mpi` module
+// ---------------------------------------------------------------------------------------------
+
+/// Where the running executable is mapped: its load base, its executable segments (as
+/// offsets from the base), and its GNU build-id if the link recorded one. Used by the `mpi`
+/// module, which sends functions between processes of the same binary as offsets from the base.
+#[cfg(feature = "mpi")]
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ExeImage {
+    pub(crate) base: u64,
+    /// `[start, end)` offsets from `base` of every loaded, executable segment.
+    pub(crate) code: Vec<(u64, u64)>,
+    pub(crate) build_id: Option<Vec<u8>>,
+}
+
+/// Describes the main executable with `dl_iterate_phdr` (its entry comes first).
+#[cfg(all(feature = "mpi", target_os = "linux"))]
+pub(crate) fn exe_image() -> ExeImage {
+    unsafe extern "C" fn first(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: dl_iterate_phdr passes a valid info for the duration of the call, and `data`
+        // is the `&mut ExeImage` given below, not otherwise borrowed while it runs.
+        let (info, image) = unsafe { (&*info, &mut *(data as *mut ExeImage)) };
+        image.base = info.dlpi_addr;
+        for i in 0..info.dlpi_phnum as usize {
+            // SAFETY: dlpi_phdr points to dlpi_phnum program headers.
+            let ph = unsafe { &*info.dlpi_phdr.add(i) };
+            if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
+                image.code.push((ph.p_vaddr, ph.p_vaddr + ph.p_memsz));
+            }
+            if ph.p_type == libc::PT_NOTE && image.build_id.is_none() {
+                // SAFETY: a PT_NOTE segment is loaded, so its p_memsz bytes at base + p_vaddr
+                // are mapped and readable for the life of the process.
+                let notes = unsafe {
+                    std::slice::from_raw_parts(
+                        (info.dlpi_addr + ph.p_vaddr) as *const u8,
+                        ph.p_memsz as usize,
+                    )
+                };
+                image.build_id = gnu_build_id(notes);
+            }
+        }
+        1 // the first entry is the executable: stop
+    }
+    let mut image = ExeImage::default();
+    // SAFETY: the callback matches dl_iterate_phdr's contract and only writes through `data`,
+    // which points to `image` for the duration of the call.
+    unsafe {
+        libc::dl_iterate_phdr(
+            Some(first),
+            &mut image as *mut ExeImage as *mut libc::c_void,
+        )
+    };
+    image
+}
+
+/// The descriptor of the `NT_GNU_BUILD_ID` note in a segment of ELF notes, if there is one.
+#[cfg(all(feature = "mpi", target_os = "linux"))]
+fn gnu_build_id(mut notes: &[u8]) -> Option<Vec<u8>> {
+    let word = |b: &[u8], i: usize| -> Option<usize> {
+        Some(u32::from_ne_bytes(b.get(i..i + 4)?.try_into().ok()?) as usize)
+    };
+    while notes.len() >= 12 {
+        let (namesz, descsz, kind) = (word(notes, 0)?, word(notes, 4)?, word(notes, 8)?);
+        let name_end = 12 + namesz.div_ceil(4) * 4;
+        let desc_end = name_end + descsz.div_ceil(4) * 4;
+        let name = notes.get(12..12 + namesz)?;
+        let desc = notes.get(name_end..name_end + descsz)?;
+        if kind == 3 && name == b"GNU\0" {
+            return Some(desc.to_vec());
+        }
+        notes = notes.get(desc_end..)?;
+    }
+    None
+}

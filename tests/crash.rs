@@ -72,7 +72,7 @@ fn dies_alone(task: fn(()) -> u64, expect: impl Fn(ExitCause) -> bool + Send + '
             .map(|i| pool.apply_async(square, i).unwrap())
             .collect();
         match bad.get() {
-            Err(Error::WorkerDied { pid, cause }) => {
+            Err(Error::WorkerDied { pid, cause, .. }) => {
                 assert!(pid > 0);
                 assert!(expect(cause), "unexpected cause {cause:?}");
             }

@@ -482,7 +482,7 @@ fn every_worker_killed_from_outside_at_once_recovers() {
                     assert!(pid > 0);
                     ok += 1;
                 }
-                Err(Error::WorkerDied { pid, cause }) => {
+                Err(Error::WorkerDied { pid, cause, .. }) => {
                     assert_eq!(cause, ExitCause::Signal(libc::SIGKILL), "task {i}");
                     assert!(
                         killed.contains(&pid),

@@ -35,6 +35,8 @@ use crate::spawn::{Event, ForkServer, Processes};
 use crate::sys::{self, PollFd, SignalSet};
 use crate::worker::{self as child, WorkerConfig};
 
+#[cfg(feature = "mpi")]
+pub(crate) use submit::Phase;
 pub(crate) use submit::{front, Front, Lease, Submitter};
 pub(crate) use task::Task;
 
@@ -557,7 +559,11 @@ impl<P: Processes> Dispatcher<P> {
             (_, Some(limit)) if cause == ExitCause::Signal(libc::SIGALRM) => {
                 Error::TimedOut { pid, limit }
             }
-            _ => Error::WorkerDied { pid, cause },
+            _ => Error::WorkerDied {
+                pid,
+                cause,
+                host: None,
+            },
         };
         if w.work.served == 0 && w.work.written == 0 && self.lost.is_none() {
             // It died before it served a task, most likely in its initializer. The task waiting

@@ -15,6 +15,10 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::{Error, Result};
 use crate::stats::{Counters, Stats};
 use crate::sys;
+#[cfg(feature = "mpi")]
+use crate::sys::PollFd;
+#[cfg(feature = "mpi")]
+use std::time::Duration;
 
 use super::task::Task;
 
@@ -288,5 +292,84 @@ impl Front {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+    }
+}
+
+impl Drop for Front {
+    /// As when the dispatcher ends: after `join`, the pool holds no descriptor.
+    fn drop(&mut self) {
+        self.close_wake();
+    }
+}
+
+/// Where a pool is in its life, as a scheduler other than the dispatcher (the `mpi` module's)
+/// sees it.
+#[cfg(feature = "mpi")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Tasks may still come: the pool is open, or closed with a lease left.
+    Taking,
+    /// Closed with no lease left: once the channel is drained, no task can come.
+    Draining,
+    /// Terminated: fail everything.
+    Terminated,
+}
+
+/// The same front as the dispatcher's, in the words of the `mpi` module's scheduler, which
+/// sleeps on the wake pipe alone. The wake-up protocol is the dispatcher's (DESIGN.md).
+#[cfg(feature = "mpi")]
+impl Front {
+    /// Where the pool is. Read it *before* draining [`Front::tasks`], so that a task accepted
+    /// before `close` is seen.
+    pub(crate) fn phase(&self) -> Phase {
+        let seen = self.seen();
+        match seen.gate {
+            Gate::Terminated => Phase::Terminated,
+            Gate::Closed if seen.leases == 0 => Phase::Draining,
+            _ => Phase::Taking,
+        }
+    }
+
+    /// The tasks submitted since the last call.
+    pub(crate) fn tasks(&self) -> impl Iterator<Item = Task> + '_ {
+        self.take()
+    }
+
+    /// Sleeps until a caller submits, closes, terminates or drops a lease, or `timeout` passes.
+    /// `seen` is the phase the scheduler last acted on: if it changed since, or `pending` says
+    /// the scheduler has other work (fed by a [`Front::waker`]), this returns at once.
+    pub(crate) fn wait(&self, seen: Phase, timeout: Duration, pending: impl Fn() -> bool) {
+        let now = self.seen();
+        let idle = self.prepare_sleep(now) && self.phase() == seen && !pending();
+        let mut fds = [PollFd::new(self.wake_fd(), true, false)];
+        let _ = sys::poll(&mut fds, Some(if idle { timeout } else { Duration::ZERO }));
+        self.woke(fds[0].readable());
+    }
+
+    /// Wakes the scheduler from [`Front::wait`], from another thread.
+    pub(crate) fn waker(&self) -> impl Fn() + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || shared.wake()
+    }
+
+    /// Counts a task's outcome, then delivers it.
+    pub(crate) fn finish(&self, task: Task, outcome: crate::result::Outcome) {
+        task.finish(outcome, &self.shared.counters);
+    }
+
+    /// Counts a task as running (`true`) or no longer (`false`) in the stats.
+    pub(crate) fn running(&self, up: bool) {
+        self.shared.counters.running(up);
+    }
+
+    /// Sets the worker counts the stats report.
+    pub(crate) fn set_workers(&self, alive: usize) {
+        self.shared.counters.set_initial(alive);
+        self.shared.counters.workers(alive);
+    }
+
+    /// Refuses new tasks, as if the pool were terminated (after a fatal error).
+    pub(crate) fn shut(&self) {
+        self.terminate();
     }
 }

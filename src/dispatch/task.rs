@@ -40,6 +40,18 @@ impl Task {
         self
     }
 
+    /// The task's frame, for a scheduler that sends it elsewhere (the `mpi` module).
+    #[cfg(feature = "mpi")]
+    pub(crate) fn frame_mut(&mut self) -> &mut OutFrame {
+        &mut self.frame
+    }
+
+    /// The time limit of each item, and how many items the frame holds.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn limit(&self) -> (Option<Duration>, u32) {
+        (self.limit, self.items)
+    }
+
     /// Counts the task's outcome, then delivers it. A panic on the way (a user's `Waker` that
     /// panics in `wake`) is caught: it must not end the dispatcher (issue 8, item 13).
     pub(crate) fn finish(self, outcome: Outcome, counters: &Counters) {

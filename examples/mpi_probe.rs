@@ -1,0 +1,394 @@
+//! The program `tests/mpi.rs` launches under `mpirun`: one scenario per argument, each printing
+//! what the test checks. Not an example to copy; see `mpi_crawl.rs` for that.
+//!
+//! `mpirun -n 3 --oversubscribe target/debug/examples/mpi_probe map`
+
+use std::time::Duration;
+
+use forkpool::{Error, Pool};
+
+/// Which build this is: the mismatch test patches this marker in a copy of the binary.
+static VARIANT: &str = "forkpool-mpi-probe-variant-A";
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// The MPI rank whose worker ran the task (workers inherit the launcher's environment).
+fn rank_of_worker() -> i32 {
+    std::env::var("OMPI_COMM_WORLD_RANK")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(-1)
+}
+
+/// Segfaults if it runs on rank 2, else returns the rank it ran on.
+fn segv_on_rank2(_: u32) -> i32 {
+    let rank = rank_of_worker();
+    if rank == 2 {
+        // SAFETY: none; this is the crash the test wants.
+        unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
+    }
+    // Long enough that tasks spread over both serving ranks.
+    std::thread::sleep(Duration::from_millis(20));
+    rank
+}
+
+static INITIALIZED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn init() {
+    INITIALIZED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether this worker ran the initializer, and its pid.
+fn initialized(_: u32) -> (bool, u32) {
+    std::thread::sleep(Duration::from_millis(5));
+    (
+        INITIALIZED.load(std::sync::atomic::Ordering::Relaxed),
+        std::process::id(),
+    )
+}
+
+fn echo(bytes: Vec<u8>) -> Vec<u8> {
+    bytes
+}
+
+fn nap(ms: u64) -> i32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    rank_of_worker()
+}
+
+/// Kills the serving rank this task's worker belongs to (the fork server's parent).
+fn kill_my_rank(_: ()) -> i32 {
+    let ppid = |pid: u32| -> u32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit(')').next().unwrap_or("");
+        after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    };
+    let server = ppid(std::process::id());
+    let rank = ppid(server);
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &rank.to_string()])
+        .status();
+    std::thread::sleep(Duration::from_secs(30));
+    0
+}
+
+fn main() {
+    let scenario = std::env::args().nth(1).unwrap_or_else(|| "map".into());
+    let mut builder = Pool::builder().processes(2).mpi();
+    if scenario == "timeout" {
+        builder = builder.task_timeout(Duration::from_millis(500));
+    }
+    if scenario == "limits" {
+        builder = builder.initializer(init).max_tasks_per_child(2);
+    }
+    if scenario == "rank0" {
+        builder = builder.mpi_rank0_workers(true);
+    }
+    let pool = match builder.build() {
+        Ok(pool) => pool,
+        Err(e) => {
+            println!("build failed: {e}");
+            std::process::exit(2);
+        }
+    };
+    println!("variant {VARIANT}");
+    println!("processes {}", pool.processes());
+    let outcome = match scenario.as_str() {
+        "map" | "rank0" => map(&pool),
+        "crash" => crash(&pool),
+        "timeout" => timeout(&pool),
+        "spread" => spread(&pool),
+        "limits" => limits(&pool),
+        "terminate" => terminate(&pool),
+        "idle" => {
+            idle();
+            Ok(())
+        }
+        "lost" => {
+            let r = pool.apply(kill_my_rank, ());
+            println!("lost rank: {r:?}");
+            Ok(())
+        }
+        other => {
+            println!("unknown scenario {other}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = outcome {
+        println!("FAILED: {e}");
+        std::process::exit(1);
+    }
+    pool.close();
+    pool.join().expect("join");
+    println!("joined");
+}
+
+fn map(pool: &Pool) -> Result<(), String> {
+    let n = 5_000u64;
+    let got = pool.map(square, 0..n).map_err(|e| e.to_string())?;
+    let want: Vec<u64> = (0..n).map(square).collect();
+    if got != want {
+        return Err("map: wrong results".into());
+    }
+    println!("map ok {}", got.len());
+    let chunked = pool
+        .map_chunked(square, 0..999u64, 7)
+        .map_err(|e| e.to_string())?;
+    if chunked != (0..999u64).map(square).collect::<Vec<_>>() {
+        return Err("map_chunked: wrong results".into());
+    }
+    println!("map_chunked ok");
+    let imap: Vec<u64> = pool
+        .imap(square, 0..2_000u64)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if imap != (0..2_000u64).map(square).collect::<Vec<_>>() {
+        return Err("imap: wrong results or order".into());
+    }
+    println!("imap ok");
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered(square, 0..500u64)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    unordered.sort_unstable();
+    if unordered != (0..500u64).map(square).collect::<Vec<_>>() {
+        return Err("imap_unordered: wrong results".into());
+    }
+    println!("imap_unordered ok");
+    let pending: Vec<_> = (0..200u64)
+        .map(|i| pool.apply_async(square, i))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    for (i, r) in pending.into_iter().enumerate() {
+        if r.get().map_err(|e| e.to_string())? != square(i as u64) {
+            return Err("apply_async: wrong result".into());
+        }
+    }
+    println!("apply_async ok");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _handle = pool
+        .apply_async_with(square, 12, move |r| {
+            let _ = tx.send(r.as_ref().ok().copied());
+        })
+        .map_err(|e| e.to_string())?;
+    if rx.recv_timeout(Duration::from_secs(60)) != Ok(Some(144)) {
+        return Err("apply_async_with: no callback".into());
+    }
+    println!("apply_async_with ok");
+    let panicked = pool.apply(|_: ()| -> u8 { panic!("on purpose") }, ());
+    if !matches!(panicked, Err(Error::TaskPanicked { ref message, ref location })
+        if message == "on purpose"
+            && location.as_deref().is_some_and(|l| l.contains("mpi_probe.rs")))
+    {
+        return Err(format!("panic: {panicked:?}"));
+    }
+    println!("panic ok");
+    // Raw byte payloads (a Vec<u8> is its own encoding), past the 8 MiB batch size.
+    let big: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+    let back = pool.apply(echo, big.clone()).map_err(|e| e.to_string())?;
+    let several: Vec<_> = (0..6)
+        .map(|_| pool.apply_async(echo, big[..3 << 20].to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let several: Vec<Vec<u8>> = several
+        .into_iter()
+        .map(|r| r.get())
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if back != big || several.iter().any(|b| b[..] != big[..3 << 20]) {
+        return Err("large arguments and results came back wrong".into());
+    }
+    println!("large ok");
+    let ranks: std::collections::BTreeSet<i32> = pool
+        .map(nap, vec![30; 8])
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .collect();
+    println!("ranks used {ranks:?}");
+    let s = pool.stats();
+    println!(
+        "stats submitted={} completed={} failed={} panicked={} running={} queued={} workers={}",
+        s.submitted, s.completed, s.failed, s.panicked, s.running, s.queued, s.workers_alive
+    );
+    if s.submitted != s.completed {
+        return Err("stats: submitted and completed differ with nothing in flight".into());
+    }
+    Ok(())
+}
+
+fn crash(pool: &Pool) -> Result<(), String> {
+    let results: Vec<_> = (0..24u32)
+        .map(|i| pool.apply_async(segv_on_rank2, i))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let (mut died, mut ok) = (0, 0);
+    for r in results {
+        match r.get() {
+            Ok(1) => ok += 1,
+            Err(Error::WorkerDied {
+                pid,
+                cause,
+                host: Some(host),
+            }) => {
+                if died == 0 {
+                    println!("died: worker {pid} on {host}: {cause}");
+                }
+                died += 1;
+            }
+            other => return Err(format!("unexpected outcome {other:?}")),
+        }
+    }
+    println!("crash: {died} died on rank 2, {ok} ok on rank 1");
+    if died == 0 || ok == 0 {
+        return Err("expected tasks on both ranks".into());
+    }
+    let after = pool.map(square, 0..100u64).map_err(|e| e.to_string())?;
+    if after != (0..100u64).map(square).collect::<Vec<_>>() {
+        return Err("the 100 tasks after the crash".into());
+    }
+    println!("after crash: 100 ok");
+    Ok(())
+}
+
+fn timeout(pool: &Pool) -> Result<(), String> {
+    let long: Vec<_> = (0..4)
+        .map(|_| pool.apply_async(nap, 20_000))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let short: Vec<_> = (0..8)
+        .map(|_| pool.apply_async(nap, 10))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let mut timed_out = 0;
+    for r in long {
+        match r.get() {
+            Err(Error::TimedOut { limit, .. }) if limit == Duration::from_millis(500) => {
+                timed_out += 1
+            }
+            other => return Err(format!("a long task ended with {other:?}")),
+        }
+    }
+    let mut ranks = std::collections::BTreeSet::new();
+    for r in short {
+        ranks.insert(r.get().map_err(|e| e.to_string())?);
+    }
+    println!("timeout: {timed_out} timed out, short tasks ran on ranks {ranks:?}");
+    Ok(())
+}
+
+/// Prints the CPU time (clock ticks of 10 ms) every process of this binary used over 2 s with
+/// the pool open and idle.
+fn idle() {
+    let ticks = || -> u64 {
+        let me = std::fs::read_link("/proc/self/exe").expect("/proc/self/exe");
+        let mut total = 0;
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() != Some(&me) {
+                continue;
+            }
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let after = stat.rsplit(')').next().unwrap_or("");
+            let fields: Vec<u64> = after
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            total += fields.iter().sum::<u64>();
+        }
+        total
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let before = ticks();
+    std::thread::sleep(Duration::from_secs(2));
+    println!("idle ticks {}", ticks() - before);
+}
+
+/// Busy for `ms` milliseconds of wall time; returns (rank, pid).
+fn busy(ms: u64) -> (i32, u32) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(ms) {
+        std::hint::spin_loop();
+    }
+    (rank_of_worker(), std::process::id())
+}
+
+/// After a run of short tasks (which deepens every rank's credit), 4 long tasks must still go
+/// to 4 different workers, 2 per rank: no rank holds a backlog while another idles.
+fn spread(pool: &Pool) -> Result<(), String> {
+    pool.map(square, 0..2_000u64).map_err(|e| e.to_string())?;
+    for _ in 0..200 {
+        pool.apply(square, 3).map_err(|e| e.to_string())?;
+    }
+    let placed = pool
+        .map_chunked(busy, vec![300; 4], 1)
+        .map_err(|e| e.to_string())?;
+    let pids: std::collections::BTreeSet<u32> = placed.iter().map(|p| p.1).collect();
+    let on_rank1 = placed.iter().filter(|p| p.0 == 1).count();
+    println!("spread: {} workers, {on_rank1} of 4 on rank 1", pids.len());
+    Ok(())
+}
+
+/// Terminates the pool with long tasks running on both ranks and more queued: every task still
+/// pending fails with Terminated, at once.
+fn terminate(pool: &Pool) -> Result<(), String> {
+    let pending: Vec<_> = (0..12)
+        .map(|_| pool.apply_async(nap, 60_000))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while pool.stats().running < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let start = std::time::Instant::now();
+    pool.terminate();
+    let terminated = pending
+        .into_iter()
+        .map(|r| r.get())
+        .filter(|o| matches!(o, Err(Error::Terminated)))
+        .count();
+    pool.join().map_err(|e| e.to_string())?;
+    println!(
+        "terminate: {terminated} of 12 terminated in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    if start.elapsed() > Duration::from_secs(30) {
+        return Err("terminate waited for the tasks".into());
+    }
+    Ok(())
+}
+
+/// With an initializer and max_tasks_per_child(2): every worker on every rank ran the
+/// initializer, and workers are recycled after 2 tasks.
+fn limits(pool: &Pool) -> Result<(), String> {
+    let got: Vec<_> = (0..24)
+        .map(|i| pool.apply_async(initialized, i))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let got: Vec<(bool, u32)> = got
+        .into_iter()
+        .map(|r| r.get())
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let pids: std::collections::BTreeSet<u32> = got.iter().map(|g| g.1).collect();
+    let all = got.iter().all(|g| g.0);
+    // 2 tasks per worker at most: at least 12 workers (more if the ranks split the 24 unevenly).
+    println!(
+        "limits: initialized everywhere {all}, recycled {} ({} workers for 24 tasks)",
+        pids.len() >= 12,
+        pids.len()
+    );
+    Ok(())
+}

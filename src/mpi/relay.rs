@@ -1,0 +1,329 @@
+//! A serving rank's loop: receive batches of task frames from rank 0, hand each to the local
+//! pool, send the outcomes back in batches, until rank 0 says the pool is closed or terminated.
+//! The rank itself runs no user code; its local pool's workers do.
+
+use std::time::{Duration, Instant};
+
+use ::mpi::point_to_point::{MatchedReceiveVec, Source};
+use ::mpi::topology::{Communicator, SimpleCommunicator};
+use crossbeam_channel::{Receiver, Sender};
+
+use super::identity::Image;
+use super::wire::{self, Hello, Outbox};
+use crate::dispatch::Task;
+use crate::error::Error;
+use crate::frame::{self, OutFrame};
+use crate::pool::Pool;
+use crate::result::{Outcome, Sink};
+
+/// After activity, how long the relay only yields before it starts to sleep.
+const SPIN: Duration = Duration::from_micros(50);
+/// The longest sleep between two probes: bounds the latency an idle rank adds to a task, and
+/// keeps an idle rank near 0.1% of a CPU.
+const MAX_NAP: Duration = Duration::from_millis(2);
+/// Exit status of a rank whose binary rank 0 refused. Zero on purpose: Open MPI aborts the
+/// job when a rank exits non-zero, which could kill rank 0 before it reports the mismatch
+/// (rank 0's `build` error is the report; the refused rank also prints why on stderr).
+const EXIT_REFUSED: i32 = 0;
+/// Exit status of a rank that failed (MPI, or rank 0 broke the protocol).
+const EXIT_FAILED: i32 = 4;
+
+/// Serves rank 0 with `local`, then ends the process: status 0 once rank 0 closed or
+/// terminated the pool.
+pub(super) fn serve(local: Pool) -> ! {
+    let code = match run(local) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("forkpool: MPI serving rank failed: {message}");
+            EXIT_FAILED
+        }
+    };
+    std::process::exit(code)
+}
+
+fn run(local: Pool) -> Result<i32, String> {
+    let universe = super::initialize()?;
+    let world = universe.world();
+    let rank = world.rank();
+    if rank == 0 {
+        return Err("the launcher's environment named another rank than MPI does".into());
+    }
+    let image = Image::of_self();
+    let identity = image.identity();
+    let host = super::host();
+    let hello = Hello {
+        processes: local.processes() as u64,
+        pid: u64::from(std::process::id()),
+        identity: identity.0.clone(),
+        host: host.clone(),
+    };
+    let mut outbox = Outbox::default();
+    outbox.send(&world, 0, wire::HELLO, hello.encode());
+    let verdict = receive_from_root(&world, &mut outbox, wire::VERDICT);
+    if verdict.first() != Some(&wire::WELCOME) {
+        eprintln!(
+            "forkpool: rank {rank} on {host} (binary {identity}) was refused by rank 0: it runs \
+             another build of the program"
+        );
+        local.terminate();
+        drop(local);
+        outbox.flush();
+        drop(universe);
+        return Ok(EXIT_REFUSED);
+    }
+    let mut relay = Relay::new(local, image);
+    let end = relay.serve(&world, &mut outbox)?;
+    relay.end(end);
+    outbox.send(&world, 0, wire::BYE, Vec::new());
+    outbox.flush();
+    drop(outbox);
+    drop(universe);
+    Ok(0)
+}
+
+/// Waits, without spinning, for the next message with `tag` from rank 0.
+fn receive_from_root(world: &SimpleCommunicator, outbox: &mut Outbox, tag: ::mpi::Tag) -> Vec<u8> {
+    let root = world.process_at_rank(0);
+    let mut nap = Duration::from_micros(10);
+    loop {
+        outbox.progress();
+        if let Some(probed) = root.immediate_matched_probe_with_tag(tag) {
+            return probed.matched_receive_vec::<u8>().0;
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(MAX_NAP);
+    }
+}
+
+struct Relay {
+    local: Pool,
+    image: Image,
+    tx: Sender<(u64, Outcome)>,
+    rx: Receiver<(u64, Outcome)>,
+    inflight: usize,
+    batch: Vec<u8>,
+}
+
+impl Relay {
+    fn new(local: Pool, image: Image) -> Relay {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Relay {
+            local,
+            image,
+            tx,
+            rx,
+            inflight: 0,
+            batch: Vec::new(),
+        }
+    }
+
+    /// Relays until rank 0 sends END; returns its word (close or terminate).
+    fn serve(&mut self, world: &SimpleCommunicator, outbox: &mut Outbox) -> Result<u8, String> {
+        let root = world.process_at_rank(0);
+        let mut last_activity = Instant::now();
+        loop {
+            let mut active = false;
+            let mut end = None;
+            while let Some(probed) = root.immediate_matched_probe() {
+                active = true;
+                let (bytes, status) = probed.matched_receive_vec::<u8>();
+                match status.tag() {
+                    wire::TASKS => self.on_tasks(&bytes)?,
+                    wire::END => {
+                        end = Some(bytes.first().copied().unwrap_or(wire::TERMINATE));
+                        break;
+                    }
+                    tag => return Err(format!("rank 0 sent a message with tag {tag}")),
+                }
+            }
+            while let Ok((id, outcome)) = self.rx.try_recv() {
+                self.push(id, &outcome, world, outbox);
+                active = true;
+            }
+            if !self.batch.is_empty() {
+                outbox.send(world, 0, wire::RESULTS, std::mem::take(&mut self.batch));
+            }
+            outbox.progress();
+            if let Some(end) = end {
+                return Ok(end);
+            }
+            let now = Instant::now();
+            if active {
+                last_activity = now;
+                continue;
+            }
+            let idle = now - last_activity;
+            if idle < SPIN {
+                std::thread::yield_now();
+                continue;
+            }
+            let nap = (idle / 8).clamp(Duration::from_micros(20), MAX_NAP);
+            if self.inflight > 0 {
+                // An outcome wakes this at once; a message from rank 0 waits for the nap.
+                if let Ok((id, outcome)) = self.rx.recv_timeout(nap) {
+                    self.push(id, &outcome, world, outbox);
+                    last_activity = Instant::now();
+                }
+            } else {
+                std::thread::sleep(nap);
+            }
+        }
+    }
+
+    /// Adds an outcome to the RESULTS batch, sending the batch first if the outcome would push
+    /// it past MPI's message limit, and after if it is large enough to go.
+    fn push(
+        &mut self,
+        id: u64,
+        outcome: &Outcome,
+        world: &SimpleCommunicator,
+        outbox: &mut Outbox,
+    ) {
+        self.inflight -= 1;
+        let size = outcome.as_ref().map_or(0, |payload| payload.len()) + 64;
+        if self.batch.len() + size.min(wire::MAX_MESSAGE) > wire::MAX_MESSAGE {
+            outbox.send(world, 0, wire::RESULTS, std::mem::take(&mut self.batch));
+        }
+        self.push_one(id, outcome);
+        if self.batch.len() >= wire::BATCH_BYTES {
+            outbox.send(world, 0, wire::RESULTS, std::mem::take(&mut self.batch));
+        }
+    }
+
+    fn push_one(&mut self, id: u64, outcome: &Outcome) {
+        match outcome {
+            Ok(payload) if payload.len() > wire::MAX_MESSAGE => {
+                let message = format!(
+                    "a result of {} bytes is above the largest MPI message ({} bytes)",
+                    payload.len(),
+                    wire::MAX_MESSAGE
+                );
+                wire::push_outcome(&mut self.batch, id, &Err(Error::Mpi { message }));
+            }
+            _ => wire::push_outcome(&mut self.batch, id, outcome),
+        }
+    }
+
+    /// Hands every task of a TASKS message to the local pool; a task that cannot run (an
+    /// offset outside the executable's code, a malformed frame) fails alone at once.
+    fn on_tasks(&mut self, bytes: &[u8]) -> Result<(), String> {
+        for entry in wire::tasks(bytes, u64::MAX) {
+            let (items, frame) = entry.map_err(|e| format!("a malformed TASKS message: {e}"))?;
+            let header =
+                frame::task_header(frame).ok_or("a task frame too short for its header")?;
+            self.inflight += 1;
+            match self.task(header, items, frame) {
+                // A refused submission (the local pool closed) drops the task, whose sink then
+                // reports Terminated through the channel like any outcome.
+                Ok(task) => drop(self.local.submit_task(task)),
+                Err(message) => {
+                    self.inflight -= 1;
+                    wire::push_outcome(&mut self.batch, header.id, &Err(Error::Mpi { message }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn task(&self, header: frame::TaskHeader, items: u32, frame: &[u8]) -> Result<Task, String> {
+        let (Some(trampoline), Some(function)) = (
+            self.image.address(header.trampoline),
+            self.image.address(header.function),
+        ) else {
+            return Err(format!(
+                "task {} names code at offsets {:#x} and {:#x}, outside this executable's code; \
+                 refused",
+                header.id, header.trampoline, header.function
+            ));
+        };
+        let mut head = frame.to_vec();
+        frame::set_task_addresses(&mut head, trampoline, function);
+        let tx = self.tx.clone();
+        let id = header.id;
+        let sink = Sink::then(move |outcome| {
+            let _ = tx.send((id, outcome));
+        });
+        let limit = (header.limit_us > 0).then(|| Duration::from_micros(header.limit_us));
+        Ok(Task::new(
+            OutFrame {
+                head,
+                tail: Vec::new(),
+            },
+            sink,
+        )
+        .with_limit(limit, items as usize))
+    }
+
+    /// Winds the local pool down: after a close, rank 0 has every outcome already; after a
+    /// terminate, the outcomes left are not wanted.
+    fn end(self, end: u8) {
+        if end == wire::CLOSE {
+            self.local.close();
+        } else {
+            self.local.terminate();
+        }
+        let _ = self.local.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    fn square(x: u64) -> u64 {
+        x * x
+    }
+
+    /// A task frame as rank 0 sends it: addresses rewritten as offsets.
+    fn wire_frame(image: &Image, x: u64) -> Vec<u8> {
+        let frame = crate::task::call(square, x).expect("encode");
+        let mut bytes = [frame.head.as_slice(), frame.tail.as_slice()].concat();
+        frame::stamp_task(&mut bytes, 42, 0);
+        let h = frame::task_header(&bytes).expect("header");
+        frame::set_task_addresses(
+            &mut bytes,
+            image.offset(h.trampoline),
+            image.offset(h.function),
+        );
+        bytes
+    }
+
+    #[test]
+    fn a_task_from_offsets_runs_in_the_local_pool() {
+        let image = Image::of_self();
+        let relay = Relay::new(Pool::new(1).expect("pool"), image.clone());
+        let bytes = wire_frame(&image, 7);
+        let header = frame::task_header(&bytes).expect("header");
+        let task = relay
+            .task(header, 1, &bytes)
+            .expect("offsets inside the code");
+        relay.local.submit_task(task).expect("submit");
+        let (id, outcome) = relay
+            .rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("an outcome");
+        assert_eq!(id, 42);
+        let bytes = outcome.expect("the task ran");
+        assert_eq!(codec::decode::<u64>(&bytes), Ok(49));
+    }
+
+    #[test]
+    fn offsets_outside_the_code_are_refused_and_never_called() {
+        let image = Image::of_self();
+        let relay = Relay::new(Pool::new(1).expect("pool"), image.clone());
+        let mut bytes = wire_frame(&image, 7);
+        let h = frame::task_header(&bytes).expect("header");
+        static NOT_CODE: u64 = 0;
+        let data = image.offset(&NOT_CODE as *const u64 as u64);
+        for (trampoline, function) in [(data, h.function), (h.trampoline, u64::MAX - 7)] {
+            frame::set_task_addresses(&mut bytes, trampoline, function);
+            let header = frame::task_header(&bytes).expect("header");
+            let refused = relay.task(header, 1, &bytes).expect_err("refused");
+            assert!(
+                refused.contains("outside this executable's code"),
+                "{refused}"
+            );
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! Rank 0's side: a scheduler thread that consumes the pool's submission front, as the local
+//! dispatcher does, and spreads the tasks over the serving ranks (and rank 0's own local pool,
+//! if it has one) in batches, under a credit per rank.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use ::mpi::point_to_point::{MatchedReceiveVec, Source};
+use ::mpi::topology::{Communicator, SimpleCommunicator};
+use crossbeam_channel::{Receiver, Sender};
+
+use super::identity::{Identity, Image};
+use super::wire::{self, Hello, Outbox};
+use crate::dispatch::{Front, Phase, Task};
+use crate::error::{Error, Result};
+use crate::frame;
+use crate::pool::Pool;
+use crate::result::{Outcome, Sink};
+
+/// Tasks a rank may hold per worker while its tasks are short.
+const DEPTH: usize = 32;
+/// Below this average time from sending a task to its outcome, a rank's tasks count as short.
+const SHORT: Duration = Duration::from_millis(20);
+/// After activity, how long the scheduler only yields before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
+/// The longest sleep between two probes while outcomes are awaited.
+const MAX_BUSY_NAP: Duration = Duration::from_millis(1);
+/// How long the scheduler sleeps when nothing is in flight (a submission wakes it at once).
+const IDLE_NAP: Duration = Duration::from_millis(100);
+
+/// One place tasks run: a serving rank, or rank 0's own local pool.
+struct Member {
+    link: Link,
+    host: String,
+    processes: usize,
+    inflight: HashMap<u64, (Task, Instant)>,
+    /// Outcomes received, and their average time from sending.
+    served: u64,
+    avg: Duration,
+    /// The TASKS message being filled this round.
+    batch: Vec<u8>,
+}
+
+enum Link {
+    Rank(i32),
+    Local(Pool),
+}
+
+/// Runs rank 0's MPI thread: the start-up handshake, then the scheduling loop until the pool
+/// is closed and drained, or terminated. Reports the pool's total worker count, or why it could
+/// not start, on `ready`.
+pub(super) fn run(front: Front, local: Option<Pool>, ready: Sender<Result<usize>>) {
+    let universe = match super::initialize() {
+        Ok(u) => u,
+        Err(message) => {
+            let _ = ready.send(Err(Error::Mpi { message }));
+            return;
+        }
+    };
+    let world = universe.world();
+    if world.rank() != 0 {
+        // The launcher's environment said rank 0; MPI disagrees. Waiting for HELLOs here would
+        // hang the job, and a serving rank must not return: end the job instead.
+        eprintln!(
+            "forkpool: the launcher's environment says rank 0, MPI says rank {}",
+            world.rank()
+        );
+        std::process::exit(1);
+    }
+    let image = Image::of_self();
+    let mut outbox = Outbox::default();
+    let members = match handshake(&world, &image, &mut outbox) {
+        Ok(members) => members,
+        Err(message) => {
+            outbox.flush();
+            drop(outbox);
+            drop(universe);
+            let _ = ready.send(Err(Error::Mpi { message }));
+            return;
+        }
+    };
+    let (local_tx, local_rx) = crossbeam_channel::unbounded();
+    let mut scheduler = Scheduler {
+        front,
+        image,
+        members,
+        queue: VecDeque::new(),
+        next_id: 0,
+        local_tx,
+        local_rx,
+    };
+    if let Some(pool) = local {
+        scheduler
+            .members
+            .push(Member::new(Link::Local(pool), super::host(), 0));
+        let last = scheduler.members.last_mut().expect("just pushed");
+        last.processes = match &last.link {
+            Link::Local(pool) => pool.processes(),
+            Link::Rank(_) => 0,
+        };
+    }
+    let total = scheduler.members.iter().map(|m| m.processes).sum();
+    scheduler.front.set_workers(total);
+    let _ = ready.send(Ok(total));
+    scheduler.run(&world, &mut outbox);
+    outbox.flush();
+    drop(outbox);
+    drop(universe);
+}
+
+/// Collects every serving rank's HELLO, checks its binary against ours, and welcomes or
+/// refuses them all.
+fn handshake(
+    world: &SimpleCommunicator,
+    image: &Image,
+    outbox: &mut Outbox,
+) -> std::result::Result<Vec<Member>, String> {
+    let ours = image.identity();
+    let our_host = super::host();
+    let mut hellos: Vec<Option<Hello>> = (0..world.size()).map(|_| None).collect();
+    let mut missing = world.size() as usize - 1;
+    let mut nap = Duration::from_micros(10);
+    while missing > 0 {
+        match world
+            .any_process()
+            .immediate_matched_probe_with_tag(wire::HELLO)
+        {
+            Some(probed) => {
+                let (bytes, status) = probed.matched_receive_vec::<u8>();
+                let rank = status.source_rank();
+                // A malformed HELLO counts as a mismatch: the rank is refused with the others.
+                let hello = Hello::decode(&bytes).unwrap_or_else(|e| Hello {
+                    processes: 0,
+                    pid: 0,
+                    identity: format!("malformed HELLO ({e}):").into_bytes(),
+                    host: "an unknown host".into(),
+                });
+                let slot = &mut hellos[rank as usize];
+                if slot.is_none() {
+                    missing -= 1;
+                }
+                *slot = Some(hello);
+            }
+            None => {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(2));
+            }
+        }
+    }
+    let mismatches: Vec<String> = hellos
+        .iter()
+        .enumerate()
+        .filter_map(|(rank, h)| Some((rank, h.as_ref()?)))
+        .filter(|(_, h)| h.identity != ours.0)
+        .map(|(rank, h)| {
+            format!(
+                "rank {rank} on {} runs binary {}, but rank 0 on {our_host} runs binary {ours}",
+                h.host,
+                Identity(h.identity.clone())
+            )
+        })
+        .collect();
+    let verdict = if mismatches.is_empty() {
+        wire::WELCOME
+    } else {
+        wire::REFUSED
+    };
+    for rank in 1..world.size() {
+        outbox.send(world, rank, wire::VERDICT, vec![verdict]);
+    }
+    if !mismatches.is_empty() {
+        return Err(format!(
+            "{}; every rank must run the same build of the program (launch one executable, \
+             rebuilt everywhere at once)",
+            mismatches.join("; ")
+        ));
+    }
+    Ok(hellos
+        .into_iter()
+        .enumerate()
+        .filter_map(|(rank, h)| {
+            let h = h?;
+            Some(Member::new(
+                Link::Rank(rank as i32),
+                h.host,
+                h.processes as usize,
+            ))
+        })
+        .collect())
+}
+
+impl Member {
+    fn new(link: Link, host: String, processes: usize) -> Member {
+        Member {
+            link,
+            host,
+            processes,
+            inflight: HashMap::new(),
+            served: 0,
+            avg: Duration::ZERO,
+            batch: Vec::new(),
+        }
+    }
+
+    /// How many tasks it may hold: many per worker while its tasks are short, else one. Until
+    /// it has answered, it goes by the others (one per worker in a fresh pool).
+    fn depth(&self, others_short: bool) -> usize {
+        let short = if self.served > 0 {
+            self.avg < SHORT
+        } else {
+            others_short
+        };
+        self.processes.max(1) * if short { DEPTH } else { 1 }
+    }
+}
+
+struct Scheduler {
+    front: Front,
+    image: Image,
+    members: Vec<Member>,
+    queue: VecDeque<Task>,
+    next_id: u64,
+    /// Outcomes of the tasks run by rank 0's own local pool.
+    local_tx: Sender<(u64, Outcome)>,
+    local_rx: Receiver<(u64, Outcome)>,
+}
+
+impl Scheduler {
+    fn run(&mut self, world: &SimpleCommunicator, outbox: &mut Outbox) {
+        let mut last_activity = Instant::now();
+        loop {
+            let phase = self.front.phase();
+            if phase == Phase::Terminated {
+                return self.end(world, outbox, wire::TERMINATE);
+            }
+            let before = self.queue.len();
+            self.queue.extend(self.front.tasks());
+            let mut active = self.queue.len() != before;
+            match self.receive(world) {
+                Ok(got) => active |= got,
+                Err(message) => {
+                    // A rank broke the protocol: a bug, not a user error. Fail what is left.
+                    eprintln!("forkpool: MPI pool stopped: {message}");
+                    self.front.shut();
+                    return self.end(world, outbox, wire::TERMINATE);
+                }
+            }
+            active |= self.assign(world, outbox);
+            outbox.progress();
+            let inflight: usize = self.members.iter().map(|m| m.inflight.len()).sum();
+            if phase == Phase::Draining && self.queue.is_empty() && inflight == 0 {
+                return self.end(world, outbox, wire::CLOSE);
+            }
+            let now = Instant::now();
+            if active {
+                last_activity = now;
+                continue;
+            }
+            let idle = now - last_activity;
+            let remote = self
+                .members
+                .iter()
+                .any(|m| matches!(m.link, Link::Rank(_)) && !m.inflight.is_empty());
+            if remote && idle < SPIN {
+                std::thread::yield_now();
+            } else if remote {
+                let nap = (idle / 8).clamp(Duration::from_micros(20), MAX_BUSY_NAP);
+                self.front.wait(phase, nap, || !self.local_rx.is_empty());
+            } else {
+                // Nothing can come from the ranks; a submission or a local outcome wakes this.
+                self.front
+                    .wait(phase, IDLE_NAP, || !self.local_rx.is_empty());
+            }
+        }
+    }
+
+    /// Takes every message the ranks sent and every local outcome, and delivers them.
+    fn receive(&mut self, world: &SimpleCommunicator) -> std::result::Result<bool, String> {
+        let mut got = false;
+        while let Some(probed) = world.any_process().immediate_matched_probe() {
+            got = true;
+            let (bytes, status) = probed.matched_receive_vec::<u8>();
+            let rank = status.source_rank();
+            let Some(i) = self.member_of(rank) else {
+                return Err(format!(
+                    "a message from rank {rank}, which is not in the pool"
+                ));
+            };
+            if status.tag() != wire::RESULTS {
+                return Err(format!(
+                    "rank {rank} sent a message with tag {}",
+                    status.tag()
+                ));
+            }
+            let outcomes = wire::outcomes(bytes, &self.members[i].host)
+                .map_err(|e| format!("rank {rank} sent malformed results: {e}"))?;
+            for (id, outcome) in outcomes {
+                self.deliver(i, id, outcome);
+            }
+        }
+        while let Ok((id, outcome)) = self.local_rx.try_recv() {
+            got = true;
+            let i = self
+                .members
+                .iter()
+                .position(|m| matches!(m.link, Link::Local(_)))
+                .expect("local outcomes come from the local member");
+            self.deliver(i, id, outcome);
+        }
+        Ok(got)
+    }
+
+    fn member_of(&self, rank: i32) -> Option<usize> {
+        self.members
+            .iter()
+            .position(|m| matches!(m.link, Link::Rank(r) if r == rank))
+    }
+
+    fn deliver(&mut self, i: usize, id: u64, outcome: Outcome) {
+        let member = &mut self.members[i];
+        // An id not in flight there (a rank's bug) is dropped: nothing a rank sends may panic
+        // rank 0.
+        let Some((task, sent)) = member.inflight.remove(&id) else {
+            return;
+        };
+        member.served += 1;
+        self.front.running(false);
+        // An average over the last few tasks (weight 1/8 for the newest).
+        member.avg = (member.avg * 7 + sent.elapsed()) / 8;
+        self.front.finish(task, outcome);
+    }
+
+    /// Moves queued tasks to the members with the most room, one batch per member, and sends
+    /// the batches. True if it sent anything.
+    fn assign(&mut self, world: &SimpleCommunicator, outbox: &mut Outbox) -> bool {
+        if self.queue.is_empty() || self.members.is_empty() {
+            return false;
+        }
+        let total: usize = self.members.iter().map(|m| m.processes.max(1)).sum();
+        let in_hand =
+            self.queue.len() + self.members.iter().map(|m| m.inflight.len()).sum::<usize>();
+        let short = self.members.iter().any(|m| m.served > 0 && m.avg < SHORT);
+        let caps: Vec<usize> = self
+            .members
+            .iter()
+            .map(|m| {
+                // No member holds more than its share of the work in hand.
+                let fair = (in_hand * m.processes.max(1)).div_ceil(total).max(1);
+                m.depth(short).min(fair)
+            })
+            .collect();
+        let now = Instant::now();
+        let mut sent = false;
+        while !self.queue.is_empty() {
+            let best = self
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(i, m)| m.inflight.len() < caps[*i])
+                .min_by_key(|(_, m)| m.inflight.len() * 1024 / m.processes.max(1))
+                .map(|(i, _)| i);
+            let Some(i) = best else { break };
+            let mut task = self.queue.pop_front().expect("queue is not empty");
+            let remote = matches!(self.members[i].link, Link::Rank(_));
+            if remote && task.frame_mut().len() > wire::MAX_MESSAGE {
+                let message = format!(
+                    "an argument frame of {} bytes is above the largest MPI message ({} bytes)",
+                    task.frame_mut().len(),
+                    wire::MAX_MESSAGE
+                );
+                self.front.finish(task, Err(Error::Mpi { message }));
+                continue;
+            }
+            // A batch stays under MPI's message limit: send it before a frame would overflow it.
+            let room = wire::MAX_MESSAGE - self.members[i].batch.len();
+            if remote && task.frame_mut().len() + 4 > room {
+                self.send_batch(i, world, outbox);
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            self.place(i, id, task, now);
+            sent = true;
+            if self.members[i].batch.len() >= wire::BATCH_BYTES {
+                self.send_batch(i, world, outbox);
+            }
+        }
+        for i in 0..self.members.len() {
+            self.send_batch(i, world, outbox);
+        }
+        sent
+    }
+
+    /// Sends member `i`'s TASKS batch, if it is a rank and the batch holds anything.
+    fn send_batch(&mut self, i: usize, world: &SimpleCommunicator, outbox: &mut Outbox) {
+        let member = &mut self.members[i];
+        if let Link::Rank(rank) = member.link {
+            if !member.batch.is_empty() {
+                outbox.send(world, rank, wire::TASKS, std::mem::take(&mut member.batch));
+            }
+        }
+    }
+
+    /// Puts task `id` in member `i`'s batch (or hands it to the local pool).
+    fn place(&mut self, i: usize, id: u64, mut task: Task, now: Instant) {
+        let (limit, items) = task.limit();
+        let limit_us = limit.map_or(0, |l| l.as_micros().clamp(1, u128::from(u64::MAX)) as u64);
+        let frame = std::mem::take(task.frame_mut());
+        let member = &mut self.members[i];
+        match &member.link {
+            Link::Rank(_) => {
+                let mut frame = frame;
+                frame::stamp_task(&mut frame.head, id, limit_us);
+                let header = frame::task_header(&frame.head).expect("a task frame has a header");
+                frame::set_task_addresses(
+                    &mut frame.head,
+                    self.image.offset(header.trampoline),
+                    self.image.offset(header.function),
+                );
+                wire::push_task(&mut member.batch, items, frame.parts_from(0));
+            }
+            Link::Local(pool) => {
+                let tx = self.local_tx.clone();
+                let wake = self.front.waker();
+                let sink = Sink::then(move |outcome| {
+                    let _ = tx.send((id, outcome));
+                    wake();
+                });
+                let local = Task::new(frame, sink).with_limit(limit, items as usize);
+                // Refused only once rank 0's local pool is closed, which happens after this
+                // loop ends; the dropped task's sink reports Terminated then.
+                drop(pool.submit_task(local));
+            }
+        }
+        member.inflight.insert(id, (task, now));
+        // A task in a rank's hands counts as running, whether it runs or waits there.
+        self.front.running(true);
+    }
+
+    /// Tells every rank the pool is closed (all outcomes are in) or terminated, waits for their
+    /// goodbyes, and resolves whatever is left as terminated.
+    fn end(&mut self, world: &SimpleCommunicator, outbox: &mut Outbox, how: u8) {
+        let mut waiting = 0;
+        for member in &self.members {
+            match &member.link {
+                Link::Rank(rank) => {
+                    outbox.send(world, *rank, wire::END, vec![how]);
+                    waiting += 1;
+                }
+                Link::Local(pool) if how == wire::CLOSE => pool.close(),
+                Link::Local(pool) => pool.terminate(),
+            }
+        }
+        for member in &mut self.members {
+            if let Link::Local(pool) = &member.link {
+                let _ = pool.join();
+            }
+        }
+        let mut nap = Duration::from_micros(10);
+        while waiting > 0 {
+            outbox.progress();
+            match world.any_process().immediate_matched_probe() {
+                Some(probed) => {
+                    let (_, status) = probed.matched_receive_vec::<u8>();
+                    if status.tag() == wire::BYE {
+                        waiting -= 1;
+                    }
+                }
+                None => {
+                    std::thread::sleep(nap);
+                    nap = (nap * 2).min(Duration::from_millis(2));
+                }
+            }
+        }
+        for member in &mut self.members {
+            for (_, (task, _)) in member.inflight.drain() {
+                self.front.running(false);
+                self.front.finish(task, Err(Error::Terminated));
+            }
+        }
+        while self.local_rx.try_recv().is_ok() {}
+        for task in self.queue.drain(..).chain(self.front.tasks()) {
+            self.front.finish(task, Err(Error::Terminated));
+        }
+    }
+}

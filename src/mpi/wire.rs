@@ -1,0 +1,460 @@
+//! The messages between rank 0 and a serving rank, imported by both sides: their tags, their
+//! layouts, and the outbox that sends them without blocking.
+//!
+//! Every message is a byte buffer; integers are little-endian.
+//!
+//! ```text
+//! HELLO   (rank -> 0)  | processes u64 | pid u64 | identity len u64 | identity | host (UTF-8) |
+//! VERDICT (0 -> rank)  | 0 welcome, or 1 refused u8 |
+//! TASKS   (0 -> rank)  ( | items u32 | task frame, its length prefix included | )*
+//! RESULTS (rank -> 0)  ( | id u64 | kind u8 | a u64 | b u64 | len u64 | bytes | )*
+//! END     (0 -> rank)  | 0 close, or 1 terminate u8 |
+//! BYE     (rank -> 0)  (empty: the rank's local pool is down; it finalizes and exits)
+//! ```
+//!
+//! A task frame is the crate's own (see `frame.rs`) with rank 0's task id in its id field and,
+//! in its trampoline and function fields, offsets from the executable's load base instead of
+//! addresses (see `identity.rs`). A result's `kind` is 0 for success (`bytes` is the encoded
+//! result) or the error it carries, with `a`, `b` and `bytes` holding its fields.
+//!
+//! Every send is an `MPI_Isend` whose buffer the [`Outbox`] keeps until MPI is done with it,
+//! so that neither side ever blocks sending a large message while the other one blocks sending
+//! too.
+
+use std::time::Duration;
+
+use ::mpi::point_to_point::Destination;
+use ::mpi::request::{Request, StaticScope};
+use ::mpi::topology::{Communicator, SimpleCommunicator};
+use ::mpi::Tag;
+
+use crate::error::{Error, ExitCause};
+use crate::result::Outcome;
+
+pub(crate) const HELLO: Tag = 1;
+pub(crate) const VERDICT: Tag = 2;
+pub(crate) const TASKS: Tag = 3;
+pub(crate) const RESULTS: Tag = 4;
+pub(crate) const END: Tag = 5;
+pub(crate) const BYE: Tag = 6;
+
+/// The largest message MPI carries (its counts are `int`s), less room for the fields around
+/// a frame or a payload.
+pub(crate) const MAX_MESSAGE: usize = i32::MAX as usize - 4096;
+/// A batch this large is sent at once rather than grown further.
+pub(crate) const BATCH_BYTES: usize = 8 << 20;
+
+pub(crate) const WELCOME: u8 = 0;
+pub(crate) const REFUSED: u8 = 1;
+pub(crate) const CLOSE: u8 = 0;
+pub(crate) const TERMINATE: u8 = 1;
+
+/// A serving rank's introduction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hello {
+    pub(crate) processes: u64,
+    pub(crate) pid: u64,
+    pub(crate) identity: Vec<u8>,
+    pub(crate) host: String,
+}
+
+impl Hello {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24 + self.identity.len() + self.host.len());
+        out.extend_from_slice(&self.processes.to_le_bytes());
+        out.extend_from_slice(&self.pid.to_le_bytes());
+        out.extend_from_slice(&(self.identity.len() as u64).to_le_bytes());
+        out.extend_from_slice(&self.identity);
+        out.extend_from_slice(self.host.as_bytes());
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Hello, String> {
+        let mut r = Reader(bytes);
+        let processes = r.u64()?;
+        let pid = r.u64()?;
+        let len = r.u64()?;
+        let identity = r.bytes(len)?.to_vec();
+        let host = String::from_utf8_lossy(r.0).into_owned();
+        Ok(Hello {
+            processes,
+            pid,
+            identity,
+            host,
+        })
+    }
+}
+
+/// Appends one task entry to a TASKS message.
+pub(crate) fn push_task(out: &mut Vec<u8>, items: u32, frame: [&[u8]; 2]) {
+    out.extend_from_slice(&items.to_le_bytes());
+    out.extend_from_slice(frame[0]);
+    out.extend_from_slice(frame[1]);
+}
+
+/// Splits a TASKS message into its entries: `(items, frame)`, each frame with its length
+/// prefix. Frames above `max_frame` bytes, or cut short, end the message with an error.
+pub(crate) fn tasks(
+    mut bytes: &[u8],
+    max_frame: u64,
+) -> impl Iterator<Item = Result<(u32, &[u8]), String>> {
+    std::iter::from_fn(move || {
+        if bytes.is_empty() {
+            return None;
+        }
+        let entry = (|| {
+            let mut r = Reader(bytes);
+            let items = r.u32()?;
+            let len = r.u64()?;
+            if len > max_frame {
+                return Err(format!(
+                    "a task frame of {len} bytes is above the limit of {max_frame}"
+                ));
+            }
+            let frame_len = len as usize + 8;
+            let frame = bytes
+                .get(4..4 + frame_len)
+                .ok_or("a TASKS message ends inside a frame")?;
+            bytes = &bytes[4 + frame_len..];
+            Ok((items, frame))
+        })();
+        if entry.is_err() {
+            bytes = &[];
+        }
+        Some(entry)
+    })
+}
+
+/// Appends one outcome to a RESULTS message.
+pub(crate) fn push_outcome(out: &mut Vec<u8>, id: u64, outcome: &Outcome) {
+    let (kind, a, b, bytes): (u8, u64, u64, &[u8]) = match outcome {
+        Ok(payload) => (0, 0, 0, payload),
+        Err(e) => match e {
+            Error::TaskPanicked { message, location } => {
+                // The location (if any) first, its length in `a`, then the message.
+                let location = location.as_deref().unwrap_or("");
+                let mut text = Vec::with_capacity(location.len() + message.len());
+                text.extend_from_slice(location.as_bytes());
+                text.extend_from_slice(message.as_bytes());
+                let a = if location.is_empty() {
+                    0
+                } else {
+                    location.len() as u64 + 1
+                };
+                return push_raw(out, id, 1, a, 0, &text);
+            }
+            Error::WorkerDied { pid, cause, .. } => (2, u64::from(*pid), cause_code(*cause), &[]),
+            Error::Encode { what, message } => (3, what_code(what), 0, message.as_bytes()),
+            Error::Decode { what, message } => (4, what_code(what), 0, message.as_bytes()),
+            Error::TimedOut { pid, limit } => (
+                5,
+                u64::from(*pid),
+                limit.as_micros().min(u128::from(u64::MAX)) as u64,
+                &[],
+            ),
+            Error::Terminated => (6, 0, 0, &[]),
+            Error::InitializerPanicked { message } => (7, 0, 0, message.as_bytes()),
+            Error::Protocol { pid, message } => (8, u64::from(*pid), 0, message.as_bytes()),
+            Error::Closed => (9, 0, 0, &[]),
+            other => {
+                let message = other.to_string();
+                return push_raw(out, id, 10, 0, 0, message.as_bytes());
+            }
+        },
+    };
+    push_raw(out, id, kind, a, b, bytes);
+}
+
+fn push_raw(out: &mut Vec<u8>, id: u64, kind: u8, a: u64, b: u64, bytes: &[u8]) {
+    out.extend_from_slice(&id.to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(&a.to_le_bytes());
+    out.extend_from_slice(&b.to_le_bytes());
+    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Splits a RESULTS message into `(id, outcome)` pairs. `host` names the rank's host in the
+/// errors that name a worker.
+pub(crate) fn outcomes(bytes: Vec<u8>, host: &str) -> Result<Vec<(u64, Outcome)>, String> {
+    let mut r = Reader(&bytes);
+    let mut spans = Vec::new();
+    while !r.0.is_empty() {
+        let id = r.u64()?;
+        let kind = r.u8()?;
+        let (a, b) = (r.u64()?, r.u64()?);
+        let len = r.u64()?;
+        let start = bytes.len() - r.0.len();
+        r.bytes(len)?;
+        spans.push((id, kind, a, b, start, start + len as usize));
+    }
+    let single = spans.len() == 1;
+    let mut out = Vec::with_capacity(spans.len());
+    let mut whole = Some(bytes);
+    for (id, kind, a, b, start, end) in spans {
+        let buf = whole.as_ref().expect("taken only for the last span");
+        let text = || String::from_utf8_lossy(&buf[start..end]).into_owned();
+        let outcome = match kind {
+            0 if single => {
+                // The only result: hand the message's own buffer on, without a copy.
+                let mut buf = whole.take().expect("one span");
+                buf.truncate(end);
+                Ok(crate::frame::Bytes::from_vec(buf, start))
+            }
+            0 => Ok(crate::frame::Bytes::from_vec(buf[start..end].to_vec(), 0)),
+            1 => {
+                // `a` is 0 without a location, else its length plus one.
+                let text = text();
+                let split = (a as usize).saturating_sub(1).min(text.len());
+                let (location, message) = if a == 0 || !text.is_char_boundary(split) {
+                    (None, text)
+                } else {
+                    let (l, m) = text.split_at(split);
+                    (Some(l.to_string()), m.to_string())
+                };
+                Err(Error::TaskPanicked { message, location })
+            }
+            2 => Err(Error::WorkerDied {
+                pid: a as u32,
+                cause: cause_from(b),
+                host: Some(host.to_string()),
+            }),
+            3 => Err(Error::Encode {
+                what: what_from(a),
+                message: text(),
+            }),
+            4 => Err(Error::Decode {
+                what: what_from(a),
+                message: text(),
+            }),
+            5 => Err(Error::TimedOut {
+                pid: a as u32,
+                limit: Duration::from_micros(b),
+            }),
+            6 => Err(Error::Terminated),
+            7 => Err(Error::InitializerPanicked { message: text() }),
+            8 => Err(Error::Protocol {
+                pid: a as u32,
+                message: format!("on {host}: {}", text()),
+            }),
+            9 => Err(Error::Closed),
+            10 => Err(Error::Mpi {
+                message: format!("on {host}: {}", text()),
+            }),
+            k => return Err(format!("unknown result kind {k}")),
+        };
+        out.push((id, outcome));
+    }
+    Ok(out)
+}
+
+fn cause_code(cause: ExitCause) -> u64 {
+    match cause {
+        ExitCause::Signal(s) => 1 << 32 | u64::from(s as u32),
+        ExitCause::Exited(c) => u64::from(c as u32),
+    }
+}
+
+fn cause_from(code: u64) -> ExitCause {
+    let value = code as u32 as i32;
+    if code >> 32 == 1 {
+        ExitCause::Signal(value)
+    } else {
+        ExitCause::Exited(value)
+    }
+}
+
+fn what_code(what: &str) -> u64 {
+    u64::from(what == "result")
+}
+
+fn what_from(code: u64) -> &'static str {
+    if code == 1 {
+        "result"
+    } else {
+        "argument"
+    }
+}
+
+/// Reads little-endian fields off the front of a message; every read checks the length.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: u64) -> Result<&'a [u8], String> {
+        let n = usize::try_from(n).map_err(|_| "a length above the address space")?;
+        if n > self.0.len() {
+            return Err(format!(
+                "a field of {n} bytes with {} left in the message",
+                self.0.len()
+            ));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.bytes(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(
+            self.bytes(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            self.bytes(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+}
+
+/// Sends in flight: each buffer stays alive, and unmoved, until MPI reports its send complete.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    pending: Vec<(Request<'static, [u8]>, *mut [u8])>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Outbox({} pending)", self.pending.len())
+    }
+}
+
+impl Outbox {
+    /// Starts sending `bytes` to `rank` under `tag`.
+    pub(crate) fn send(&mut self, world: &SimpleCommunicator, rank: i32, tag: Tag, bytes: Vec<u8>) {
+        let buf: &'static mut [u8] = Box::leak(bytes.into_boxed_slice());
+        let raw: *mut [u8] = buf;
+        // SAFETY: `raw` was just leaked from a Box; this shared view of it lives until
+        // `progress` sees the request complete and frees it, and nothing writes to it.
+        let view: &'static [u8] = unsafe { &*raw };
+        let request = world
+            .process_at_rank(rank)
+            .immediate_send_with_tag(StaticScope, view, tag);
+        self.pending.push((request, raw));
+    }
+
+    /// Completes what MPI has finished sending and frees those buffers. True if none is left.
+    pub(crate) fn progress(&mut self) -> bool {
+        let mut i = 0;
+        while i < self.pending.len() {
+            let (request, raw) = self.pending.swap_remove(i);
+            match request.test() {
+                Ok(_) => {
+                    // SAFETY: `raw` came from Box::leak in `send`, MPI is done with it (the
+                    // request completed), and the only other view of it died with the request.
+                    drop(unsafe { Box::from_raw(raw) });
+                }
+                Err(request) => {
+                    self.pending.push((request, raw));
+                    let last = self.pending.len() - 1;
+                    self.pending.swap(i, last);
+                    i += 1;
+                }
+            }
+        }
+        self.pending.is_empty()
+    }
+
+    /// Waits until every send is complete.
+    pub(crate) fn flush(&mut self) {
+        while !self.progress() {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        // A Request dropped incomplete panics (and its buffer is in use): finish them first.
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::Bytes;
+
+    #[test]
+    fn hello_round_trips() {
+        let hello = Hello {
+            processes: 3,
+            pid: 42,
+            identity: b"build-id:\x01\x02".to_vec(),
+            host: "node-7".into(),
+        };
+        assert_eq!(Hello::decode(&hello.encode()), Ok(hello));
+        assert!(Hello::decode(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn outcomes_round_trip_with_the_host() {
+        let mut msg = Vec::new();
+        push_outcome(&mut msg, 1, &Ok(Bytes::from_vec(vec![9, 8, 7], 0)));
+        let died = Error::WorkerDied {
+            pid: 77,
+            cause: ExitCause::Signal(11),
+            host: None,
+        };
+        push_outcome(&mut msg, 2, &Err(died));
+        let timed_out = Error::TimedOut {
+            pid: 5,
+            limit: Duration::from_millis(300),
+        };
+        push_outcome(&mut msg, 3, &Err(timed_out));
+        let panicked = |location: Option<&str>| Error::TaskPanicked {
+            message: "bad ünicode".into(),
+            location: location.map(String::from),
+        };
+        push_outcome(&mut msg, 4, &Err(panicked(Some("src/x.rs:1:2"))));
+        push_outcome(&mut msg, 5, &Err(panicked(None)));
+        let got = outcomes(msg, "node-2").unwrap();
+        assert_eq!(got.len(), 5);
+        for (i, location) in [(3, Some("src/x.rs:1:2")), (4, None)] {
+            match &got[i].1 {
+                Err(Error::TaskPanicked {
+                    message,
+                    location: l,
+                }) => {
+                    assert_eq!(message, "bad ünicode");
+                    assert_eq!(l.as_deref(), location);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(&got[0], (1, Ok(b)) if **b == [9, 8, 7]));
+        assert!(matches!(
+            &got[1],
+            (2, Err(Error::WorkerDied { pid: 77, cause: ExitCause::Signal(11), host: Some(h) })) if h == "node-2"
+        ));
+        assert!(matches!(
+            &got[2],
+            (3, Err(Error::TimedOut { pid: 5, limit })) if *limit == Duration::from_millis(300)
+        ));
+    }
+
+    #[test]
+    fn truncated_results_are_errors_not_panics() {
+        let mut msg = Vec::new();
+        push_outcome(&mut msg, 1, &Ok(Bytes::from_vec(vec![1; 100], 0)));
+        for cut in 0..msg.len() {
+            let _ = outcomes(msg[..cut].to_vec(), "h");
+        }
+        assert!(outcomes(msg[..msg.len() - 1].to_vec(), "h").is_err());
+    }
+
+    #[test]
+    fn task_entries_split_and_refuse_bad_lengths() {
+        let frame_a = [&[4u8, 0, 0, 0, 0, 0, 0, 0][..], &[1, 2, 3, 4][..]];
+        let mut msg = Vec::new();
+        push_task(&mut msg, 1, frame_a);
+        push_task(&mut msg, 5, frame_a);
+        let got: Vec<_> = tasks(&msg, 1 << 20).collect::<Result<_, _>>().unwrap();
+        assert_eq!(got, [(1, &msg[4..16]), (5, &msg[20..32])]);
+        assert!(tasks(&msg, 2).next().unwrap().is_err());
+        assert!(tasks(&msg[..10], 1 << 20).next().unwrap().is_err());
+    }
+}

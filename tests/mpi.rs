@@ -1,0 +1,298 @@
+//! The MPI pool under a real `mpirun -n 3 --oversubscribe`: each test launches the
+//! `mpi_probe` (or `mpi_crawl`) example and checks its output, its exit status, and that no
+//! process of it is left. Needs Open MPI's `mpirun` and the examples built with the feature
+//! (`cargo test --features mpi` builds them; with `--test mpi`, run
+//! `cargo build --features mpi --examples` first).
+//!
+//! Every launch is bounded by `timeout`, so a hang fails the test; launches run one at a time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// One launch at a time: ranks of two jobs would share the machine's two cores, and the
+/// leftover-process check looks at every process of the binary.
+static LAUNCH: Mutex<()> = Mutex::new(());
+
+/// Seconds a launch may take before `timeout` kills it.
+const LIMIT: &str = "120";
+
+fn lock() -> MutexGuard<'static, ()> {
+    LAUNCH.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --features mpi --examples` first",
+        path.display()
+    );
+    path
+}
+
+/// Runs `mpirun` with `args`, bounded, with the variables Open MPI wants as root.
+fn mpirun(args: &[&str]) -> (Output, String) {
+    let output = Command::new("timeout")
+        .args(["-k", "5", LIMIT, "mpirun", "--oversubscribe"])
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .expect("running mpirun (is Open MPI installed?)");
+    let text = format!(
+        "{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_ne!(output.status.code(), Some(124), "mpirun timed out:\n{text}");
+    (output, text)
+}
+
+fn probe(scenario: &str) -> (Output, String) {
+    let exe = example("mpi_probe");
+    mpirun(&["-n", "3", exe.to_str().unwrap(), scenario])
+}
+
+/// Processes still running `exe`, waiting up to 10 s for them to go (a killed job's ranks
+/// take a moment to be reaped).
+fn leftovers(exe: &Path) -> Vec<u32> {
+    let exe = exe.canonicalize().expect("canonicalize");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<u32> = std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|pid: &u32| {
+                std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe)
+            })
+            .collect();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn map_imap_and_the_rest_are_correct_and_in_order_across_ranks() {
+    let _one = lock();
+    let (output, text) = probe("map");
+    assert!(output.status.success(), "{text}");
+    for line in [
+        "processes 4",
+        "map ok 5000",
+        "map_chunked ok",
+        "imap ok",
+        "imap_unordered ok",
+        "apply_async ok",
+        "apply_async_with ok",
+        "panic ok",
+        "large ok",
+        "ranks used {1, 2}",
+        "failed=1 panicked=1 running=0 queued=0 workers=4",
+        "joined",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn close_and_join_end_every_rank_with_status_0_and_leave_no_process() {
+    let _one = lock();
+    let exe = example("mpi_probe");
+    let (output, text) = probe("map");
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert_eq!(
+        leftovers(&exe),
+        Vec::<u32>::new(),
+        "processes left after the job"
+    );
+}
+
+#[test]
+fn rank_0_can_run_workers_too() {
+    let _one = lock();
+    let (output, text) = probe("rank0");
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("processes 6"), "{text}");
+    assert!(text.contains("ranks used {0, 1, 2}"), "{text}");
+}
+
+#[test]
+fn a_task_that_segfaults_on_rank_2_fails_alone_and_the_next_100_succeed() {
+    let _one = lock();
+    let (output, text) = probe("crash");
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("was killed by signal 11 (SIGSEGV)"), "{text}");
+    assert!(text.contains("died: worker "), "{text}");
+    assert!(text.contains("after crash: 100 ok"), "{text}");
+}
+
+#[test]
+fn task_timeout_holds_across_ranks() {
+    let _one = lock();
+    let (output, text) = probe("timeout");
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("timeout: 4 timed out"), "{text}");
+}
+
+#[test]
+fn losing_a_whole_rank_ends_the_job_with_a_report_instead_of_a_hang() {
+    let _one = lock();
+    let exe = example("mpi_probe");
+    let (output, text) = probe("lost");
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        text.contains("exited on signal 9"),
+        "mpirun names the lost rank:\n{text}"
+    );
+    assert!(!text.contains("lost rank: Ok"), "{text}");
+    assert_eq!(
+        leftovers(&exe),
+        Vec::<u32>::new(),
+        "processes left after the job"
+    );
+}
+
+#[test]
+fn long_tasks_spread_over_every_rank_and_worker() {
+    let _one = lock();
+    let (output, text) = probe("spread");
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("spread: 4 workers, 2 of 4 on rank 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn terminate_fails_what_is_pending_and_ends_every_rank() {
+    let _one = lock();
+    let exe = example("mpi_probe");
+    let (output, text) = probe("terminate");
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("terminate: 12 of 12 terminated"), "{text}");
+    assert_eq!(
+        leftovers(&exe),
+        Vec::<u32>::new(),
+        "processes left after the job"
+    );
+}
+
+#[test]
+fn the_initializer_and_max_tasks_per_child_apply_on_every_rank() {
+    let _one = lock();
+    let (output, text) = probe("limits");
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("limits: initialized everywhere true, recycled true"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_idle_job_does_not_spin() {
+    let _one = lock();
+    let (output, text) = probe("idle");
+    assert!(output.status.success(), "{text}");
+    let ticks: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("idle ticks ")?.trim().parse().ok())
+        .expect("the idle line");
+    // A rank spinning in a blocking receive alone would use about 200 ticks (2 s) here; an idle
+    // job measures 4 or 5. The bound is loose for a loaded machine.
+    assert!(
+        ticks < 60,
+        "an idle job used {ticks} ticks of 10 ms in 2 s:\n{text}"
+    );
+}
+
+/// The NT_GNU_BUILD_ID note's header: namesz 4, descsz 20, type 3, "GNU\0".
+const BUILD_ID_NOTE: [u8; 16] = [4, 0, 0, 0, 20, 0, 0, 0, 3, 0, 0, 0, b'G', b'N', b'U', 0];
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A different build of the probe: its variant marker changed, and its build-id too (as a
+/// rebuild would change it). Returns the copy's path and both build-ids (empty without one).
+fn other_build(exe: &Path) -> (PathBuf, String, String) {
+    let mut bytes = std::fs::read(exe).expect("read the probe");
+    let marker = b"forkpool-mpi-probe-variant-A";
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("the variant marker");
+    bytes[at + marker.len() - 1] = b'B';
+    let (mut ours, mut theirs) = (String::new(), String::new());
+    if let Some(note) = bytes.windows(16).position(|w| w == BUILD_ID_NOTE) {
+        let id = note + 16..note + 36;
+        ours = hex(&bytes[id.clone()]);
+        for b in &mut bytes[id.clone()] {
+            *b ^= 0x5a;
+        }
+        theirs = hex(&bytes[id]);
+    }
+    let path = std::env::temp_dir().join(format!("mpi_probe_variant_b_{}", std::process::id()));
+    std::fs::write(&path, bytes).expect("write the copy");
+    let status = Command::new("chmod").arg("755").arg(&path).status();
+    assert!(status.is_ok_and(|s| s.success()));
+    (path, ours, theirs)
+}
+
+#[test]
+fn a_rank_running_another_build_is_refused_with_a_clear_error() {
+    let _one = lock();
+    let exe = example("mpi_probe");
+    let (other, ours, theirs) = other_build(&exe);
+    let (output, text) = mpirun(&[
+        "-n",
+        "1",
+        exe.to_str().unwrap(),
+        "map",
+        ":",
+        "-n",
+        "2",
+        other.to_str().unwrap(),
+        "map",
+    ]);
+    let _ = std::fs::remove_file(&other);
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("build failed: MPI: rank 1 on "), "{text}");
+    assert!(text.contains("rank 2 on "), "{text}");
+    assert!(
+        text.contains("every rank must run the same build"),
+        "{text}"
+    );
+    if !ours.is_empty() {
+        assert!(text.contains(&format!("build-id:{ours}")), "{text}");
+        assert!(text.contains(&format!("build-id:{theirs}")), "{text}");
+    }
+    assert!(
+        !text.contains("map ok"),
+        "no task may run on a mismatched rank:\n{text}"
+    );
+}
+
+#[test]
+fn the_crawl_prints_all_subprocesses_done() {
+    let _one = lock();
+    let exe = example("mpi_crawl");
+    let (output, text) = mpirun(&["-n", "3", exe.to_str().unwrap()]);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("a pool of 4 workers"), "{text}");
+    assert_eq!(text.matches("crawling ").count(), 27, "{text}");
+    assert!(text.contains("All subprocesses done."), "{text}");
+    assert_eq!(
+        leftovers(&exe),
+        Vec::<u32>::new(),
+        "processes left after the job"
+    );
+}
