@@ -62,7 +62,7 @@ fn serve_loop(sock: RawFd, worker_mask: &libc::sigset_t, config: WorkerConfig) -
         if n == 0 {
             break; // the parent closed the socket
         }
-        read_rest(sock, &mut buf, n)?;
+        sys::read_exact(sock, &mut buf[n..])?;
         let [kind, a, _] = proto::parse(&buf);
         match kind {
             SPAWN => {
@@ -121,17 +121,6 @@ fn reap(sock: RawFd, live: &mut Vec<Pid>) -> io::Result<()> {
     while let Some((pid, status)) = sys::reap_any_worker()? {
         live.retain(|&p| p != pid);
         send(sock, EXITED, pid as u64, proto::encode_status(status))?;
-    }
-    Ok(())
-}
-
-/// Reads the rest of a message whose first `n` bytes arrived.
-fn read_rest(sock: RawFd, buf: &mut [u8; MESSAGE], mut n: usize) -> io::Result<()> {
-    while n < MESSAGE {
-        match sys::read(sock, &mut buf[n..])? {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            k => n += k,
-        }
     }
     Ok(())
 }

@@ -98,6 +98,19 @@ pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Reads exactly `buf.len()` bytes from a blocking descriptor; end of file before that is
+/// `UnexpectedEof`.
+pub(crate) fn read_exact(fd: RawFd, buf: &mut [u8]) -> io::Result<()> {
+    let mut n = 0;
+    while n < buf.len() {
+        match read(fd, &mut buf[n..])? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            k => n += k,
+        }
+    }
+    Ok(())
+}
+
 /// `read(2)` of at most `max` bytes into the spare capacity of `buf`, extending its length by
 /// what was read. `Ok(0)` is end of file.
 pub(crate) fn read_into_spare(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {

@@ -57,7 +57,7 @@ fn serve_loop(sock: RawFd) -> io::Result<()> {
         if n == 0 {
             return Ok(()); // the program closed its end: it is done, or dead
         }
-        read_rest(sock, &mut buf, n)?;
+        sys::read_exact(sock, &mut buf[n..])?;
         let words = proto::decode(&buf);
         match words[0] {
             START => {
@@ -68,7 +68,7 @@ fn serve_loop(sock: RawFd) -> io::Result<()> {
                 // The initializer's argument follows the message; it lives as long as this
                 // process (every server forked from here needs it).
                 let mut arg = vec![0u8; proto::start_arg_len(&words) as usize];
-                read_exact(sock, &mut arg)?;
+                sys::read_exact(sock, &mut arg)?;
                 let arg: &'static [u8] = Box::leak(arg.into_boxed_slice());
                 // SAFETY: the message came from our parent, a process of the same program
                 // image, which built it with start_request and sent the argument after it.
@@ -105,29 +105,6 @@ fn serve_loop(sock: RawFd) -> io::Result<()> {
             _ => {}
         }
     }
-}
-
-/// Reads exactly `buf.len()` bytes.
-fn read_exact(sock: RawFd, buf: &mut [u8]) -> io::Result<()> {
-    let mut n = 0;
-    while n < buf.len() {
-        match sys::read(sock, &mut buf[n..])? {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            k => n += k,
-        }
-    }
-    Ok(())
-}
-
-/// Reads the rest of a message whose first `n` bytes arrived.
-fn read_rest(sock: RawFd, buf: &mut [u8; MESSAGE], mut n: usize) -> io::Result<()> {
-    while n < MESSAGE {
-        match sys::read(sock, &mut buf[n..])? {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            k => n += k,
-        }
-    }
-    Ok(())
 }
 
 fn send(sock: RawFd, kind: u64, arg: u64) -> io::Result<()> {
