@@ -97,6 +97,11 @@ pub enum Error {
         waited: std::time::Duration,
     },
 
+    /// The task was cancelled with [`AsyncResult::cancel`](crate::AsyncResult::cancel) before
+    /// its result was in: it never ran, or its worker was killed and replaced while it ran.
+    #[error("the task was cancelled before it finished")]
+    Cancelled,
+
     /// The task was submitted after [`Pool::close`](crate::Pool::close) or
     /// [`Pool::terminate`](crate::Pool::terminate).
     #[error("the pool is closed and takes no new tasks; build a new pool")]
@@ -202,6 +207,7 @@ impl Error {
                 limit: *limit,
             },
             Error::WaitTimedOut { waited } => Error::WaitTimedOut { waited: *waited },
+            Error::Cancelled => Error::Cancelled,
             Error::Closed => Error::Closed,
             Error::Terminated => Error::Terminated,
             Error::StillRunning => Error::StillRunning,

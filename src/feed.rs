@@ -158,7 +158,9 @@ where
             }
             let _ = done.send(());
         });
-        let task = Task::new(frame, sink).with_limit(self.limit, items);
+        let task = Task::new(frame, sink)
+            .with_limit(self.limit, items)
+            .cancellable(&self.slot);
         self.in_flight += 1;
         // A refused task resolves as terminated through its sink, which stops the feed.
         self.submitter.submit_leased(&self.lease, task).is_ok()
@@ -185,7 +187,8 @@ where
         loop {
             let next = {
                 let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-                if state.stopped || state.next >= chunks {
+                // A cancelled map sends nothing more.
+                if state.stopped || state.next >= chunks || self.slot.is_cancelled() {
                     return;
                 }
                 state.next
@@ -197,6 +200,9 @@ where
                     return;
                 }
                 self.in_flight -= 1;
+            }
+            if self.slot.is_cancelled() {
+                return;
             }
             match self.encode(next) {
                 Ok(frame) => {

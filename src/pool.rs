@@ -555,9 +555,12 @@ impl Pool {
         self.check_process()?;
         let frame = task::call(f, arg)?;
         let slot = Slot::new(1);
-        let task = Task::new(frame, Sink::slot(&slot, 0)).with_limit(limit, 1);
+        let task = Task::new(frame, Sink::slot(&slot, 0))
+            .with_limit(limit, 1)
+            .cancellable(&slot);
         self.submitter.submit([task])?;
-        Ok(AsyncResult::new(slot, result::finish_one::<R>))
+        Ok(AsyncResult::new(slot, result::finish_one::<R>)
+            .with_canceller(self.submitter.canceller()))
     }
 
     /// [`apply_async`](Pool::apply_async) with a callback, Python's `callback` and
@@ -623,9 +626,11 @@ impl Pool {
             // so this send fails only if that thread died, and then the job runs here.
             runner.send(Box::new(job));
         });
-        let task = Task::new(frame, sink).with_limit(self.task_timeout, 1);
+        let task = Task::new(frame, sink)
+            .with_limit(self.task_timeout, 1)
+            .cancellable(&slot);
         self.submitter.submit([task])?;
-        Ok(AsyncResult::decoded(slot, decoded))
+        Ok(AsyncResult::decoded(slot, decoded).with_canceller(self.submitter.canceller()))
     }
 
     /// Runs `f(arg)` in a worker and waits for the result: `apply_async(f, arg)?.get()`.
@@ -780,7 +785,8 @@ impl Pool {
                 return Err(error);
             }
         }
-        Ok(AsyncResult::new(slot, result::finish_chunks::<R>))
+        Ok(AsyncResult::new(slot, result::finish_chunks::<R>)
+            .with_canceller(self.submitter.canceller()))
     }
 
     /// `map` and `map_chunked`: feeds the chunks from the calling thread, then collects.

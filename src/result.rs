@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 
 use crate::callback;
 use crate::codec;
+use crate::dispatch::Canceller;
 use crate::error::{Error, Result};
 use crate::frame::Bytes;
 
@@ -114,6 +115,9 @@ pub(crate) struct Slot {
     /// Set (under the lock) once every part is in: lets a spinning caller look without taking
     /// the lock the dispatcher needs to fill the slot.
     complete: AtomicBool,
+    /// Set (under the lock) by [`cancel`](Slot::cancel), before the parts it fills: the
+    /// dispatcher reads it without the lock to drop or stop the slot's tasks.
+    cancelled: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -138,6 +142,7 @@ impl Slot {
             }),
             ready: Condvar::new(),
             complete: AtomicBool::new(parts == 0),
+            cancelled: AtomicBool::new(false),
         })
     }
 
@@ -147,21 +152,53 @@ impl Slot {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Fills part `index`, unless it is filled already (a cancel came first): the first outcome
+    /// of a part is the one that stays.
     pub(crate) fn fill(&self, index: usize, outcome: Outcome) {
         let mut state = self.lock();
-        if state.parts[index].replace(outcome).is_none() {
-            state.missing -= 1;
+        if state.parts[index].is_some() {
+            return;
         }
+        state.parts[index] = Some(outcome);
+        state.missing -= 1;
         if state.missing == 0 {
-            self.complete.store(true, Ordering::Release);
-            if state.sleepers > 0 {
-                self.ready.notify_all();
-            }
-            if let Some(waker) = state.waker.take() {
-                drop(state);
-                waker.wake();
-            }
+            self.completed(state);
         }
+    }
+
+    /// Publishes a slot that just became complete, and wakes whoever waits for it.
+    fn completed(&self, state: MutexGuard<'_, SlotState>) {
+        let mut state = state;
+        self.complete.store(true, Ordering::Release);
+        if state.sleepers > 0 {
+            self.ready.notify_all();
+        }
+        if let Some(waker) = state.waker.take() {
+            drop(state);
+            waker.wake();
+        }
+    }
+
+    /// Cancels the parts not yet in: each becomes [`Error::Cancelled`], and a later fill of it
+    /// is ignored. False, changing nothing, if every part was in already. The slot's lock
+    /// decides a race with the last fill: exactly one of the two completes the slot.
+    pub(crate) fn cancel(&self) -> bool {
+        let mut state = self.lock();
+        if state.missing == 0 {
+            return false;
+        }
+        self.cancelled.store(true, Ordering::Release);
+        for part in state.parts.iter_mut().filter(|p| p.is_none()) {
+            *part = Some(Err(Error::Cancelled));
+        }
+        state.missing = 0;
+        self.completed(state);
+        true
+    }
+
+    /// True once [`cancel`](Slot::cancel) succeeded.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
     }
 
     /// The outcomes if complete; otherwise remembers `waker` to wake when they are.
@@ -182,7 +219,7 @@ impl Slot {
         self.lock().waker = None;
     }
 
-    fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.complete.load(Ordering::Acquire)
     }
 
@@ -238,7 +275,7 @@ impl Slot {
     }
 
     /// The outcomes if the slot completes by `deadline`; otherwise `None`, and they stay.
-    fn take_by(&self, deadline: Option<Instant>) -> Option<Vec<Outcome>> {
+    pub(crate) fn take_by(&self, deadline: Option<Instant>) -> Option<Vec<Outcome>> {
         self.wait_until(deadline)
             .then(|| take_parts(&mut self.lock()))
     }
@@ -292,8 +329,9 @@ pub(crate) fn finish_chunks<R: DeserializeOwned + 'static>(parts: Vec<Outcome>) 
 /// # Caveats
 /// Dropping an `AsyncResult` (or a future awaiting it, as `tokio::time::timeout` does when it
 /// gives up) does not cancel its task: the task runs to its end, its result is discarded, and
-/// [`Pool::join`](crate::Pool::join) after `close` waits for it. To bound a task, give it a time
-/// limit ([`Pool::apply_async_timeout`](crate::Pool::apply_async_timeout)).
+/// [`Pool::join`](crate::Pool::join) after `close` waits for it. To stop a task, call
+/// [`cancel`](AsyncResult::cancel); to bound it, give it a time limit
+/// ([`Pool::apply_async_timeout`](crate::Pool::apply_async_timeout)).
 ///
 /// # Examples
 ///
@@ -311,6 +349,8 @@ pub(crate) fn finish_chunks<R: DeserializeOwned + 'static>(parts: Vec<Outcome>) 
 pub struct AsyncResult<R> {
     slot: Arc<Slot>,
     finish: Finish<R>,
+    /// Tells the pool about a [`cancel`](AsyncResult::cancel).
+    canceller: Option<Canceller>,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -348,8 +388,16 @@ impl<R> AsyncResult<R> {
         AsyncResult {
             slot,
             finish: Finish::Decode(finish),
+            canceller: None,
             _result: PhantomData,
         }
+    }
+
+    /// Lets [`cancel`](AsyncResult::cancel) reach the pool whose tasks fill the slot (the
+    /// tasks must be [`cancellable`](crate::dispatch::Task::cancellable) through it).
+    pub(crate) fn with_canceller(mut self, canceller: Canceller) -> AsyncResult<R> {
+        self.canceller = Some(canceller);
+        self
     }
 
     /// A result whose value arrives already decoded in `decoded` once `slot` is complete.
@@ -357,11 +405,16 @@ impl<R> AsyncResult<R> {
         AsyncResult {
             slot,
             finish: Finish::Decoded(decoded),
+            canceller: None,
             _result: PhantomData,
         }
     }
 
     fn finish(&self, parts: Vec<Outcome>) -> Result<R> {
+        if self.slot.is_cancelled() {
+            // Some parts may have finished (a map's early chunks); the whole is cancelled.
+            return Err(Error::Cancelled);
+        }
         match &self.finish {
             Finish::Decode(decode) => decode(parts),
             // The slot's part only marks the value's arrival: the value is already here, or
@@ -466,6 +519,65 @@ impl<R> AsyncResult<R> {
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         self.slot.wait_until(Instant::now().checked_add(timeout))
+    }
+
+    /// Cancels the task, as pebble's and `concurrent.futures`' `Future.cancel()`: a task still
+    /// queued is removed and never runs; a task already running has its worker killed and
+    /// replaced, and no other task is affected (the tasks waiting behind it in that worker go
+    /// back to the queue, as when a worker dies). [`get`](Self::get), `.await` and
+    /// [`get_timeout`](Self::get_timeout) then give [`Error::Cancelled`], and
+    /// [`ready`](Self::ready) is true at once.
+    ///
+    /// Returns false, changing nothing, if the result was already in: it stays available.
+    /// A result that arrives while the cancel is on its way either is kept (and this returns
+    /// false) or is dropped (and this returns true), never both.
+    ///
+    /// For a [`map_async`](crate::Pool::map_async) result, every chunk not yet done is
+    /// cancelled (chunks not yet sent are never sent); the whole map's `get` gives
+    /// [`Error::Cancelled`] even if some chunks had finished.
+    ///
+    /// Dropping a handle does not cancel its task; only this does.
+    ///
+    /// # Caveats
+    /// A short task the pool had already written into its worker's pipe, behind the running
+    /// one, may run to its end before the cancel reaches it (its result is then discarded); a
+    /// task is never stopped halfway without its worker being killed. For
+    /// [`apply_async_with`](crate::Pool::apply_async_with), the callback runs with
+    /// `Err(Error::Cancelled)` when the task is dropped or killed, but with the task's value if
+    /// that was already on its way to the callback.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use forkpool::{Error, Pool};
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = Pool::new(1)?;
+    /// let long = pool.apply_async(nap, 60_000)?; // runs in the only worker
+    /// let queued = pool.apply_async(nap, 1)?; // waits behind it
+    /// assert!(queued.cancel()); // removed: it never runs
+    /// assert!(long.cancel()); // its worker is killed and replaced
+    /// assert!(matches!(long.get(), Err(Error::Cancelled)));
+    /// assert!(matches!(queued.get(), Err(Error::Cancelled)));
+    /// let done = pool.apply_async(nap, 1)?; // the new worker serves
+    /// assert!(done.wait_timeout(Duration::from_secs(30)));
+    /// assert!(!done.cancel()); // too late: the result stays
+    /// assert_eq!(done.get()?, 1);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn cancel(&self) -> bool {
+        if !self.slot.cancel() {
+            return false;
+        }
+        if let Some(canceller) = &self.canceller {
+            canceller.notify();
+        }
+        true
     }
 
     /// True once the task has finished, successfully or not. Never blocks.
