@@ -305,12 +305,69 @@ pub(crate) fn finish_one<R: DeserializeOwned + 'static>(parts: Vec<Outcome>) -> 
     decode_result_owned(bytes)
 }
 
-/// Concatenates the results of chunks in input order; the first failed chunk's error wins.
-pub(crate) fn finish_chunks<R: DeserializeOwned + 'static>(parts: Vec<Outcome>) -> Result<Vec<R>> {
-    let mut all = Vec::new();
-    for part in parts {
-        let chunk: Vec<R> = decode_result_owned(part?)?;
+/// Concatenates the results of chunks of `chunksize` items (of `len` in all) in input order;
+/// the first failed chunk's error wins, naming its item ([`Error::Item`]).
+pub(crate) fn finish_chunks<R: DeserializeOwned + 'static>(
+    parts: Vec<Outcome>,
+    chunksize: usize,
+    len: usize,
+) -> Result<Vec<R>> {
+    let mut all = Vec::with_capacity(len);
+    for (i, part) in parts.into_iter().enumerate() {
+        let (base, items) = chunk_span(i, chunksize, len);
+        let chunk: Vec<R> = part
+            .and_then(decode_result_owned)
+            .map_err(|e| e.at_items(base, items))?;
         all.extend(chunk);
+    }
+    Ok(all)
+}
+
+/// Where chunk `i` of `chunksize` items starts in an input of `len`, and how many it holds.
+fn chunk_span(i: usize, chunksize: usize, len: usize) -> (usize, usize) {
+    let base = i * chunksize;
+    (base, chunksize.min(len.saturating_sub(base)))
+}
+
+/// Every item's own result, in input order, from chunks made by
+/// [`task::chunk_each`](crate::task::chunk_each): a panic fails its item alone; a chunk that
+/// failed as a whole (its worker died) fails each of its items, with the chunk's error.
+pub(crate) fn finish_each<R: DeserializeOwned + 'static>(
+    parts: Vec<Outcome>,
+    chunksize: usize,
+    len: usize,
+) -> Result<Vec<Result<R>>> {
+    let mut all = Vec::with_capacity(len);
+    for (i, part) in parts.into_iter().enumerate() {
+        let (base, items) = chunk_span(i, chunksize, len);
+        let decoded = part.and_then(decode_result_owned::<Vec<crate::task::Each<R>>>);
+        match decoded {
+            Ok(results) if results.len() == items => {
+                all.extend(results.into_iter().enumerate().map(|(j, r)| {
+                    r.map_err(|(message, location)| Error::Item {
+                        index: base + j,
+                        items: 1,
+                        source: Box::new(Error::TaskPanicked { message, location }),
+                    })
+                }))
+            }
+            Ok(results) => {
+                let error = Error::Decode {
+                    what: "result",
+                    message: format!(
+                        "a chunk of {items} items came back with {} results",
+                        results.len()
+                    ),
+                };
+                all.extend((0..items).map(|_| Err(error.duplicate().at_items(base, items))));
+            }
+            // The pool is gone (or the map was cancelled): no item has a result of its own.
+            Err(e @ (Error::Terminated | Error::Cancelled)) => return Err(e),
+            Err(e) => {
+                let e = e.at_items(base, items);
+                all.extend((0..items).map(|_| Err(e.duplicate())));
+            }
+        }
     }
     Ok(all)
 }
@@ -357,7 +414,7 @@ pub struct AsyncResult<R> {
 /// How an [`AsyncResult`] turns its slot's outcomes into its value.
 enum Finish<R> {
     /// By decoding them.
-    Decode(fn(Vec<Outcome>) -> Result<R>),
+    Decode(Box<dyn Fn(Vec<Outcome>) -> Result<R> + Send + Sync>),
     /// The value was decoded already (to show a callback) and waits here; the slot only says
     /// when it is in.
     Decoded(Arc<Decoded<R>>),
@@ -384,10 +441,13 @@ impl<R> Decoded<R> {
 }
 
 impl<R> AsyncResult<R> {
-    pub(crate) fn new(slot: Arc<Slot>, finish: fn(Vec<Outcome>) -> Result<R>) -> AsyncResult<R> {
+    pub(crate) fn new(
+        slot: Arc<Slot>,
+        finish: impl Fn(Vec<Outcome>) -> Result<R> + Send + Sync + 'static,
+    ) -> AsyncResult<R> {
         AsyncResult {
             slot,
-            finish: Finish::Decode(finish),
+            finish: Finish::Decode(Box::new(finish)),
             canceller: None,
             _result: PhantomData,
         }

@@ -97,7 +97,7 @@ impl Counters {
             self.completed.fetch_add(1, Relaxed);
             return;
         };
-        let kind = match error {
+        let kind = match error.cause() {
             Error::TaskPanicked { .. } => Some(&self.panicked),
             Error::WorkerDied { .. } => Some(&self.died),
             Error::TimedOut { .. } => Some(&self.timed_out),

@@ -100,8 +100,18 @@ pub(super) fn outcome(reply: Reply) -> Outcome {
     Err(match reply.status {
         Status::Ok => unreachable!("handled above"),
         Status::Panicked => {
-            let (message, location) = crate::worker::split_panic_payload(&message);
-            Error::TaskPanicked { message, location }
+            let (item, rest) = crate::worker::split_chunk_item(&message);
+            let (message, location) = crate::worker::split_panic_payload(rest);
+            let panicked = Error::TaskPanicked { message, location };
+            match item {
+                // Counted from the chunk's start; its caller moves it to its input position.
+                Some(index) => Error::Item {
+                    index,
+                    items: 1,
+                    source: Box::new(panicked),
+                },
+                None => panicked,
+            }
         }
         Status::EncodeFailed => Error::Encode {
             what: "result",
