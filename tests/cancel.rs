@@ -201,3 +201,34 @@ fn cancel_races_with_completion_without_losing_or_doubling_anything() {
         assert!(stats.cancelled <= won as u64, "{stats:?}");
     })
 }
+
+/// Polls a future to completion on this thread (the pool wakes it).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark()
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_awaited_result_that_is_cancelled_gives_cancelled() {
+    within(LIMIT, || {
+        let pool = Pool::new(1).unwrap();
+        let marker = scratch("future");
+        let r = pool.apply_async(mark_and_sleep, marker.clone()).unwrap();
+        running_pid(&marker);
+        assert!(r.cancel());
+        assert!(matches!(block_on(r), Err(Error::Cancelled)));
+    })
+}
