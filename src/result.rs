@@ -742,6 +742,29 @@ mod tests {
         assert_eq!(slot.lock().sleepers, 0);
     }
 
+    /// The slot's lock decides a cancel racing the last fill: whichever comes first stays.
+    #[test]
+    fn a_cancel_and_a_fill_exclude_each_other() {
+        let slot = Slot::new(2);
+        slot.fill(0, Ok(Bytes::default()));
+        assert!(slot.cancel(), "one part was missing");
+        assert!(slot.is_ready() && slot.is_cancelled());
+        slot.fill(1, Ok(Bytes::default()));
+        let parts = slot.take();
+        assert!(parts[0].is_ok(), "a part that was in keeps its outcome");
+        assert!(
+            matches!(parts[1], Err(Error::Cancelled)),
+            "a late fill is ignored"
+        );
+        assert!(!slot.cancel(), "complete: nothing to cancel");
+
+        let done = Slot::new(1);
+        done.fill(0, Ok(Bytes::default()));
+        assert!(!done.cancel());
+        assert!(!done.is_cancelled());
+        assert!(done.take()[0].is_ok());
+    }
+
     #[test]
     fn wait_until_honours_its_deadline() {
         let slot = Slot::new(1);
