@@ -133,7 +133,7 @@ pub enum Error {
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     #[error("{}: {source}", if *items <= 1 { format!("item {index}") } else {
-        format!("items {index} to {} (one chunk; which of them is not known)", index + items - 1)
+        format!("items {index} to {} (one chunk; which of them is not known)", index.saturating_add(items - 1))
     })]
     Item {
         /// The failed item's position in the input (the first of its chunk if `items > 1`).
@@ -286,7 +286,8 @@ impl Error {
                 items: n,
                 source,
             } => Error::Item {
-                index: base + index,
+                // A position a worker reported: never trusted to be small (no overflow panic).
+                index: base.saturating_add(index),
                 items: n,
                 source,
             },
@@ -420,5 +421,39 @@ impl fmt::Display for ExitCause {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chunk position comes from the worker: a huge one must not overflow in the parent.
+    #[test]
+    fn an_absurd_item_position_neither_overflows_nor_panics_in_display() {
+        let panicked = || Error::TaskPanicked {
+            message: "x".into(),
+            location: None,
+        };
+        let reported = Error::Item {
+            index: usize::MAX,
+            items: 1,
+            source: Box::new(panicked()),
+        };
+        let moved = reported.at_items(1_000, 3);
+        assert_eq!(moved.index(), Some(usize::MAX));
+        let chunk = panicked().at_items(usize::MAX - 1, 5);
+        assert!(chunk
+            .to_string()
+            .starts_with(&format!("items {}", usize::MAX - 1)));
+        assert!(matches!(chunk.cause(), Error::TaskPanicked { .. }));
+        assert!(matches!(
+            Error::Terminated.at_items(3, 1),
+            Error::Terminated
+        ));
+        assert_eq!(
+            panicked().at_items(4, 1).to_string(),
+            "item 4: the task panicked: x"
+        );
     }
 }
