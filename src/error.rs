@@ -103,6 +103,58 @@ pub enum Error {
         waited: std::time::Duration,
     },
 
+    /// One input item of a `map`, `map_chunked`, `map_async`, `map_each`, `imap` or
+    /// `imap_unordered` (or a chunked form) failed: `index` is its position in the input, and
+    /// `source` what happened to it ([`Error::TaskPanicked`], [`Error::WorkerDied`], ...).
+    ///
+    /// `items` is 1 when the failure is pinned to that one item (a panic, always; anything with
+    /// chunks of one item, and `imap`). When a worker dies or times out while running a chunk,
+    /// which of its items it was running is not known: `index` is then the chunk's first item
+    /// and `items` its length. Use chunks of one item where a crash must name its input
+    /// exactly.
+    ///
+    /// Errors that concern the pool rather than an item ([`Error::Closed`],
+    /// [`Error::Terminated`], [`Error::Cancelled`], [`Error::Io`], [`Error::ForkedProcess`],
+    /// [`Error::InvalidArgument`]) are not wrapped.
+    ///
+    /// To match what happened regardless of the wrapping (code that matched
+    /// `Err(Error::WorkerDied { .. })` from `map` before), match on
+    /// [`cause`](Error::cause); [`index`](Error::index) gives the position.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use forkpool::Error;
+    ///
+    /// fn picky(x: u32) -> u32 {
+    ///     assert!(x != 17, "no 17");
+    ///     x
+    /// }
+    ///
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let err = pool.map(picky, 0..21).unwrap_err();
+    /// assert_eq!(err.index(), Some(17));
+    /// assert!(err.to_string().starts_with("item 17: the task panicked"));
+    /// assert!(matches!(err.cause(), Error::TaskPanicked { .. }));
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    #[error("{}: {source}", if *items <= 1 { format!("item {index}") } else {
+        format!("items {index} to {} (one chunk; which of them is not known)", index.saturating_add(items - 1))
+    })]
+    Item {
+        /// The failed item's position in the input (the first of its chunk if `items > 1`).
+        index: usize,
+        /// How many items the error covers: 1, or the length of the chunk a worker died in.
+        items: usize,
+        /// What happened.
+        source: Box<Error>,
+    },
+
+    /// The task was cancelled with [`AsyncResult::cancel`](crate::AsyncResult::cancel) before
+    /// its result was in: it never ran, or its worker was killed and replaced while it ran.
+    #[error("the task was cancelled before it finished")]
+    Cancelled,
+
     /// The task was submitted after [`Pool::close`](crate::Pool::close) or
     /// [`Pool::terminate`](crate::Pool::terminate).
     #[error("the pool is closed and takes no new tasks; build a new pool")]
@@ -177,6 +229,99 @@ pub enum Error {
 }
 
 impl Error {
+    /// The position in the input of the item this error is about: `Some` for
+    /// [`Error::Item`], `None` for any other error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let bad = pool.map_chunked(|x: u8| 10 / x, [5, 2, 0, 1], 1).unwrap_err();
+    /// assert_eq!(bad.index(), Some(2));
+    /// assert_eq!(forkpool::Error::Closed.index(), None);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn index(&self) -> Option<usize> {
+        match self {
+            Error::Item { index, .. } => Some(*index),
+            _ => None,
+        }
+    }
+
+    /// What happened, without the item's position: the `source` of an [`Error::Item`], or
+    /// the error itself. Match on this to handle a kind of failure from `map` and `apply`
+    /// alike.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use forkpool::Error;
+    ///
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let err = pool.map_chunked(|code: i32| -> u8 { std::process::exit(code) }, [3], 1);
+    /// assert!(matches!(err.unwrap_err().cause(), Error::WorkerDied { .. }));
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn cause(&self) -> &Error {
+        match self {
+            Error::Item { source, .. } => source.cause(),
+            other => other,
+        }
+    }
+
+    /// [`cause`](Error::cause), by value: the error without the item's position, for a
+    /// `match` that moves out of it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use forkpool::Error;
+    ///
+    /// let pool = forkpool::Pool::new(1)?;
+    /// match pool.map(|_: u8| -> u8 { panic!("no") }, [1]).map_err(Error::into_cause) {
+    ///     Err(Error::TaskPanicked { message, .. }) => assert_eq!(message, "no"),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn into_cause(self) -> Error {
+        match self {
+            Error::Item { source, .. } => source.into_cause(),
+            other => other,
+        }
+    }
+
+    /// This error as the failure of the `items` items starting at input position `base`: an
+    /// [`Error::Item`] pinned inside them (a chunk's panic, `index` counted from the chunk's
+    /// start) is moved to its place in the input; an error about the pool is left as it is.
+    pub(crate) fn at_items(self, base: usize, items: usize) -> Error {
+        match self {
+            Error::Item {
+                index,
+                items: n,
+                source,
+            } => Error::Item {
+                // A position a worker reported: never trusted to be small (no overflow panic).
+                index: base.saturating_add(index),
+                items: n,
+                source,
+            },
+            Error::Closed
+            | Error::Terminated
+            | Error::Cancelled
+            | Error::StillRunning
+            | Error::WaitTimedOut { .. }
+            | Error::Io { .. }
+            | Error::ForkedProcess { .. }
+            | Error::InvalidArgument { .. } => self,
+            other => Error::Item {
+                index: base,
+                items: items.max(1),
+                source: Box::new(other),
+            },
+        }
+    }
+
     /// Wraps an `io::Error` from `op`. If the error names the call that failed (a
     /// [`sys::Failed`](crate::sys::Failed) inside it, as from `pipe` within a spawn), that call
     /// is reported as the operation instead of `op`.
@@ -218,6 +363,16 @@ impl Error {
                 limit: *limit,
             },
             Error::WaitTimedOut { waited } => Error::WaitTimedOut { waited: *waited },
+            Error::Item {
+                index,
+                items,
+                source,
+            } => Error::Item {
+                index: *index,
+                items: *items,
+                source: Box::new(source.duplicate()),
+            },
+            Error::Cancelled => Error::Cancelled,
             Error::Closed => Error::Closed,
             Error::Terminated => Error::Terminated,
             Error::StillRunning => Error::StillRunning,
@@ -291,5 +446,39 @@ impl fmt::Display for ExitCause {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chunk position comes from the worker: a huge one must not overflow in the parent.
+    #[test]
+    fn an_absurd_item_position_neither_overflows_nor_panics_in_display() {
+        let panicked = || Error::TaskPanicked {
+            message: "x".into(),
+            location: None,
+        };
+        let reported = Error::Item {
+            index: usize::MAX,
+            items: 1,
+            source: Box::new(panicked()),
+        };
+        let moved = reported.at_items(1_000, 3);
+        assert_eq!(moved.index(), Some(usize::MAX));
+        let chunk = panicked().at_items(usize::MAX - 1, 5);
+        assert!(chunk
+            .to_string()
+            .starts_with(&format!("items {}", usize::MAX - 1)));
+        assert!(matches!(chunk.cause(), Error::TaskPanicked { .. }));
+        assert!(matches!(
+            Error::Terminated.at_items(3, 1),
+            Error::Terminated
+        ));
+        assert_eq!(
+            panicked().at_items(4, 1).to_string(),
+            "item 4: the task panicked: x"
+        );
     }
 }

@@ -48,6 +48,8 @@ pub(crate) struct Feed<A, R, B> {
     window: usize,
     in_flight: usize,
     limit: Option<Duration>,
+    /// Each item's panic caught on its own ([`task::chunk_each`], for `map_each`).
+    each: bool,
 }
 
 #[derive(Debug)]
@@ -76,6 +78,7 @@ where
         chunksize: usize,
         window: usize,
         limit: Option<Duration>,
+        each: bool,
     ) -> Result<Feed<A, R, B>> {
         let lease = submitter.lease()?;
         let chunks = items.len().div_ceil(chunksize);
@@ -96,11 +99,15 @@ where
             window: window.max(1),
             in_flight: 0,
             limit,
+            each,
         };
         let mut frames = Vec::new();
         let mut bytes = 0;
         while frames.len() < chunks && (frames.len() < feed.window || bytes < SMALL_INPUT) {
-            let frame = feed.encode(frames.len())?;
+            let i = frames.len();
+            let frame = feed
+                .encode(i)
+                .map_err(|e| e.at_items(i * feed.chunksize, feed.range(i).len()))?;
             bytes += frame.len();
             frames.push(frame);
         }
@@ -125,7 +132,16 @@ where
     }
 
     fn encode(&self, i: usize) -> Result<OutFrame> {
-        task::chunk(self.f, self.range(i))
+        if self.each {
+            task::chunk_each(self.f, self.range(i))
+        } else {
+            task::chunk(self.f, self.range(i))
+        }
+    }
+
+    /// The chunk size and the number of items: how the slot's parts map to input positions.
+    pub(crate) fn shape(&self) -> (usize, usize) {
+        (self.chunksize, self.items.len())
     }
 
     /// Submits chunk `i`, unless the feed was stopped. False once it is stopped.
@@ -158,7 +174,9 @@ where
             }
             let _ = done.send(());
         });
-        let task = Task::new(frame, sink).with_limit(self.limit, items);
+        let task = Task::new(frame, sink)
+            .with_limit(self.limit, items)
+            .cancellable(&self.slot);
         self.in_flight += 1;
         // A refused task resolves as terminated through its sink, which stops the feed.
         self.submitter.submit_leased(&self.lease, task).is_ok()
@@ -185,7 +203,8 @@ where
         loop {
             let next = {
                 let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-                if state.stopped || state.next >= chunks {
+                // A cancelled map sends nothing more.
+                if state.stopped || state.next >= chunks || self.slot.is_cancelled() {
                     return;
                 }
                 state.next
@@ -197,6 +216,9 @@ where
                     return;
                 }
                 self.in_flight -= 1;
+            }
+            if self.slot.is_cancelled() {
+                return;
             }
             match self.encode(next) {
                 Ok(frame) => {

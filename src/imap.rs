@@ -75,6 +75,9 @@ pub struct Imap<R> {
     ready: VecDeque<Result<R>>,
     /// Each item's time limit.
     limit: Option<Duration>,
+    /// Items per task (every chunk but the last is full): task `i` starts at input position
+    /// `i * per_task`, which errors name.
+    per_task: usize,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -102,6 +105,7 @@ impl<R: DeserializeOwned + 'static> Imap<R> {
             waiting: ordered.then(BTreeMap::new),
             ready: VecDeque::new(),
             limit,
+            per_task: 1,
             _result: PhantomData,
         };
         imap.top_up();
@@ -113,7 +117,11 @@ impl<R: DeserializeOwned + 'static> Imap<R> {
         while self.submitted - self.taken < self.window {
             let Some(lease) = &self.lease else { return };
             let index = self.submitted;
-            match (self.feed)() {
+            let next = (self.feed)();
+            if let (0, Some((_, items))) = (index, &next) {
+                self.per_task = (*items).max(1);
+            }
+            match next {
                 None => {
                     self.lease = None;
                     return;
@@ -135,12 +143,17 @@ impl<R: DeserializeOwned + 'static> Imap<R> {
         }
     }
 
-    /// Turns a task's outcome into its items' results, queued to be yielded.
-    fn unpack(&mut self, items: usize, outcome: Outcome) {
+    /// Turns the outcome of task `index` into its items' results, queued to be yielded; an
+    /// error names the item's input position ([`Error::Item`]).
+    fn unpack(&mut self, index: usize, items: usize, outcome: Outcome) {
         self.taken += 1;
+        let base = index * self.per_task;
+        let outcome = outcome.map_err(|e| e.at_items(base, items));
         match (self.shape, outcome) {
             (Shape::Single, outcome) => {
-                self.ready.push_back(outcome.and_then(decode_result_owned));
+                self.ready.push_back(
+                    outcome.and_then(|b| decode_result_owned(b).map_err(|e| e.at_items(base, 1))),
+                );
             }
             (Shape::Chunks, Ok(bytes)) => match decode_result_owned::<Vec<R>>(bytes) {
                 Ok(values) if values.len() == items => {
@@ -154,9 +167,10 @@ impl<R: DeserializeOwned + 'static> Imap<R> {
                             "a chunk of {items} items came back with {} results",
                             values.len()
                         ),
-                    },
+                    }
+                    .at_items(base, items),
                 ),
-                Err(error) => self.fail_chunk(items, &error),
+                Err(error) => self.fail_chunk(items, &error.at_items(base, items)),
             },
             (Shape::Chunks, Err(error)) => self.fail_chunk(items, &error),
         }
@@ -177,10 +191,9 @@ impl<R: DeserializeOwned + 'static> Iterator for Imap<R> {
                 return Some(item);
             }
             self.top_up();
-            if let Some((items, outcome)) =
-                self.waiting.as_mut().and_then(|w| w.remove(&self.taken))
-            {
-                self.unpack(items, outcome);
+            let turn = self.taken;
+            if let Some((items, outcome)) = self.waiting.as_mut().and_then(|w| w.remove(&turn)) {
+                self.unpack(turn, items, outcome);
                 continue;
             }
             if self.submitted == self.taken {
@@ -193,7 +206,7 @@ impl<R: DeserializeOwned + 'static> Iterator for Imap<R> {
                 Some(waiting) => {
                     waiting.insert(index, (items, outcome));
                 }
-                None => self.unpack(items, outcome),
+                None => self.unpack(index, items, outcome),
             }
         }
     }

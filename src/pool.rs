@@ -655,9 +655,12 @@ impl Pool {
         self.check_process()?;
         let frame = task::call(f, arg)?;
         let slot = Slot::new(1);
-        let task = Task::new(frame, Sink::slot(&slot, 0)).with_limit(limit, 1);
+        let task = Task::new(frame, Sink::slot(&slot, 0))
+            .with_limit(limit, 1)
+            .cancellable(&slot);
         self.submitter.submit([task])?;
-        Ok(AsyncResult::new(slot, result::finish_one::<R>))
+        Ok(AsyncResult::new(slot, result::finish_one::<R>)
+            .with_canceller(self.submitter.canceller()))
     }
 
     /// [`apply_async`](Pool::apply_async) with a callback, Python's `callback` and
@@ -723,9 +726,11 @@ impl Pool {
             // so this send fails only if that thread died, and then the job runs here.
             runner.send(Box::new(job));
         });
-        let task = Task::new(frame, sink).with_limit(self.task_timeout, 1);
+        let task = Task::new(frame, sink)
+            .with_limit(self.task_timeout, 1)
+            .cancellable(&slot);
         self.submitter.submit([task])?;
-        Ok(AsyncResult::decoded(slot, decoded))
+        Ok(AsyncResult::decoded(slot, decoded).with_canceller(self.submitter.canceller()))
     }
 
     /// Runs `f(arg)` in a worker and waits for the result: `apply_async(f, arg)?.get()`.
@@ -761,9 +766,13 @@ impl Pool {
     /// item is encoded from the reference, never cloned.
     ///
     /// # Errors
-    /// If any item fails, the error of the first failing item in input order, with its own
-    /// variant ([`Error::TaskPanicked`], [`Error::WorkerDied`], ...), once every chunk has
-    /// finished. A panic or a crash fails its whole chunk. [`Error::Closed`] if the pool takes
+    /// If any item fails, the error of the first failing item in input order, once every
+    /// chunk has finished, as an [`Error::Item`] naming the item's position (`"item 17: the
+    /// task panicked: ..."`; [`Error::index`] gives it, and [`Error::cause`] the underlying
+    /// [`Error::TaskPanicked`], [`Error::WorkerDied`], ...). A panic is pinned to its item; a
+    /// worker that dies in the middle of a chunk fails the whole chunk, and the error names
+    /// the chunk's items. To keep every other item's result, use
+    /// [`map_each`](Pool::map_each). [`Error::Closed`] if the pool takes
     /// no tasks, [`Error::ForkedProcess`] in a child made by `fork()`. [`Error::Encode`] for an
     /// item that cannot be encoded: nothing is sent if it is in the first chunks (two per
     /// worker, or the whole input if it encodes to under 4 MiB); a later one fails its chunk and
@@ -819,6 +828,88 @@ impl Pool {
         self.map_blocking(f, args, Some(chunksize))
     }
 
+    /// [`map`](Pool::map) that gives every item its own result, in input order: one
+    /// poisonous input fails only its own `Result` (an [`Error::Item`] naming it), and every
+    /// other item keeps its value. The outer `Result` fails only as `map`'s call does
+    /// ([`Error::Closed`], an argument of the first chunks that cannot be encoded, ...), or
+    /// with [`Error::Terminated`] if the pool was terminated meanwhile.
+    ///
+    /// Each item's panic is caught on its own, so the rest of its chunk runs on. A worker that
+    /// dies (abort, SIGSEGV, `exit`) or times out in the middle of a chunk fails every item of
+    /// that chunk with that error (an [`Error::Item`] whose `items` is the chunk's length):
+    /// which item it was running, and which had finished, is not known, and no item is run a
+    /// second time. Use [`map_each_chunked`](Pool::map_each_chunked) with chunks of one item
+    /// where crashes must fail exactly their own item.
+    ///
+    /// # Errors
+    /// As [`map`](Pool::map) for the call itself.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// fn inverse(x: i32) -> i32 {
+    ///     assert!(x != 0, "no inverse of 0");
+    ///     100 / x
+    /// }
+    ///
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let each = pool.map_each(inverse, [1, 0, 4])?;
+    /// assert_eq!(*each[0].as_ref().unwrap(), 100);
+    /// assert_eq!(each[1].as_ref().unwrap_err().index(), Some(1));
+    /// assert_eq!(*each[2].as_ref().unwrap(), 25);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn map_each<A, R, I>(&self, f: fn(A) -> R, args: I) -> Result<Vec<Result<R>>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
+    {
+        self.map_each_in(f, args, None)
+    }
+
+    /// [`map_each`](Pool::map_each) with `chunksize` items sent to a worker at a time. With
+    /// chunks of one item, a worker's death fails exactly the item it was running.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a chunk size of 0; otherwise as
+    /// [`map_each`](Pool::map_each).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use forkpool::Error;
+    ///
+    /// fn fragile(x: i32) -> i32 {
+    ///     if x == 2 {
+    ///         std::process::abort();
+    ///     }
+    ///     x
+    /// }
+    ///
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let each = pool.map_each_chunked(fragile, 0..4, 1)?;
+    /// assert!(matches!(each[2].as_ref().unwrap_err().cause(), Error::WorkerDied { .. }));
+    /// let others: Vec<i32> = [0, 1, 3].iter().map(|&i| *each[i].as_ref().unwrap()).collect();
+    /// assert_eq!(others, [0, 1, 3]);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn map_each_chunked<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: usize,
+    ) -> Result<Vec<Result<R>>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
+    {
+        self.map_each_in(f, args, Some(chunksize))
+    }
+
     /// [`map`](Pool::map) without waiting: returns a handle on the whole `Vec` of results.
     /// Empty input is ready at once.
     ///
@@ -864,8 +955,9 @@ impl Pool {
         I: IntoIterator,
         I::Item: Borrow<A> + Send + 'static,
     {
-        let feed = self.start_feed(f, args, chunksize)?;
+        let feed = self.start_feed(f, args, chunksize, false)?;
         let slot = feed.slot();
+        let (size, len) = feed.shape();
         if !feed.is_done() {
             let abandon = feed.abandon();
             let spawned = std::thread::Builder::new()
@@ -880,7 +972,10 @@ impl Pool {
                 return Err(error);
             }
         }
-        Ok(AsyncResult::new(slot, result::finish_chunks::<R>))
+        Ok(AsyncResult::new(slot, move |parts| {
+            result::finish_chunks::<R>(parts, size, len)
+        })
+        .with_canceller(self.submitter.canceller()))
     }
 
     /// `map` and `map_chunked`: feeds the chunks from the calling thread, then collects.
@@ -896,10 +991,37 @@ impl Pool {
         I: IntoIterator,
         I::Item: Borrow<A>,
     {
-        let feed = self.start_feed(f, args, chunksize)?;
+        let feed = self.start_feed(f, args, chunksize, false)?;
         let slot = feed.slot();
+        let (size, len) = feed.shape();
         feed.run();
-        AsyncResult::new(slot, result::finish_chunks::<R>).get()
+        AsyncResult::new(slot, move |parts| {
+            result::finish_chunks::<R>(parts, size, len)
+        })
+        .get()
+    }
+
+    /// `map_each` and `map_each_chunked`: as `map_blocking`, with each item's result kept.
+    fn map_each_in<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<Result<R>>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator,
+        I::Item: Borrow<A>,
+    {
+        let feed = self.start_feed(f, args, chunksize, true)?;
+        let slot = feed.slot();
+        let (size, len) = feed.shape();
+        feed.run();
+        AsyncResult::new(slot, move |parts| {
+            result::finish_each::<R>(parts, size, len)
+        })
+        .get()
     }
 
     fn start_feed<A, R, I>(
@@ -907,6 +1029,7 @@ impl Pool {
         f: fn(A) -> R,
         args: I,
         chunksize: Option<usize>,
+        each: bool,
     ) -> Result<Feed<A, R, I::Item>>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
@@ -933,6 +1056,7 @@ impl Pool {
             chunksize,
             window,
             self.task_timeout,
+            each,
         )
     }
 

@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 
 use crate::callback;
 use crate::codec;
+use crate::dispatch::Canceller;
 use crate::error::{Error, Result};
 use crate::frame::Bytes;
 
@@ -114,6 +115,9 @@ pub(crate) struct Slot {
     /// Set (under the lock) once every part is in: lets a spinning caller look without taking
     /// the lock the dispatcher needs to fill the slot.
     complete: AtomicBool,
+    /// Set (under the lock) by [`cancel`](Slot::cancel), before the parts it fills: the
+    /// dispatcher reads it without the lock to drop or stop the slot's tasks.
+    cancelled: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -138,6 +142,7 @@ impl Slot {
             }),
             ready: Condvar::new(),
             complete: AtomicBool::new(parts == 0),
+            cancelled: AtomicBool::new(false),
         })
     }
 
@@ -147,21 +152,53 @@ impl Slot {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Fills part `index`, unless it is filled already (a cancel came first): the first outcome
+    /// of a part is the one that stays.
     pub(crate) fn fill(&self, index: usize, outcome: Outcome) {
         let mut state = self.lock();
-        if state.parts[index].replace(outcome).is_none() {
-            state.missing -= 1;
+        if state.parts[index].is_some() {
+            return;
         }
+        state.parts[index] = Some(outcome);
+        state.missing -= 1;
         if state.missing == 0 {
-            self.complete.store(true, Ordering::Release);
-            if state.sleepers > 0 {
-                self.ready.notify_all();
-            }
-            if let Some(waker) = state.waker.take() {
-                drop(state);
-                waker.wake();
-            }
+            self.completed(state);
         }
+    }
+
+    /// Publishes a slot that just became complete, and wakes whoever waits for it.
+    fn completed(&self, state: MutexGuard<'_, SlotState>) {
+        let mut state = state;
+        self.complete.store(true, Ordering::Release);
+        if state.sleepers > 0 {
+            self.ready.notify_all();
+        }
+        if let Some(waker) = state.waker.take() {
+            drop(state);
+            waker.wake();
+        }
+    }
+
+    /// Cancels the parts not yet in: each becomes [`Error::Cancelled`], and a later fill of it
+    /// is ignored. False, changing nothing, if every part was in already. The slot's lock
+    /// decides a race with the last fill: exactly one of the two completes the slot.
+    pub(crate) fn cancel(&self) -> bool {
+        let mut state = self.lock();
+        if state.missing == 0 {
+            return false;
+        }
+        self.cancelled.store(true, Ordering::Release);
+        for part in state.parts.iter_mut().filter(|p| p.is_none()) {
+            *part = Some(Err(Error::Cancelled));
+        }
+        state.missing = 0;
+        self.completed(state);
+        true
+    }
+
+    /// True once [`cancel`](Slot::cancel) succeeded.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
     }
 
     /// The outcomes if complete; otherwise remembers `waker` to wake when they are.
@@ -182,7 +219,7 @@ impl Slot {
         self.lock().waker = None;
     }
 
-    fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.complete.load(Ordering::Acquire)
     }
 
@@ -238,7 +275,7 @@ impl Slot {
     }
 
     /// The outcomes if the slot completes by `deadline`; otherwise `None`, and they stay.
-    fn take_by(&self, deadline: Option<Instant>) -> Option<Vec<Outcome>> {
+    pub(crate) fn take_by(&self, deadline: Option<Instant>) -> Option<Vec<Outcome>> {
         self.wait_until(deadline)
             .then(|| take_parts(&mut self.lock()))
     }
@@ -268,12 +305,69 @@ pub(crate) fn finish_one<R: DeserializeOwned + 'static>(parts: Vec<Outcome>) -> 
     decode_result_owned(bytes)
 }
 
-/// Concatenates the results of chunks in input order; the first failed chunk's error wins.
-pub(crate) fn finish_chunks<R: DeserializeOwned + 'static>(parts: Vec<Outcome>) -> Result<Vec<R>> {
-    let mut all = Vec::new();
-    for part in parts {
-        let chunk: Vec<R> = decode_result_owned(part?)?;
+/// Concatenates the results of chunks of `chunksize` items (of `len` in all) in input order;
+/// the first failed chunk's error wins, naming its item ([`Error::Item`]).
+pub(crate) fn finish_chunks<R: DeserializeOwned + 'static>(
+    parts: Vec<Outcome>,
+    chunksize: usize,
+    len: usize,
+) -> Result<Vec<R>> {
+    let mut all = Vec::with_capacity(len);
+    for (i, part) in parts.into_iter().enumerate() {
+        let (base, items) = chunk_span(i, chunksize, len);
+        let chunk: Vec<R> = part
+            .and_then(decode_result_owned)
+            .map_err(|e| e.at_items(base, items))?;
         all.extend(chunk);
+    }
+    Ok(all)
+}
+
+/// Where chunk `i` of `chunksize` items starts in an input of `len`, and how many it holds.
+fn chunk_span(i: usize, chunksize: usize, len: usize) -> (usize, usize) {
+    let base = i * chunksize;
+    (base, chunksize.min(len.saturating_sub(base)))
+}
+
+/// Every item's own result, in input order, from chunks made by
+/// [`task::chunk_each`](crate::task::chunk_each): a panic fails its item alone; a chunk that
+/// failed as a whole (its worker died) fails each of its items, with the chunk's error.
+pub(crate) fn finish_each<R: DeserializeOwned + 'static>(
+    parts: Vec<Outcome>,
+    chunksize: usize,
+    len: usize,
+) -> Result<Vec<Result<R>>> {
+    let mut all = Vec::with_capacity(len);
+    for (i, part) in parts.into_iter().enumerate() {
+        let (base, items) = chunk_span(i, chunksize, len);
+        let decoded = part.and_then(decode_result_owned::<Vec<crate::task::Each<R>>>);
+        match decoded {
+            Ok(results) if results.len() == items => {
+                all.extend(results.into_iter().enumerate().map(|(j, r)| {
+                    r.map_err(|(message, location)| Error::Item {
+                        index: base + j,
+                        items: 1,
+                        source: Box::new(Error::TaskPanicked { message, location }),
+                    })
+                }))
+            }
+            Ok(results) => {
+                let error = Error::Decode {
+                    what: "result",
+                    message: format!(
+                        "a chunk of {items} items came back with {} results",
+                        results.len()
+                    ),
+                };
+                all.extend((0..items).map(|_| Err(error.duplicate().at_items(base, items))));
+            }
+            // The pool is gone (or the map was cancelled): no item has a result of its own.
+            Err(e @ (Error::Terminated | Error::Cancelled)) => return Err(e),
+            Err(e) => {
+                let e = e.at_items(base, items);
+                all.extend((0..items).map(|_| Err(e.duplicate())));
+            }
+        }
     }
     Ok(all)
 }
@@ -292,8 +386,9 @@ pub(crate) fn finish_chunks<R: DeserializeOwned + 'static>(parts: Vec<Outcome>) 
 /// # Caveats
 /// Dropping an `AsyncResult` (or a future awaiting it, as `tokio::time::timeout` does when it
 /// gives up) does not cancel its task: the task runs to its end, its result is discarded, and
-/// [`Pool::join`](crate::Pool::join) after `close` waits for it. To bound a task, give it a time
-/// limit ([`Pool::apply_async_timeout`](crate::Pool::apply_async_timeout)).
+/// [`Pool::join`](crate::Pool::join) after `close` waits for it. To stop a task, call
+/// [`cancel`](AsyncResult::cancel); to bound it, give it a time limit
+/// ([`Pool::apply_async_timeout`](crate::Pool::apply_async_timeout)).
 ///
 /// # Examples
 ///
@@ -311,13 +406,15 @@ pub(crate) fn finish_chunks<R: DeserializeOwned + 'static>(parts: Vec<Outcome>) 
 pub struct AsyncResult<R> {
     slot: Arc<Slot>,
     finish: Finish<R>,
+    /// Tells the pool about a [`cancel`](AsyncResult::cancel).
+    canceller: Option<Canceller>,
     _result: PhantomData<fn() -> R>,
 }
 
 /// How an [`AsyncResult`] turns its slot's outcomes into its value.
 enum Finish<R> {
     /// By decoding them.
-    Decode(fn(Vec<Outcome>) -> Result<R>),
+    Decode(Box<dyn Fn(Vec<Outcome>) -> Result<R> + Send + Sync>),
     /// The value was decoded already (to show a callback) and waits here; the slot only says
     /// when it is in.
     Decoded(Arc<Decoded<R>>),
@@ -344,12 +441,23 @@ impl<R> Decoded<R> {
 }
 
 impl<R> AsyncResult<R> {
-    pub(crate) fn new(slot: Arc<Slot>, finish: fn(Vec<Outcome>) -> Result<R>) -> AsyncResult<R> {
+    pub(crate) fn new(
+        slot: Arc<Slot>,
+        finish: impl Fn(Vec<Outcome>) -> Result<R> + Send + Sync + 'static,
+    ) -> AsyncResult<R> {
         AsyncResult {
             slot,
-            finish: Finish::Decode(finish),
+            finish: Finish::Decode(Box::new(finish)),
+            canceller: None,
             _result: PhantomData,
         }
+    }
+
+    /// Lets [`cancel`](AsyncResult::cancel) reach the pool whose tasks fill the slot (the
+    /// tasks must be [`cancellable`](crate::dispatch::Task::cancellable) through it).
+    pub(crate) fn with_canceller(mut self, canceller: Canceller) -> AsyncResult<R> {
+        self.canceller = Some(canceller);
+        self
     }
 
     /// A result whose value arrives already decoded in `decoded` once `slot` is complete.
@@ -357,11 +465,16 @@ impl<R> AsyncResult<R> {
         AsyncResult {
             slot,
             finish: Finish::Decoded(decoded),
+            canceller: None,
             _result: PhantomData,
         }
     }
 
     fn finish(&self, parts: Vec<Outcome>) -> Result<R> {
+        if self.slot.is_cancelled() {
+            // Some parts may have finished (a map's early chunks); the whole is cancelled.
+            return Err(Error::Cancelled);
+        }
         match &self.finish {
             Finish::Decode(decode) => decode(parts),
             // The slot's part only marks the value's arrival: the value is already here, or
@@ -468,6 +581,65 @@ impl<R> AsyncResult<R> {
         self.slot.wait_until(Instant::now().checked_add(timeout))
     }
 
+    /// Cancels the task, as pebble's and `concurrent.futures`' `Future.cancel()`: a task still
+    /// queued is removed and never runs; a task already running has its worker killed and
+    /// replaced, and no other task is affected (the tasks waiting behind it in that worker go
+    /// back to the queue, as when a worker dies). [`get`](Self::get), `.await` and
+    /// [`get_timeout`](Self::get_timeout) then give [`Error::Cancelled`], and
+    /// [`ready`](Self::ready) is true at once.
+    ///
+    /// Returns false, changing nothing, if the result was already in: it stays available.
+    /// A result that arrives while the cancel is on its way either is kept (and this returns
+    /// false) or is dropped (and this returns true), never both.
+    ///
+    /// For a [`map_async`](crate::Pool::map_async) result, every chunk not yet done is
+    /// cancelled (chunks not yet sent are never sent); the whole map's `get` gives
+    /// [`Error::Cancelled`] even if some chunks had finished.
+    ///
+    /// Dropping a handle does not cancel its task; only this does.
+    ///
+    /// # Caveats
+    /// A short task the pool had already written into its worker's pipe, behind the running
+    /// one, may run to its end before the cancel reaches it (its result is then discarded); a
+    /// task is never stopped halfway without its worker being killed. For
+    /// [`apply_async_with`](crate::Pool::apply_async_with), the callback runs with
+    /// `Err(Error::Cancelled)` when the task is dropped or killed, but with the task's value if
+    /// that was already on its way to the callback.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use forkpool::{Error, Pool};
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = Pool::new(1)?;
+    /// let long = pool.apply_async(nap, 60_000)?; // runs in the only worker
+    /// let queued = pool.apply_async(nap, 1)?; // waits behind it
+    /// assert!(queued.cancel()); // removed: it never runs
+    /// assert!(long.cancel()); // its worker is killed and replaced
+    /// assert!(matches!(long.get(), Err(Error::Cancelled)));
+    /// assert!(matches!(queued.get(), Err(Error::Cancelled)));
+    /// let done = pool.apply_async(nap, 1)?; // the new worker serves
+    /// assert!(done.wait_timeout(Duration::from_secs(30)));
+    /// assert!(!done.cancel()); // too late: the result stays
+    /// assert_eq!(done.get()?, 1);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn cancel(&self) -> bool {
+        if !self.slot.cancel() {
+            return false;
+        }
+        if let Some(canceller) = &self.canceller {
+            canceller.notify();
+        }
+        true
+    }
+
     /// True once the task has finished, successfully or not. Never blocks.
     ///
     /// # Examples
@@ -568,6 +740,29 @@ mod tests {
         Sink::slot(&slot, 0).deliver(Ok(Bytes::default()));
         assert!(waiter.join().unwrap(), "the waiter was not woken");
         assert_eq!(slot.lock().sleepers, 0);
+    }
+
+    /// The slot's lock decides a cancel racing the last fill: whichever comes first stays.
+    #[test]
+    fn a_cancel_and_a_fill_exclude_each_other() {
+        let slot = Slot::new(2);
+        slot.fill(0, Ok(Bytes::default()));
+        assert!(slot.cancel(), "one part was missing");
+        assert!(slot.is_ready() && slot.is_cancelled());
+        slot.fill(1, Ok(Bytes::default()));
+        let parts = slot.take();
+        assert!(parts[0].is_ok(), "a part that was in keeps its outcome");
+        assert!(
+            matches!(parts[1], Err(Error::Cancelled)),
+            "a late fill is ignored"
+        );
+        assert!(!slot.cancel(), "complete: nothing to cancel");
+
+        let done = Slot::new(1);
+        done.fill(0, Ok(Bytes::default()));
+        assert!(!done.cancel());
+        assert!(!done.is_cancelled());
+        assert!(done.take()[0].is_ok());
     }
 
     #[test]

@@ -39,6 +39,11 @@ pub struct Stats {
     pub died: u64,
     /// Of the failed tasks, those that ran past their time limit.
     pub timed_out: u64,
+    /// Of the failed tasks, those ended by [`AsyncResult::cancel`](crate::AsyncResult::cancel):
+    /// taken out of the queue, or killed with their worker. (A task that a worker had in its
+    /// pipe and finished before the cancel reached it counts as completed normally; its handle
+    /// still says [`Error::Cancelled`].)
+    pub cancelled: u64,
     /// Tasks a worker is running now (at most one per worker).
     pub running: u64,
     /// Tasks accepted and not yet running: waiting in the pool's queue, or in a worker's pipe
@@ -65,6 +70,7 @@ pub(crate) struct Counters {
     panicked: AtomicU64,
     died: AtomicU64,
     timed_out: AtomicU64,
+    cancelled: AtomicU64,
     running: AtomicU64,
     workers_alive: AtomicU64,
     workers_spawned: AtomicU64,
@@ -91,10 +97,11 @@ impl Counters {
             self.completed.fetch_add(1, Relaxed);
             return;
         };
-        let kind = match error {
+        let kind = match error.cause() {
             Error::TaskPanicked { .. } => Some(&self.panicked),
             Error::WorkerDied { .. } => Some(&self.died),
             Error::TimedOut { .. } => Some(&self.timed_out),
+            Error::Cancelled => Some(&self.cancelled),
             _ => None,
         };
         if let Some(kind) = kind {
@@ -129,6 +136,7 @@ impl Counters {
             panicked: self.panicked.load(Relaxed),
             died: self.died.load(Relaxed),
             timed_out: self.timed_out.load(Relaxed),
+            cancelled: self.cancelled.load(Relaxed),
             running,
             queued: submitted.saturating_sub(completed + running),
             workers_alive: self.workers_alive.load(Relaxed),

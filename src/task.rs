@@ -7,6 +7,8 @@
 //! encodes the result. The worker only knows the trampoline's erased signature, [`Trampoline`].
 
 use std::borrow::Borrow;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -70,6 +72,39 @@ where
     // Encoded as the Vec<A> the trampoline decodes, from the borrowed items.
     codec::encode_seq::<A, B>(args, &mut head).map_err(encode_error)?;
     Ok(sealed(head, Vec::new()))
+}
+
+/// Builds the frame for one chunk of [`Pool::map_each`](crate::Pool::map_each): as [`chunk`],
+/// but each item's panic is caught on its own, and the results come back as one
+/// `Vec<Each<R>>`: every item of the chunk runs, whatever the others do.
+///
+/// # Errors
+/// [`Error::Encode`] if an argument cannot be encoded; nothing is sent then.
+pub(crate) fn chunk_each<A, R, B>(f: fn(A) -> R, args: &[B]) -> Result<OutFrame>
+where
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
+    B: Borrow<A>,
+{
+    let mut head = begin(call_chunk_each::<A, R>, f as usize);
+    codec::encode_seq::<A, B>(args, &mut head).map_err(encode_error)?;
+    Ok(sealed(head, Vec::new()))
+}
+
+/// One item's result in a [`chunk_each`] reply: its value, or its panic's message and
+/// location.
+pub(crate) type Each<R> = std::result::Result<R, (String, Option<String>)>;
+
+/// In a worker: the position, within the chunk being run, of the item being run;
+/// `usize::MAX` outside a chunk. A worker runs one task at a time on one thread, so a plain
+/// static is enough; the worker reads it when a task panics, to say which item did.
+static CHUNK_ITEM: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// In a worker, when a task panicked: the position within its chunk of the item that did, or
+/// `None` for a task of one item. Resets the position for the next task.
+pub(crate) fn take_chunk_item() -> Option<usize> {
+    let item = CHUNK_ITEM.swap(usize::MAX, Relaxed);
+    (item != usize::MAX).then_some(item)
 }
 
 fn begin(trampoline: Trampoline, function: usize) -> Vec<u8> {
@@ -256,16 +291,57 @@ unsafe fn call_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     match codec::decode::<Vec<A>>(&arg) {
         Ok(args) => {
             let results: Vec<R> = match limit {
-                None => args.into_iter().map(f).collect(),
+                None => args
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        CHUNK_ITEM.store(i, Relaxed);
+                        f(a)
+                    })
+                    .collect(),
                 // The limit is per item: the clock restarts for each one.
                 Some(_) => args
                     .into_iter()
-                    .map(|a| {
+                    .enumerate()
+                    .map(|(i, a)| {
+                        CHUNK_ITEM.store(i, Relaxed);
                         sys::set_alarm(limit);
                         f(a)
                     })
                     .collect(),
             };
+            CHUNK_ITEM.store(usize::MAX, Relaxed);
+            encode_result(results, out)
+        }
+        Err(message) => error_reply(out, Status::DecodeFailed, &message),
+    }
+}
+
+/// # Safety
+/// `function` is the address of a `fn(A) -> R` (see [`Trampoline`]).
+unsafe fn call_chunk_each<A: DeserializeOwned + 'static, R: Serialize + 'static>(
+    function: u64,
+    arg: Bytes,
+    out: &mut OutFrame,
+    limit: Option<Duration>,
+) -> Status {
+    // SAFETY: the caller guarantees `function` is a `fn(A) -> R` of this program.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function as usize) };
+    match codec::decode::<Vec<A>>(&arg) {
+        Ok(args) => {
+            let results: Vec<Each<R>> = args
+                .into_iter()
+                .map(|a| {
+                    if limit.is_some() {
+                        sys::set_alarm(limit);
+                    }
+                    crate::worker::take_location();
+                    panic::catch_unwind(AssertUnwindSafe(|| f(a))).map_err(|payload| {
+                        let location = crate::worker::take_location();
+                        (crate::worker::panic_message(payload), location)
+                    })
+                })
+                .collect();
             encode_result(results, out)
         }
         Err(message) => error_reply(out, Status::DecodeFailed, &message),

@@ -199,9 +199,30 @@ fn run_caught(header: frame::TaskHeader, arg: Bytes, out: &mut OutFrame) -> Stat
         Err(payload) => {
             let location = take_location();
             let message = panic_message(payload);
-            let payload = format!("{}\0{message}", location.unwrap_or_default());
+            let mut payload = format!("{}\0{message}", location.unwrap_or_default());
+            if let Some(item) = task::take_chunk_item() {
+                // Which item of a chunk panicked: `CHUNK_ITEM` then `item` then NUL first.
+                payload.insert_str(0, &format!("{CHUNK_ITEM}{item}\0"));
+            }
             task::error_reply(out, Status::Panicked, &payload)
         }
+    }
+}
+
+/// Marks a [`Status::Panicked`] payload that starts with the position, within its chunk, of
+/// the item that panicked.
+const CHUNK_ITEM: char = '\u{1}';
+
+/// The parent's side of a chunk's [`Status::Panicked`] payload: the position of the item that
+/// panicked, if the payload names one, and the rest for [`split_panic_payload`].
+pub(crate) fn split_chunk_item(payload: &str) -> (Option<usize>, &str) {
+    let named = payload
+        .strip_prefix(CHUNK_ITEM)
+        .and_then(|rest| rest.split_once('\0'))
+        .and_then(|(item, rest)| Some((item.parse().ok()?, rest)));
+    match named {
+        Some((item, rest)) => (Some(item), rest),
+        None => (None, payload),
     }
 }
 
@@ -278,7 +299,7 @@ thread_local! {
 }
 
 /// Takes the location the panic hook recorded on this thread, if any.
-fn take_location() -> Option<String> {
+pub(crate) fn take_location() -> Option<String> {
     LOCATION.with(|l| l.borrow_mut().take())
 }
 
@@ -331,7 +352,7 @@ fn report_panic(info: &panic::PanicHookInfo<'_>) {
 
 /// The message of a panic payload (see [`describe_payload`]). The payload is dropped inside a
 /// guard, in case its own destructor panics.
-fn panic_message(payload: Box<dyn Any + Send>) -> String {
+pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
     let message = describe_payload(&*payload).into_owned();
     let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
     message

@@ -244,12 +244,14 @@ fn an_argument_that_fails_to_encode_is_refused_by_the_call() {
                 ..
             })
         ));
-        assert!(matches!(
-            pool.map(f, [Unencodable]),
-            Err(Error::Encode { .. })
-        ));
+        let err = pool.map(f, [Unencodable]).unwrap_err();
+        assert!(matches!(err.cause(), Error::Encode { .. }), "{err:?}");
+        assert_eq!(err.index(), Some(0));
         let mut it = pool.imap(f, [Unencodable]).unwrap();
-        assert!(matches!(it.next(), Some(Err(Error::Encode { .. }))));
+        assert!(matches!(
+            it.next().map(|r| r.map_err(Error::into_cause)),
+            Some(Err(Error::Encode { .. }))
+        ));
         assert!(it.next().is_none());
         assert_eq!(pool.apply(square, 4).unwrap(), 16);
     })
@@ -359,8 +361,10 @@ fn map_reports_the_first_failure_in_input_order_after_all_finish() {
             }
         }
         let pool = common::quiet_pool(2);
-        match pool.map_chunked(fail_some, 0..100, 10) {
-            Err(Error::TaskPanicked { message, .. }) => assert_eq!(message, "item 30"),
+        let err = pool.map_chunked(fail_some, 0..100, 10).unwrap_err();
+        assert_eq!(err.index(), Some(30), "the panic is pinned to its item");
+        match err.into_cause() {
+            Error::TaskPanicked { message, .. } => assert_eq!(message, "item 30"),
             other => panic!("{other:?}"),
         }
     })

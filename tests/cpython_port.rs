@@ -162,7 +162,8 @@ fn squares(n: u64) -> Vec<u64> {
 }
 
 fn assert_encode_argument<T: std::fmt::Debug>(r: Result<T, Error>) {
-    match r {
+    // From map and imap the error names its item (Error::Item); what happened is its cause.
+    match r.map_err(Error::into_cause) {
         Err(Error::Encode { what, message }) => {
             assert_eq!(what, "argument");
             assert!(message.contains("refuses"), "message: {message}");
@@ -172,7 +173,7 @@ fn assert_encode_argument<T: std::fmt::Debug>(r: Result<T, Error>) {
 }
 
 fn assert_panicked<T: std::fmt::Debug>(r: Result<T, Error>, expected: &str) {
-    match r {
+    match r.map_err(Error::into_cause) {
         Err(Error::TaskPanicked { message, .. }) => assert_eq!(message, expected),
         other => panic!("expected TaskPanicked({expected:?}), got {other:?}"),
     }
@@ -298,7 +299,7 @@ fn map_async_success_and_error() {
         let bad = pool.map_async(parse_int, vec!["a".to_string()]).unwrap();
         bad.wait();
         assert!(bad.ready());
-        match bad.get() {
+        match bad.get().map_err(Error::into_cause) {
             Err(Error::TaskPanicked { message, .. }) => {
                 assert!(message.contains("InvalidDigit"), "message: {message}");
             }

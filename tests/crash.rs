@@ -247,10 +247,10 @@ fn a_crash_in_map_fails_map_with_that_error() {
             x
         }
         let pool = Pool::new(2).unwrap();
-        assert!(matches!(
-            pool.map(maybe_abort, 0..100),
-            Err(Error::WorkerDied { .. })
-        ));
+        let err = pool.map(maybe_abort, 0..100).unwrap_err();
+        assert!(matches!(err.cause(), Error::WorkerDied { .. }), "{err:?}");
+        // Chunks of 13 (Python's default for 100 items on 2 workers): 13 is the second's first.
+        assert_eq!(err.index(), Some(13));
         assert_eq!(
             pool.map(maybe_abort, 0..10).unwrap(),
             (0..10).collect::<Vec<_>>()
@@ -272,15 +272,21 @@ fn a_crash_in_imap_fails_only_that_item() {
         let got: Vec<_> = pool.imap(maybe_die, 0..20).unwrap().collect();
         assert_eq!(got.len(), 20);
         for (i, r) in got.into_iter().enumerate() {
+            if let Err(e) = &r {
+                assert_eq!(e.index(), Some(i), "{e}");
+            }
             match i {
                 5 => assert!(matches!(
-                    r,
+                    r.map_err(Error::into_cause),
                     Err(Error::WorkerDied {
                         cause: ExitCause::Exited(9),
                         ..
                     })
                 )),
-                7 => assert!(matches!(r, Err(Error::TaskPanicked { .. }))),
+                7 => assert!(matches!(
+                    r.map_err(Error::into_cause),
+                    Err(Error::TaskPanicked { .. })
+                )),
                 _ => assert_eq!(r.unwrap(), i as u64 * 2),
             }
         }

@@ -316,7 +316,7 @@ fn a_failed_chunk_fails_each_of_its_items_and_no_other() {
                 if (10..15).contains(&i) {
                     assert!(
                         matches!(
-                            r,
+                            r.as_ref().map_err(Error::cause),
                             Err(Error::TaskPanicked { .. } | Error::WorkerDied { .. })
                         ),
                         "item {i}: {r:?}"

@@ -118,14 +118,16 @@ fn the_builders_limit_applies_to_apply_map_items_and_imap() {
         // One slow item fails its chunk with TimedOut.
         let mut items = vec![10; 20];
         items[13] = 5_000;
-        assert!(matches!(
-            pool.map_chunked(nap, items.clone(), 5),
-            Err(Error::TimedOut { .. })
-        ));
+        let err = pool.map_chunked(nap, items.clone(), 5).unwrap_err();
+        assert!(matches!(err.cause(), Error::TimedOut { .. }), "{err:?}");
+        assert_eq!(err.index(), Some(10), "the chunk of items 10 to 14");
         let got: Vec<_> = pool.imap(nap, items).unwrap().collect();
         for (i, r) in got.into_iter().enumerate() {
             if i == 13 {
-                assert!(matches!(r, Err(Error::TimedOut { .. })));
+                assert!(matches!(
+                    r.map_err(Error::into_cause),
+                    Err(Error::TimedOut { .. })
+                ));
             } else {
                 assert_eq!(r.unwrap(), 10);
             }

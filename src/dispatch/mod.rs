@@ -37,7 +37,7 @@ use crate::worker::{self as child, WorkerConfig};
 
 #[cfg(feature = "mpi")]
 pub(crate) use submit::Phase;
-pub(crate) use submit::{front, Front, Lease, Submitter};
+pub(crate) use submit::{front, Canceller, Front, Lease, Submitter};
 pub(crate) use task::Task;
 
 use submit::{Gate, Seen};
@@ -137,6 +137,8 @@ pub(crate) struct Dispatcher<P: Processes> {
     lost: Option<String>,
     /// A spawn request the fork server refused (`errno`), for `Pool::new` to report.
     spawn_failed: Option<i32>,
+    /// The front's cancel count when the held tasks were last searched for cancelled ones.
+    cancels: usize,
 }
 
 impl Dispatcher<ForkServer> {
@@ -181,6 +183,7 @@ impl<P: Processes> Dispatcher<P> {
             last_answer: None,
             lost: None,
             spawn_failed: None,
+            cancels: 0,
         }
     }
 
@@ -231,7 +234,17 @@ impl<P: Processes> Dispatcher<P> {
             if seen.gate == Gate::Terminated {
                 return self.terminate();
             }
-            self.queue.extend(self.front.take());
+            for task in self.front.take() {
+                if task.is_cancelled() {
+                    task.finish(Err(Error::Cancelled), self.front.counters());
+                } else {
+                    self.queue.push_back(task);
+                }
+            }
+            if seen.cancels != self.cancels {
+                self.cancels = seen.cancels;
+                self.drop_cancelled(Instant::now());
+            }
             self.fail_if_lost();
             let winding_down =
                 seen.gate == Gate::Closed && seen.leases == 0 && self.queue.is_empty();
@@ -257,6 +270,32 @@ impl<P: Processes> Dispatcher<P> {
             }
             let timeout = self.sleep_timeout(winding_down, Instant::now());
             self.poll_once(Some(seen), timeout.unwrap_or(Duration::MAX));
+        }
+    }
+
+    /// After a cancel: resolves the cancelled tasks that have not reached a worker as
+    /// cancelled, and has every worker running a cancelled task killed (the task then fails
+    /// with [`Error::Cancelled`] in [`retire`](Self::retire), and the tasks behind it go back
+    /// to the queue). A cancelled task already written to a pipe behind the running one is
+    /// dealt with when it starts ([`tick`](Self::tick)), if it has not finished by then.
+    fn drop_cancelled(&mut self, now: Instant) {
+        let counters = self.front.counters();
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for task in self.queue.drain(..) {
+            if task.is_cancelled() {
+                task.finish(Err(Error::Cancelled), counters);
+            } else {
+                kept.push_back(task);
+            }
+        }
+        self.queue = kept;
+        for w in &mut self.workers {
+            for sent in w.take_cancelled_unwritten() {
+                sent.task.finish(Err(Error::Cancelled), counters);
+            }
+            if w.runs_cancelled() {
+                w.end(Why::Cancelled, Some(now));
+            }
         }
     }
 
@@ -335,6 +374,11 @@ impl<P: Processes> Dispatcher<P> {
                 .min_by_key(|w| w.work.inflight.len());
             let Some(worker) = best else { break };
             let mut task = self.queue.pop_front().expect("queue is not empty");
+            if task.is_cancelled() {
+                // Cancelled while it waited (or put back from a dead worker): it never runs.
+                task.finish(Err(Error::Cancelled), self.front.counters());
+                continue;
+            }
             let id = self.next_id;
             self.next_id += 1;
             let limit_us = task
@@ -446,6 +490,10 @@ impl<P: Processes> Dispatcher<P> {
         let front_limit = self.slow_start_limit();
         for w in &mut self.workers {
             w.note_start(now, self.front.counters());
+            if w.runs_cancelled() {
+                // A task cancelled while it waited in the pipe has started.
+                w.end(Why::Cancelled, Some(now));
+            }
             if w.end.is_none() && w.backstop().is_some_and(|at| at <= now) {
                 w.end(Why::TimedOut, Some(now));
             }
@@ -549,10 +597,25 @@ impl<P: Processes> Dispatcher<P> {
             }
             return;
         }
+        let front_cancelled = w
+            .work
+            .inflight
+            .front()
+            .is_some_and(|s| s.task.is_cancelled());
+        if why == Some(Why::Cancelled) && !front_cancelled {
+            // It was killed for a cancelled task, but finished that one before the signal
+            // came and had started the next: that task is not to suffer for it, and runs
+            // again elsewhere.
+            for sent in w.work.inflight.into_iter().rev() {
+                self.queue.push_front(sent.task);
+            }
+            return;
+        }
         let limit = w.work.inflight.front().and_then(|s| s.task.total_limit());
         let mut inflight = w.work.inflight.into_iter();
         let error = match (why, limit) {
             (Some(Why::Protocol(message)), _) => Error::Protocol { pid, message },
+            (Some(Why::Cancelled), _) => Error::Cancelled,
             (Some(Why::SlowStart { limit }), _) => Error::TimedOut { pid, limit },
             // Its own timer (SIGALRM), or our backstop, ended it.
             (Some(Why::TimedOut), Some(limit)) => Error::TimedOut { pid, limit },

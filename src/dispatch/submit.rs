@@ -41,6 +41,9 @@ struct Shared {
     tx: Sender<Task>,
     /// Live [`Lease`]s: producers (imap iterators) that may still submit after `close`.
     leases: AtomicUsize,
+    /// Cancels requested so far ([`Canceller`]): a change tells the consumer to look for
+    /// cancelled tasks among those it holds.
+    cancels: AtomicUsize,
     /// True while the consumer is (about to be) asleep in `poll`.
     sleeping: AtomicBool,
     /// The wakeup pipe's write end; closed when the consumer ends, so that after `join` the
@@ -118,6 +121,7 @@ pub(crate) fn front() -> Result<(Submitter, Front)> {
         gate: AtomicU8::new(Gate::Open as u8),
         tx,
         leases: AtomicUsize::new(0),
+        cancels: AtomicUsize::new(0),
         sleeping: AtomicBool::new(false),
         wake: Mutex::new(Some(wake_w)),
         counters: Counters::default(),
@@ -199,6 +203,30 @@ impl Submitter {
     pub(crate) fn stats(&self) -> Stats {
         self.shared.counters.snapshot()
     }
+
+    /// A handle through which a result's holder tells the consumer that tasks were cancelled.
+    pub(crate) fn canceller(&self) -> Canceller {
+        Canceller {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// Tells a pool's consumer that a task was cancelled (its slot says so), so that it drops the
+/// task from its queue or has the worker running it killed. Held by an
+/// [`AsyncResult`](crate::AsyncResult); harmless once the pool is gone (the wake pipe is
+/// closed then, and nobody reads the count).
+#[derive(Debug, Clone)]
+pub(crate) struct Canceller {
+    shared: Arc<Shared>,
+}
+
+impl Canceller {
+    /// Publishes a cancel and wakes the consumer (DESIGN.md, step C2).
+    pub(crate) fn notify(&self) {
+        self.shared.cancels.fetch_add(1, SeqCst);
+        self.shared.wake();
+    }
 }
 
 /// A producer's claim that it may still submit tasks; see [`Submitter::lease`].
@@ -219,6 +247,8 @@ impl Drop for Lease {
 pub(crate) struct Seen {
     pub(crate) gate: Gate,
     pub(crate) leases: usize,
+    /// Cancels requested so far: when it changes, the consumer looks for cancelled tasks.
+    pub(crate) cancels: usize,
 }
 
 /// The consumer's end of a submission front.
@@ -231,12 +261,13 @@ pub(crate) struct Front {
 }
 
 impl Front {
-    /// The gate and the number of leases, to pass to [`prepare_sleep`](Self::prepare_sleep).
+    /// The gate, the number of leases and of cancels, to pass to [`prepare_sleep`](Self::prepare_sleep).
     /// Read these before taking tasks from the channel (DESIGN.md, step D1).
     pub(crate) fn seen(&self) -> Seen {
         Seen {
             gate: self.shared.gate(),
             leases: self.shared.leases.load(SeqCst),
+            cancels: self.shared.cancels.load(SeqCst),
         }
     }
 
@@ -256,7 +287,7 @@ impl Front {
     }
 
     /// Announces that the consumer is about to sleep, and returns whether it may: false if a
-    /// task, a gate change or a lease change came since `seen` (DESIGN.md, step D2). Call
+    /// task, a gate change, a lease change or a cancel came since `seen` (DESIGN.md, step D2). Call
     /// [`woke`](Self::woke) after the sleep (or instead of it).
     pub(crate) fn prepare_sleep(&self, seen: Seen) -> bool {
         self.shared.sleeping.store(true, SeqCst);

@@ -1,11 +1,12 @@
 //! A task on its way through the dispatcher, and what a worker's reply means for its caller.
 
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::frame::{OutFrame, Reply, Status};
-use crate::result::{Outcome, Sink};
+use crate::result::{Outcome, Sink, Slot};
 use crate::stats::Counters;
 
 /// How long past a task's time limit the dispatcher waits for the worker's own timer (SIGALRM)
@@ -21,6 +22,8 @@ pub(crate) struct Task {
     /// Time limit per item, and how many items the frame holds (1, or a chunk's length).
     pub(crate) limit: Option<Duration>,
     items: u32,
+    /// The slot whose cancel cancels this task, if it can be cancelled.
+    watch: Option<Arc<Slot>>,
 }
 
 impl Task {
@@ -30,7 +33,20 @@ impl Task {
             sink,
             limit: None,
             items: 1,
+            watch: None,
         }
+    }
+
+    /// Makes the task cancellable through `slot`: once [`Slot::cancel`] succeeded, the
+    /// dispatcher drops the task if it has not started, or kills the worker running it.
+    pub(crate) fn cancellable(mut self, slot: &Arc<Slot>) -> Task {
+        self.watch = Some(Arc::clone(slot));
+        self
+    }
+
+    /// True once the task's result handle was cancelled.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.watch.as_ref().is_some_and(|slot| slot.is_cancelled())
     }
 
     /// Gives each of the task's `items` the time limit `limit`.
@@ -96,8 +112,18 @@ pub(super) fn outcome(reply: Reply) -> Outcome {
     Err(match reply.status {
         Status::Ok => unreachable!("handled above"),
         Status::Panicked => {
-            let (message, location) = crate::worker::split_panic_payload(&message);
-            Error::TaskPanicked { message, location }
+            let (item, rest) = crate::worker::split_chunk_item(&message);
+            let (message, location) = crate::worker::split_panic_payload(rest);
+            let panicked = Error::TaskPanicked { message, location };
+            match item {
+                // Counted from the chunk's start; its caller moves it to its input position.
+                Some(index) => Error::Item {
+                    index,
+                    items: 1,
+                    source: Box::new(panicked),
+                },
+                None => panicked,
+            }
         }
         Status::EncodeFailed => Error::Encode {
             what: "result",

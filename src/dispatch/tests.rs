@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -11,7 +12,7 @@ use crossbeam_channel::Receiver;
 use super::task::BACKSTOP_SLACK;
 use super::*;
 use crate::frame::{OutFrame, Status};
-use crate::result::{Outcome, Sink};
+use crate::result::{Outcome, Sink, Slot};
 use crate::spawn::{Pipes, Token};
 use crate::sys::Pid;
 
@@ -327,4 +328,215 @@ fn a_slow_start_is_no_timeout_while_another_worker_serves() {
     d.tick(now + limit * 100);
     assert!(d.procs.kills.is_empty(), "{:?}", d.procs.kills);
     assert!(rx.try_recv().is_err());
+}
+
+/// A task that can be cancelled through its slot, as `apply_async` makes it.
+fn cancellable_task() -> (Task, Arc<Slot>) {
+    let slot = Slot::new(1);
+    let frame = crate::task::call(|x: u64| x, 7).unwrap();
+    let task = Task::new(frame, Sink::slot(&slot, 0)).cancellable(&slot);
+    (task, slot)
+}
+
+/// Writes the worker's reply to the task with `id`, with an empty payload.
+fn say_done(d: &Dispatcher<Fake>, worker: usize, id: u64) {
+    let mut out = OutFrame::default();
+    frame::begin_reply(&mut out.head, id, Status::Ok);
+    out.seal();
+    let reply_w = d.procs.spawned[worker].1.as_raw_fd();
+    assert_eq!(sys::write(reply_w, &out.head).unwrap(), out.head.len());
+}
+
+/// A dispatcher with one serving worker whose tasks count as short (it takes several at once).
+fn serving(now: Instant) -> (Submitter, Dispatcher<Fake>) {
+    let (submitter, mut d) = dispatcher(1, now);
+    say_ready(&d, 0);
+    d.poll_once(None, Duration::from_secs(10));
+    d.workers[0].work.served = 1;
+    (submitter, d)
+}
+
+fn is_cancelled(slot: &Slot) -> bool {
+    matches!(slot_outcome(slot), Err(Error::Cancelled))
+}
+
+fn slot_outcome(slot: &Slot) -> Outcome {
+    slot.take_by(Some(Instant::now()))
+        .expect("the slot is complete")
+        .remove(0)
+}
+
+#[test]
+fn a_cancelled_queued_task_never_reaches_a_worker() {
+    let now = Instant::now();
+    let (submitter, mut d) = dispatcher(1, now);
+    let (t, slot) = cancellable_task();
+    submitter.submit([t]).unwrap();
+    take_queued(&mut d);
+    assert!(slot.cancel());
+    d.drop_cancelled(now);
+    assert!(d.queue.is_empty(), "removed from the queue");
+    say_ready(&d, 0);
+    d.poll_once(None, Duration::from_secs(10));
+    d.assign(now);
+    assert!(d.workers[0].work.inflight.is_empty());
+    assert!(!task_pipe_has_data(&d, 0), "nothing was written");
+    assert!(d.procs.kills.is_empty(), "no worker suffers for it");
+    assert_eq!(submitter.stats().cancelled, 1);
+    assert!(is_cancelled(&slot));
+}
+
+/// A task cancelled in the queue but only noticed when it is popped (no search ran) is dropped
+/// there too.
+#[test]
+fn a_cancelled_task_is_skipped_when_its_turn_comes() {
+    let now = Instant::now();
+    let (submitter, mut d) = serving(now);
+    let (t, slot) = cancellable_task();
+    let (other, rx) = task(None);
+    submitter.submit([t, other]).unwrap();
+    take_queued(&mut d);
+    assert!(slot.cancel());
+    d.assign(now);
+    assert_eq!(
+        d.workers[0].work.inflight.len(),
+        1,
+        "only the other task went out"
+    );
+    assert!(d.workers[0].work.inflight[0].task.is_cancelled().eq(&false));
+    assert_eq!(submitter.stats().cancelled, 1);
+    say_done(&d, 0, d.workers[0].work.inflight[0].id);
+    d.poll_once(None, Duration::from_secs(10));
+    assert!(matches!(rx.try_recv(), Ok(Ok(_))));
+}
+
+#[test]
+fn cancelling_a_running_task_kills_its_worker_and_spares_the_tasks_behind_it() {
+    let now = Instant::now();
+    let (submitter, mut d) = serving(now);
+    let (running, slot) = cancellable_task();
+    let (behind, behind_slot) = cancellable_task();
+    let (unwritten_cancelled, third) = cancellable_task();
+    submitter
+        .submit([running, behind, unwritten_cancelled])
+        .unwrap();
+    take_queued(&mut d);
+    d.assign(now);
+    assert_eq!(d.workers[0].work.written, 3);
+    // The third one is not written yet as far as the dispatcher knows: pretend so, to see it
+    // taken out without a byte reaching the pipe.
+    d.workers[0].work.written = 2;
+    assert!(slot.cancel());
+    assert!(third.cancel());
+    d.drop_cancelled(now);
+    assert_eq!(
+        d.workers[0].work.inflight.len(),
+        2,
+        "the unwritten one is out"
+    );
+    d.tick(now);
+    assert_eq!(d.procs.kills, [PID]);
+    d.procs.events.push_back(Event::Exited {
+        pid: PID,
+        cause: ExitCause::Signal(libc::SIGKILL),
+    });
+    d.apply_events(now);
+    assert!(is_cancelled(&slot));
+    assert!(is_cancelled(&third));
+    assert!(!behind_slot.is_ready(), "the task behind it did not fail");
+    assert_eq!(d.queue.len(), 1, "it went back to the queue");
+    assert_eq!(submitter.stats().cancelled, 2);
+    assert_eq!(submitter.stats().died, 0);
+    d.replace_workers(now);
+    assert_eq!(d.workers.len(), 1, "a replacement is asked for");
+}
+
+/// A cancelled task written behind the running one is killed when it starts.
+#[test]
+fn a_cancelled_task_in_the_pipe_is_killed_when_it_starts() {
+    let now = Instant::now();
+    let (submitter, mut d) = serving(now);
+    let (first, rx) = task(None);
+    let (second, slot) = cancellable_task();
+    submitter.submit([first, second]).unwrap();
+    take_queued(&mut d);
+    d.assign(now);
+    assert!(slot.cancel());
+    d.drop_cancelled(now);
+    d.tick(now);
+    assert!(
+        d.procs.kills.is_empty(),
+        "the running task is not the cancelled one"
+    );
+    say_done(&d, 0, d.workers[0].work.inflight[0].id);
+    d.poll_once(None, Duration::from_secs(10));
+    assert!(matches!(rx.try_recv(), Ok(Ok(_))));
+    assert_eq!(d.procs.kills, [PID], "killed once the cancelled task runs");
+}
+
+#[test]
+fn a_finished_task_cannot_be_cancelled_and_keeps_its_result() {
+    let now = Instant::now();
+    let (submitter, mut d) = serving(now);
+    let (t, slot) = cancellable_task();
+    submitter.submit([t]).unwrap();
+    take_queued(&mut d);
+    d.assign(now);
+    say_done(&d, 0, d.workers[0].work.inflight[0].id);
+    d.poll_once(None, Duration::from_secs(10));
+    assert!(!slot.cancel(), "the result was in");
+    d.drop_cancelled(now);
+    d.tick(now);
+    assert!(d.procs.kills.is_empty());
+    assert!(slot_outcome(&slot).is_ok());
+    assert_eq!(submitter.stats().cancelled, 0);
+}
+
+/// The race of a cancel with the reply: the reply arrives after the cancel; the cancel wins,
+/// the reply is dropped, and the worker, which already went on, is not killed for nothing.
+#[test]
+fn a_reply_that_comes_after_the_cancel_is_dropped_and_kills_nobody() {
+    let now = Instant::now();
+    let (submitter, mut d) = serving(now);
+    let (t, slot) = cancellable_task();
+    submitter.submit([t]).unwrap();
+    take_queued(&mut d);
+    d.assign(now);
+    assert!(slot.cancel());
+    say_done(&d, 0, d.workers[0].work.inflight[0].id);
+    // The reply is read before the dispatcher looks for cancelled tasks.
+    d.poll_once(None, Duration::from_secs(10));
+    d.drop_cancelled(now);
+    d.tick(now);
+    assert!(d.procs.kills.is_empty());
+    assert!(
+        is_cancelled(&slot),
+        "the cancel won: the late result is not shown"
+    );
+}
+
+/// The other order: the kill was asked for, but the worker finished the cancelled task and
+/// started the next before the signal came. That next task is not failed: it runs again.
+#[test]
+fn a_task_started_after_a_cancelled_one_is_requeued_not_failed() {
+    let now = Instant::now();
+    let (submitter, mut d) = serving(now);
+    let (t, slot) = cancellable_task();
+    let (next, rx) = task(None);
+    submitter.submit([t, next]).unwrap();
+    take_queued(&mut d);
+    d.assign(now);
+    assert!(slot.cancel());
+    d.drop_cancelled(now);
+    d.tick(now);
+    assert_eq!(d.procs.kills, [PID]);
+    say_done(&d, 0, d.workers[0].work.inflight[0].id);
+    d.procs.events.push_back(Event::Exited {
+        pid: PID,
+        cause: ExitCause::Signal(libc::SIGKILL),
+    });
+    d.apply_events(now);
+    assert!(rx.try_recv().is_err(), "the next task did not fail");
+    assert_eq!(d.queue.len(), 1);
+    assert!(is_cancelled(&slot));
 }

@@ -49,6 +49,8 @@ pub(super) enum Why {
     Closing,
     /// It flagged its last reply (memory cap): it takes no more tasks, and it exits by itself.
     Retiring,
+    /// The task it runs was cancelled ([`Task::is_cancelled`](super::Task::is_cancelled)).
+    Cancelled,
     /// It was still in its initializer when the task waiting for it ran out of time.
     SlowStart { limit: Duration },
     /// Its running task ran past its time limit.
@@ -396,6 +398,37 @@ impl Worker {
         } else {
             1
         }
+    }
+
+    /// Takes out the cancelled tasks that no byte of has been written yet; they never reach
+    /// the worker.
+    pub(super) fn take_cancelled_unwritten(&mut self) -> Vec<Sent> {
+        let work = &mut self.work;
+        // A partly written frame must be finished, or the pipe would carry garbage.
+        let first = work.written + usize::from(work.offset > 0);
+        let mut taken = Vec::new();
+        let mut i = first;
+        while i < work.inflight.len() {
+            if work.inflight[i].task.is_cancelled() {
+                taken.extend(work.inflight.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        taken
+    }
+
+    /// True if the task it runs now was cancelled and it is not already leaving for that (or
+    /// a stronger reason).
+    pub(super) fn runs_cancelled(&self) -> bool {
+        matches!(self.life, Life::Serving { .. })
+            && self.work.written > 0
+            && self.end.as_ref().is_none_or(|e| e.why < Why::Cancelled)
+            && self
+                .work
+                .inflight
+                .front()
+                .is_some_and(|s| s.task.is_cancelled())
     }
 
     /// When the running task's time limit, with slack, runs out.

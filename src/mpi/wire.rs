@@ -156,6 +156,17 @@ pub(crate) fn push_outcome(out: &mut Vec<u8>, id: u64, outcome: &Outcome) {
             Error::InitializerPanicked { message } => (7, 0, 0, message.as_bytes()),
             Error::Protocol { pid, message } => (8, u64::from(*pid), 0, message.as_bytes()),
             Error::Closed => (9, 0, 0, &[]),
+            Error::Item {
+                index,
+                items,
+                source,
+            } => {
+                // The item's error, encoded as an outcome of its own.
+                let mut inner = Vec::new();
+                push_outcome(&mut inner, 0, &Err(source.duplicate()));
+                return push_raw(out, id, 11, *index as u64, *items as u64, &inner);
+            }
+            Error::Cancelled => (12, 0, 0, &[]),
             other => {
                 let message = other.to_string();
                 return push_raw(out, id, 10, 0, 0, message.as_bytes());
@@ -241,6 +252,20 @@ pub(crate) fn outcomes(bytes: Vec<u8>, host: &str) -> Result<Vec<(u64, Outcome)>
             10 => Err(Error::Mpi {
                 message: format!("on {host}: {}", text()),
             }),
+            11 => {
+                let inner = outcomes(buf[start..end].to_vec(), host)?;
+                let [(_, Err(source))] = <[_; 1]>::try_from(inner)
+                    .map_err(|_| "an item error holds more than one outcome".to_string())?
+                else {
+                    return Err("an item error holds a result".into());
+                };
+                Err(Error::Item {
+                    index: a as usize,
+                    items: b as usize,
+                    source: Box::new(source),
+                })
+            }
+            12 => Err(Error::Cancelled),
             k => return Err(format!("unknown result kind {k}")),
         };
         out.push((id, outcome));
@@ -411,8 +436,20 @@ mod tests {
         };
         push_outcome(&mut msg, 4, &Err(panicked(Some("src/x.rs:1:2"))));
         push_outcome(&mut msg, 5, &Err(panicked(None)));
+        let item = Error::Item {
+            index: 17,
+            items: 1,
+            source: Box::new(panicked(None)),
+        };
+        push_outcome(&mut msg, 6, &Err(item));
         let got = outcomes(msg, "node-2").unwrap();
-        assert_eq!(got.len(), 5);
+        assert_eq!(got.len(), 6);
+        match &got[5].1 {
+            Err(e @ Error::Item { index: 17, .. }) => {
+                assert!(matches!(e.cause(), Error::TaskPanicked { .. }), "{e:?}")
+            }
+            other => panic!("{other:?}"),
+        }
         for (i, location) in [(3, Some("src/x.rs:1:2")), (4, None)] {
             match &got[i].1 {
                 Err(Error::TaskPanicked {

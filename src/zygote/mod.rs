@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::sys::{self, Pid, PollFd, SignalSet};
 use crate::worker::WorkerConfig;
 use fork::Side;
-use proto::{ServerSpec, KILL, MESSAGE, STARTED, START_FAILED};
+use proto::{ServerSpec, KILL, MESSAGE, READY, STARTED, START_FAILED};
 
 /// How long a pool waits for the zygote to answer a start request.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -125,10 +125,31 @@ fn start_zygote(me: Pid) -> Result<()> {
                 // program does; end of file on the socket still tells the zygote.
                 sys::clear_parent_death_signal();
             }
+            // Until this is read, the forking thread waits: it must not end (and fire the
+            // death signal) before the line above has run.
+            if sys::send_with_fds(sock, &proto::short(READY, 0), &[]).is_err() {
+                sys::exit_now(0);
+            }
             child::serve(sock)
         }
     };
     drop(theirs);
+    match read_answer(ours.as_raw_fd(), Instant::now() + START_TIMEOUT) {
+        Ok(words) if words[0] == READY => {}
+        other => {
+            // It died in its setup, or answered nonsense: kill and reap it, and go on
+            // without a zygote.
+            if matches!(sys::try_wait(pid), Ok(None)) {
+                sys::kill(pid);
+            }
+            let _ = sys::wait_blocking(pid);
+            let source = match other {
+                Err(e) => e,
+                Ok(_) => io::Error::other("the zygote sent a wrong first message"),
+            };
+            return Err(Error::io("starting the zygote")(source));
+        }
+    }
     let handle = Box::new(Zygote {
         owner: me,
         pid,

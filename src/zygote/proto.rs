@@ -8,6 +8,7 @@
 //! | [`KILL`] | parent to zygote | the pid of a fork server that would not exit | |
 //! | [`STARTED`] | zygote to parent | the new server's pid | |
 //! | [`START_FAILED`] | zygote to parent | `errno` of the failed fork | |
+//! | [`READY`] | zygote to parent, once, first | | |
 //!
 //! The parent sends one [`START`] at a time and waits for its answer; [`KILL`] has none.
 
@@ -28,6 +29,9 @@ pub(crate) const KILL: u64 = 2;
 pub(crate) const STARTED: u64 = 11;
 /// Zygote to parent: the fork failed; the errno.
 pub(crate) const START_FAILED: u64 = 12;
+/// Zygote to parent, once, first: its setup is done (in particular, its death signal is
+/// cleared when the thread that forked it may end before the program).
+pub(crate) const READY: u64 = 13;
 
 /// What a fork server needs from the pool that asked for it: what its workers run, and the
 /// signal mask they start with.
