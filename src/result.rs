@@ -190,8 +190,8 @@ impl Slot {
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
         // An answer is often a few microseconds away; waking from a condvar wait on the other
-        // CPU costs tens. Spin a moment first, yielding the CPU.
-        // The callers share one spin budget: whether spinning pays is the machine's state.
+        // CPU costs tens. Spin a moment first, while spinning pays (the callers share one
+        // budget: whether it pays is the machine's state).
         CALLER_SPIN.run(|| self.is_ready());
         // On the callback thread, this result may be waiting for a callback queued behind the
         // one that waits: run those meanwhile (issue 8, item 5; see `callback`).

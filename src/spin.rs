@@ -2,7 +2,7 @@
 //!
 //! Waking a thread or process that sleeps on the other CPU costs tens of microseconds, so on a
 //! quiet machine the dispatcher (expecting an answer), a worker (expecting its next task) and a
-//! caller in `get` each spin a moment, yielding the CPU, before they sleep. On a busy machine the
+//! caller in `get` each spin a moment before they sleep. On a busy machine the
 //! same spin takes a CPU share from the very process it waits for, and the awaited event comes
 //! late or not at all within the spin: issue 9 measured W1 falling to 0.03x Python. A `Spin`
 //! learns which case it is in from its own outcomes:
@@ -10,10 +10,11 @@
 //! - a spin that ends in success restores the full budget;
 //! - a spin that runs out halves the budget (a few failures in a row bring it to zero);
 //! - a spin during which one turn of the loop took longer than [`CONTENDED`] ends at once and
-//!   sets the budget to zero: the thread was off its CPU that long while it only meant to yield,
-//!   so another runnable thread wanted that CPU, and spinning takes it from someone;
-//! - at zero budget, one wait in [`PROBE_EVERY`] spins briefly (an eighth of the budget) to
-//!   notice that the machine became quiet again; the others sleep at once.
+//!   sets the budget to zero: the thread was preempted, so another runnable thread wanted that
+//!   CPU, and spinning takes it from someone;
+//! - at zero budget, one wait in [`PROBE_EVERY`] spins (with the full budget) to notice that
+//!   the machine became quiet again; the others sleep at once. On a busy machine that costs
+//!   about a sixteenth of a spin per wait, and a probe that loses its CPU ends at once.
 //!
 //! The state is two relaxed atomics (advice, not synchronization: a stale read only costs or
 //! saves one spin), so one `Spin` can be shared by threads (the callers') and, being lock-free,
@@ -22,8 +23,8 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-/// A turn of the spin loop (one look, one `sched_yield`) that took longer than this means the
-/// thread was off its CPU for someone else: the CPUs are contended.
+/// A turn of the spin loop (one look, one [`pause`]; a microsecond or so) that took longer than
+/// this means the thread was off its CPU for someone else: the CPUs are contended.
 pub(crate) const CONTENDED: Duration = Duration::from_micros(200);
 /// At zero budget, one wait in this many spins briefly, to find out whether spinning pays again.
 pub(crate) const PROBE_EVERY: u32 = 16;
@@ -68,10 +69,11 @@ impl Spin {
         Duration::from_nanos(self.budget_ns.load(Relaxed))
     }
 
-    /// Spins until `done` returns true or the budget runs out, yielding the CPU between looks.
+    /// Spins until `done` returns true or the budget runs out (see [`pause`] for why it does not
+    /// yield between looks).
     /// `done` is always asked at least once.
     pub(crate) fn run(&self, mut done: impl FnMut() -> bool) -> Outcome {
-        self.run_with(&mut done, &mut std::thread::yield_now, &mut Instant::now)
+        self.run_with(&mut done, &mut pause, &mut Instant::now)
     }
 
     /// [`Spin::run`] with the yield and the clock given, so that tests can play a quiet or a
@@ -86,7 +88,9 @@ impl Spin {
         let limit = if budget > 0 {
             budget
         } else if self.skipped.fetch_add(1, Relaxed) % PROBE_EVERY == PROBE_EVERY - 1 {
-            self.max_ns / 8
+            // A probe gets the full budget: a shorter one would never see an event that takes
+            // most of it (a W3 round trip), and spinning would never come back.
+            self.max_ns
         } else {
             return if done() {
                 Outcome::Done
@@ -116,6 +120,16 @@ impl Spin {
             last = now;
             pause();
         }
+    }
+}
+
+/// Between two looks: a moment of `spin_loop` hints, not `sched_yield`. On a busy machine a
+/// yield hands the CPU to a runnable process for the rest of its time slice (milliseconds under
+/// EEVDF and CFS alike), which made every spin a sleep of that length; a spin that keeps its CPU
+/// costs at most its budget.
+fn pause() {
+    for _ in 0..64 {
+        std::hint::spin_loop();
     }
 }
 
@@ -171,7 +185,7 @@ mod tests {
             }
         }
         assert_eq!(skipped, PROBE_EVERY - 1);
-        // The skipped waits looked once each; the probe about MAX / 8 / QUIET times.
+        // The skipped waits looked once each; the probe about MAX / QUIET times.
         assert!(
             looks > PROBE_EVERY as usize + 2,
             "the probe spun: {looks} looks"

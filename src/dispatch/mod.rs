@@ -399,8 +399,8 @@ impl<P: Processes> Dispatcher<P> {
         }
         if seen.is_some() && self.answer_imminent() {
             // Waking a thread that sleeps on the other CPU costs tens of microseconds; a short
-            // spin, yielding the CPU, costs a few, while the CPUs are not contended (the spin
-            // keeps itself only while it pays: `spin.rs`).
+            // spin costs a few while the CPUs are not contended (the spin keeps itself only
+            // while it pays: `spin.rs`).
             let front = &self.front;
             self.spin.run(|| {
                 front.has_tasks() || !matches!(sys::poll(&mut fds, Some(Duration::ZERO)), Ok(0))
