@@ -10,8 +10,9 @@
 //! - a spin that ends in success restores the full budget;
 //! - a spin that runs out halves the budget (a few failures in a row bring it to zero);
 //! - a spin during which one turn of the loop took longer than [`CONTENDED`] ends at once and
-//!   sets the budget to zero: the thread was preempted, so another runnable thread wanted that
-//!   CPU, and spinning takes it from someone;
+//!   quarters the budget: the thread was preempted, so another runnable thread wanted that CPU,
+//!   and spinning takes it from someone (once is chance, on a machine where a compile runs
+//!   now and then; three times in a row and the spin is off);
 //! - at zero budget, one wait in [`PROBE_EVERY`] spins (with the full budget) to notice that
 //!   the machine became quiet again; the others sleep at once. On a busy machine that costs
 //!   about a sixteenth of a spin per wait, and a probe that loses its CPU ends at once.
@@ -108,13 +109,11 @@ impl Spin {
             }
             let now = clock();
             if now - last > CONTENDED {
-                self.budget_ns.store(0, Relaxed);
+                self.shrink(budget / 4);
                 return Outcome::Contended;
             }
             if now - start >= limit {
-                let half = budget / 2;
-                let half = if half < MIN_BUDGET_NS { 0 } else { half };
-                self.budget_ns.store(half, Relaxed);
+                self.shrink(budget / 2);
                 return Outcome::Spent;
             }
             last = now;
@@ -130,6 +129,14 @@ impl Spin {
 fn pause() {
     for _ in 0..64 {
         std::hint::spin_loop();
+    }
+}
+
+impl Spin {
+    /// Sets a smaller budget, zero once it is too small to see anything.
+    fn shrink(&self, to_ns: u64) {
+        let to_ns = if to_ns < MIN_BUDGET_NS { 0 } else { to_ns };
+        self.budget_ns.store(to_ns, Relaxed);
     }
 }
 
@@ -225,6 +232,10 @@ mod tests {
         });
         assert_eq!(outcome, Outcome::Contended);
         assert_eq!(looks, 1, "it stopped after the first slow turn");
+        assert_eq!(spin.budget(), MAX / 4);
+        // Three contended spins in a row, and spinning is off.
+        run(&spin, CONTENDED * 2, &mut || false);
+        run(&spin, CONTENDED * 2, &mut || false);
         assert_eq!(spin.budget(), Duration::ZERO);
     }
 
