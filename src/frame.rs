@@ -4,14 +4,18 @@
 //!
 //! ```text
 //! task  (parent -> worker): | len u64 | id u64 | trampoline u64 | function u64 | limit u64 | argument ... |
-//! reply (worker -> parent): | len u64 | id u64 | status u8 | payload ... |
+//! reply (worker -> parent): | len u64 | id u64 | status u8 | run_us u32 | payload ... |
 //! ```
 //!
 //! A worker's first reply is a `Ready` frame (id 0, no payload), sent once its initializer has
 //! run: a worker that dies before it is ready failed to start, not in a task.
 //!
 //! `limit` is the task's time limit per item in microseconds, 0 for none. The status byte's top
-//! bit says the worker retires after this reply (it passed its memory cap). The argument and a
+//! bit says the worker retires after this reply (it passed its memory cap). `run_us` is how long
+//! the task ran, measured in the worker from taking the task to having its reply ready
+//! (saturating), which is what the dispatcher judges a task's length by: unlike the time
+//! between sending a task and reading its reply, it does not grow when the processes wait for a
+//! CPU on a busy machine (issue 9). The argument and a
 //! successful reply's payload are codec bytes; a failed reply's payload is a
 //! UTF-8 message. A frame's length is checked against a limit before anything is allocated for
 //! it, and a large frame is read straight into a buffer of its own size, so a 64 MiB result is
@@ -20,6 +24,7 @@
 use std::io;
 use std::ops::Deref;
 use std::os::fd::RawFd;
+use std::time::Duration;
 
 use crate::sys;
 
@@ -29,8 +34,8 @@ const LEN: usize = 8;
 const TASK_HEADER: usize = 32;
 /// The status byte's flag for "this worker exits after this reply".
 const RETIRING: u8 = 0x80;
-/// Bytes of a reply body before the payload: id, status.
-pub(crate) const REPLY_HEADER: usize = 9;
+/// Bytes of a reply body before the payload: id, status, run time.
+pub(crate) const REPLY_HEADER: usize = 13;
 /// How much a reader asks the kernel for when it is between frames or in a small one.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -163,6 +168,13 @@ pub(crate) fn begin_reply(out: &mut Vec<u8>, id: u64, status: Status) {
     out.extend_from_slice(&[0; LEN]);
     out.extend_from_slice(&id.to_le_bytes());
     out.push(status as u8);
+    out.extend_from_slice(&[0; 4]);
+}
+
+/// Writes into a reply frame how long its task ran in the worker (microseconds, saturating).
+pub(crate) fn set_reply_run_time(frame: &mut [u8], run: Duration) {
+    let us = u32::try_from(run.as_micros()).unwrap_or(u32::MAX);
+    frame[LEN + 9..LEN + 13].copy_from_slice(&us.to_le_bytes());
 }
 
 /// Rewrites a reply frame's status byte, and whether the worker retires after it.
@@ -203,6 +215,8 @@ pub(crate) struct Reply {
     pub(crate) status: Status,
     /// The worker exits after this reply.
     pub(crate) retiring: bool,
+    /// How long the task ran, as the worker measured it.
+    pub(crate) run: Duration,
     pub(crate) payload: Bytes,
 }
 
@@ -215,11 +229,13 @@ pub(crate) fn parse_reply(mut body: Bytes) -> Result<Reply, String> {
     let status = Status::from_byte(body[8] & !RETIRING)
         .ok_or_else(|| format!("unknown status byte {} in a reply", body[8]))?;
     let retiring = body[8] & RETIRING != 0;
+    let run_us = u32::from_le_bytes(body[9..13].try_into().unwrap());
     body.advance(REPLY_HEADER);
     Ok(Reply {
         id,
         status,
         retiring,
+        run: Duration::from_micros(run_us.into()),
         payload: body,
     })
 }

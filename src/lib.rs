@@ -186,6 +186,7 @@ mod result;
 mod server;
 mod shared;
 mod spawn;
+mod spin;
 mod stats;
 mod sys;
 mod task;

@@ -22,9 +22,11 @@ use crate::codec;
 use crate::dispatch::Canceller;
 use crate::error::{Error, Result};
 use crate::frame::Bytes;
+use crate::spin::Spin;
 
-/// How long a caller spins for a result before it sleeps.
-const SPIN: Duration = Duration::from_micros(30);
+/// The longest a caller spins for a result before it sleeps; every caller of the process
+/// shares the budget, which shrinks while spinning does not pay (see [`Spin`]).
+static CALLER_SPIN: Spin = Spin::new(Duration::from_micros(30));
 /// How long a callback that waits for a result sleeps at a time, between looks at the result,
 /// while it runs the callbacks queued behind it.
 const HELP_SLICE: Duration = Duration::from_millis(1);
@@ -225,11 +227,9 @@ impl Slot {
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
         // An answer is often a few microseconds away; waking from a condvar wait on the other
-        // CPU costs tens. Spin a moment first, yielding the CPU.
-        let spin = Instant::now();
-        while spin.elapsed() < SPIN && !self.is_ready() {
-            std::thread::yield_now();
-        }
+        // CPU costs tens. Spin a moment first, while spinning pays (the callers share one
+        // budget: whether it pays is the machine's state).
+        CALLER_SPIN.run(|| self.is_ready());
         // On the callback thread, this result may be waiting for a callback queued behind the
         // one that waits: run those meanwhile (issue 8, item 5; see `callback`).
         while !self.is_ready() {

@@ -27,9 +27,10 @@ use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::frame::{self, Bytes, FrameReader, OutFrame, Status};
+use crate::spin::Spin;
 use crate::sys;
 use crate::task;
 
@@ -39,7 +40,7 @@ const EXIT_PANICKED: i32 = 121;
 const EXIT_PROTOCOL: i32 = 122;
 /// Exit status of a worker whose pipes failed.
 const EXIT_IO: i32 = 123;
-/// How long a worker spins for its next task before it sleeps in `read`.
+/// The longest a worker spins for its next task before it sleeps in `read` (see [`Spin`]).
 const SPIN: Duration = Duration::from_micros(50);
 /// A reply buffer above this size is released after use, so one large result does not pin
 /// memory in the worker.
@@ -128,6 +129,7 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -
         return pipe_failed("write to", output, &e);
     }
     let mut served = 0usize;
+    let spin = Spin::new(SPIN);
     // Only the worker's own code runs between a check (before the Ready frame, then before each
     // answer) and the next read, so each check also covers the read that follows it.
     while config.max_tasks.is_none_or(|max| served < max) {
@@ -139,7 +141,7 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -
             }
             // The next task often follows at once: spin a moment before sleeping in read,
             // since waking a sleeping process on the other CPU is slow.
-            sys::wait_readable(input, SPIN);
+            spin.run(|| sys::wait_readable(input, Duration::ZERO));
             match reader.fill(input) {
                 // End of file: the pool closed our task pipe, and we are done; unless a task
                 // put something else (say /dev/null) in its place.
@@ -152,6 +154,7 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -
         let Some((header, arg)) = frame::parse_task(body) else {
             return EXIT_PROTOCOL;
         };
+        let started = Instant::now();
         frame::begin_reply(&mut out.head, header.id, Status::Ok);
         let status = match &init_failure {
             Some(message) => task::error_reply(&mut out, Status::InitializerPanicked, message),
@@ -167,6 +170,7 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -
             .max_memory
             .is_some_and(|cap| sys::resident_bytes() > cap);
         frame::set_reply_status(&mut out.head, status, retiring);
+        frame::set_reply_run_time(&mut out.head, started.elapsed());
         out.seal();
         // A task that put a writable file in place of the reply pipe (dup2) would have the
         // answer vanish into it and its caller wait forever.

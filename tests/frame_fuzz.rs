@@ -19,7 +19,7 @@ use forkpool::fuzzing::parse_reply_stream;
 /// Bytes in the length prefix.
 const LEN: usize = 8;
 /// Bytes of a reply body before the payload: id, status.
-const REPLY_HEADER: usize = 9;
+const REPLY_HEADER: usize = 13;
 /// The reader's read chunk: frames longer than this are read into a buffer of their own size.
 const READ_CHUNK: u64 = 64 * 1024;
 /// The pool's default frame limit: 4 GiB.
@@ -73,6 +73,7 @@ fn reply_frame(id: u64, status: u8, payload: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&body.to_le_bytes());
     f.extend_from_slice(&id.to_le_bytes());
     f.push(status);
+    f.extend_from_slice(&7u32.to_le_bytes()); // the task's run time in the worker, µs
     f.extend_from_slice(payload);
     f
 }

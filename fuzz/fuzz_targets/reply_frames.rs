@@ -3,7 +3,7 @@
 //!
 //! Input layout: `| selector u16 LE | rest |`. The selector picks the frame limit; the rest goes to
 //! `parse_reply_stream` as it is (its first byte seeds the sizes of the pieces, the remainder is
-//! the byte stream `| len u64 LE | id u64 LE | status u8 | payload |`...).
+//! the byte stream `| len u64 LE | id u64 LE | status u8 | run_us u32 LE | payload |`...).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

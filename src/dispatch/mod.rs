@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, ExitCause, Result};
 use crate::frame;
 use crate::spawn::{Event, ForkServer, Processes};
+use crate::spin::Spin;
 use crate::sys::{self, PollFd, SignalSet};
 use crate::worker::{self as child, WorkerConfig};
 
@@ -46,7 +47,8 @@ use worker::{Life, Why, Worker, SHORT_TASK};
 
 /// Stack of the dispatcher thread, which is also the stack every worker's tasks run on.
 const DISPATCHER_STACK: usize = 8 << 20;
-/// How long the dispatcher spins before it sleeps when an answer is imminent.
+/// The longest the dispatcher spins before it sleeps when an answer is imminent (see
+/// [`Spin`]).
 const SPIN: Duration = Duration::from_micros(50);
 /// How long a worker that has nothing left to do after its task pipe closed (or that closed its
 /// reply pipe) may take to exit before it is killed: a worker stopped by SIGSTOP, or still in
@@ -133,6 +135,8 @@ pub(crate) struct Dispatcher<P: Processes> {
     respawn_at: Option<Instant>,
     /// When a worker last answered a task.
     last_answer: Option<Instant>,
+    /// The spin before a sleep when an answer is imminent, kept only while it pays.
+    spin: Spin,
     /// Why no worker can be forked any more (the fork server is lost): every task fails so.
     lost: Option<String>,
     /// A spawn request the fork server refused (`errno`), for `Pool::new` to report.
@@ -181,6 +185,7 @@ impl<P: Processes> Dispatcher<P> {
             early_deaths: 0,
             respawn_at: None,
             last_answer: None,
+            spin: Spin::new(SPIN),
             lost: None,
             spawn_failed: None,
             cancels: 0,
@@ -439,15 +444,13 @@ impl<P: Processes> Dispatcher<P> {
             fds.push(PollFd::new(w.read_fd().unwrap_or(-1), true, false));
         }
         if seen.is_some() && self.answer_imminent() {
-            // Waking a thread that sleeps on the other CPU costs tens of microseconds on a
-            // busy machine; a short spin, yielding the CPU, costs a few.
-            let start = Instant::now();
-            while start.elapsed() < SPIN
-                && !self.front.has_tasks()
-                && matches!(sys::poll(&mut fds, Some(Duration::ZERO)), Ok(0))
-            {
-                thread::yield_now();
-            }
+            // Waking a thread that sleeps on the other CPU costs tens of microseconds; a short
+            // spin costs a few while the CPUs are not contended (the spin keeps itself only
+            // while it pays: `spin.rs`).
+            let front = &self.front;
+            self.spin.run(|| {
+                front.has_tasks() || !matches!(sys::poll(&mut fds, Some(Duration::ZERO)), Ok(0))
+            });
         }
         // Step D2 (DESIGN.md): announce the sleep, then look once more.
         let may_sleep = seen.is_none_or(|seen| self.front.prepare_sleep(seen));

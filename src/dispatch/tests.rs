@@ -347,6 +347,17 @@ fn say_done(d: &Dispatcher<Fake>, worker: usize, id: u64) {
     assert_eq!(sys::write(reply_w, &out.head).unwrap(), out.head.len());
 }
 
+/// Writes a worker's reply to task `id`, reporting that it ran for `run` in the worker.
+fn answer(d: &Dispatcher<Fake>, worker: usize, id: u64, run: Duration) {
+    let mut out = OutFrame::default();
+    frame::begin_reply(&mut out.head, id, Status::Ok);
+    out.head.extend_from_slice(&7u64.to_le_bytes());
+    frame::set_reply_run_time(&mut out.head, run);
+    out.seal();
+    let reply_w = d.procs.spawned[worker].1.as_raw_fd();
+    assert_eq!(sys::write(reply_w, &out.head).unwrap(), out.head.len());
+}
+
 /// A dispatcher with one serving worker whose tasks count as short (it takes several at once).
 fn serving(now: Instant) -> (Submitter, Dispatcher<Fake>) {
     let (submitter, mut d) = dispatcher(1, now);
@@ -539,4 +550,62 @@ fn a_task_started_after_a_cancelled_one_is_requeued_not_failed() {
     assert!(rx.try_recv().is_err(), "the next task did not fail");
     assert_eq!(d.queue.len(), 1);
     assert!(is_cancelled(&slot));
+}
+
+/// Issue 9: on a busy machine a reply comes long after its task was sent (the processes wait
+/// for a CPU), but the task itself ran for microseconds. Judged by the time between sending and
+/// reading, every worker dropped to one task in flight; judged by the run time the worker
+/// reports, it keeps its pipeline full.
+#[test]
+fn tasks_short_in_the_worker_keep_the_pipeline_deep_however_late_their_replies() {
+    // Everything happened "a while ago" for the dispatcher's clock: the wall time from sending
+    // the first task to reading its reply is at least that long.
+    let then = Instant::now()
+        .checked_sub(Duration::from_millis(200))
+        .expect("the machine has been up for 200 ms");
+    let (submitter, mut d) = dispatcher(1, then);
+    say_ready(&d, 0);
+    d.poll_once(None, Duration::from_secs(10));
+    let (tasks, outcomes): (Vec<_>, Vec<_>) = (0..20).map(|_| task(None)).unzip();
+    submitter.submit(tasks).unwrap();
+    take_queued(&mut d);
+    d.assign(then);
+    assert_eq!(
+        d.workers[0].work.written, 1,
+        "a fresh pool sends one task at first"
+    );
+    let first = d.workers[0].work.inflight[0].id;
+    answer(&d, 0, first, Duration::from_micros(5));
+    d.poll_once(None, Duration::from_secs(10));
+    assert!(matches!(outcomes[0].try_recv(), Ok(Ok(_))));
+    d.assign(Instant::now());
+    assert_eq!(
+        d.workers[0].work.inflight.len(),
+        worker::PIPELINE_DEPTH,
+        "a 5 µs task is short, whatever the wall time"
+    );
+}
+
+/// The other side of the same judgement: a task that ran long in the worker gets its worker
+/// one task at a time, so that nothing waits behind it while another worker idles.
+#[test]
+fn tasks_long_in_the_worker_are_sent_one_at_a_time() {
+    let now = Instant::now();
+    let (submitter, mut d) = dispatcher(2, now);
+    say_ready(&d, 0);
+    say_ready(&d, 1);
+    d.poll_once(None, Duration::from_secs(10));
+    let (tasks, _outcomes): (Vec<_>, Vec<_>) = (0..20).map(|_| task(None)).unzip();
+    submitter.submit(tasks).unwrap();
+    take_queued(&mut d);
+    d.assign(now);
+    for w in 0..2 {
+        let id = d.workers[w].work.inflight[0].id;
+        answer(&d, w, id, SHORT_TASK * 20);
+    }
+    d.poll_once(None, Duration::from_secs(10));
+    d.assign(now);
+    for w in 0..2 {
+        assert_eq!(d.workers[w].work.inflight.len(), 1);
+    }
 }

@@ -83,7 +83,7 @@ pub(super) struct Work {
     pub(super) served: usize,
     /// Since when the front task has been running (it is written and all before it answered).
     pub(super) running_since: Option<Instant>,
-    /// Average time from a task's start to its reply.
+    /// Average run time of its tasks, as it reports them (see `frame`'s `run_us`).
     pub(super) avg_service: Duration,
     /// The task pipe was grown for a large frame.
     grown: bool,
@@ -359,11 +359,14 @@ impl Worker {
         let sent = work.inflight.pop_front().expect("checked above");
         work.written -= 1;
         work.served += 1;
-        if let Some(since) = work.running_since.take() {
+        if work.running_since.take().is_some() {
             counters.running(false);
-            // An average over the last few tasks (weight 1/8 for the newest).
-            work.avg_service = (work.avg_service * 7 + since.elapsed()) / 8;
         }
+        // An average over the last few tasks (weight 1/8 for the newest), of their run times as
+        // the worker measured them: the time from writing a task to reading its reply also
+        // counts every wait for a CPU, which on a busy machine made every task look long and
+        // every worker hold one task at a time (issue 9).
+        work.avg_service = (work.avg_service * 7 + reply.run) / 8;
         if reply.retiring {
             self.end(Why::Retiring, None);
         }
