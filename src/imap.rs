@@ -18,6 +18,7 @@ use crate::dispatch::{Lease, Submitter, Task};
 use crate::error::{Error, Result};
 use crate::frame::OutFrame;
 use crate::result::{decode_result_owned, Outcome, Sink, Streamed};
+use crate::sys;
 
 /// Pulls the next task's worth of input (one item, or a chunk) and encodes it as a task frame,
 /// with the number of items it holds; `None` once the input is done.
@@ -78,6 +79,8 @@ pub struct Imap<R> {
     /// Items per task (every chunk but the last is full): task `i` starts at input position
     /// `i * per_task`, which errors name.
     per_task: usize,
+    /// The process whose pool runs the tasks (`sys::cached_pid`).
+    owner: u32,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -106,6 +109,7 @@ impl<R: DeserializeOwned + 'static> Imap<R> {
             ready: VecDeque::new(),
             limit,
             per_task: 1,
+            owner: sys::cached_pid(),
             _result: PhantomData,
         };
         imap.top_up();
@@ -198,6 +202,18 @@ impl<R: DeserializeOwned + 'static> Iterator for Imap<R> {
             }
             if self.submitted == self.taken {
                 return None;
+            }
+            if self.owner != sys::cached_pid() && self.owner != 0 {
+                // A fork of the process whose pool runs these tasks: nothing will ever arrive
+                // here (issue 8, item 7). Say so once, then end.
+                let error = Error::ForkedProcess {
+                    owner: self.owner,
+                    current: sys::cached_pid(),
+                };
+                self.submitted = self.taken;
+                // The lease is the parent's to count: forget it rather than touch the pool.
+                std::mem::forget(self.lease.take());
+                return Some(Err(error));
             }
             // Every submitted task's sink delivers exactly once, even if the pool is dropped,
             // and we hold a sender, so this cannot disconnect.

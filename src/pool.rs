@@ -51,8 +51,8 @@ const MAP_WINDOW_PER_WORKER: usize = 2;
 /// * A pool works only in the process that built it. In a child made by `fork()` (the
 ///   daemonize pattern) every call fails with [`Error::ForkedProcess`], `close` and
 ///   `terminate` do nothing, and dropping the pool leaves the parent's pool untouched. Results
-///   and [`Imap`]s made before the fork do not complete in the child either. Build a new pool
-///   after the fork.
+///   and [`Imap`]s made before the fork and still pending give [`Error::ForkedProcess`] in the
+///   child rather than wait forever. Build a new pool after the fork.
 ///
 /// # Examples
 ///
@@ -369,6 +369,9 @@ impl PoolBuilder {
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     pub fn build(self) -> Result<Pool> {
+        // Before any result of this pool exists: results made here must know a fork of this
+        // process when they see one (they then fail instead of waiting forever).
+        crate::sys::watch_forks();
         let processes = match self.processes {
             Some(0) => {
                 return Err(Error::InvalidArgument {

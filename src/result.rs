@@ -23,6 +23,7 @@ use crate::dispatch::Canceller;
 use crate::error::{Error, Result};
 use crate::frame::Bytes;
 use crate::spin::Spin;
+use crate::sys;
 
 /// The longest a caller spins for a result before it sleeps; every caller of the process
 /// shares the budget, which shrinks while spinning does not pay (see [`Spin`]).
@@ -120,6 +121,9 @@ pub(crate) struct Slot {
     /// Set (under the lock) by [`cancel`](Slot::cancel), before the parts it fills: the
     /// dispatcher reads it without the lock to drop or stop the slot's tasks.
     cancelled: AtomicBool,
+    /// The process whose pool fills this slot (`sys::cached_pid`, 0 if unknown). In a child
+    /// made by `fork()`, nothing will ever fill it: see [`Slot::forked`].
+    owner: u32,
 }
 
 #[derive(Debug)]
@@ -145,7 +149,22 @@ impl Slot {
             ready: Condvar::new(),
             complete: AtomicBool::new(parts == 0),
             cancelled: AtomicBool::new(false),
+            owner: sys::cached_pid(),
         })
+    }
+
+    /// If this process is a fork of the one whose pool fills the slot, and the slot is not
+    /// complete, the error to give instead of waiting forever (issue 8, item 7): the pool's
+    /// threads and workers stayed with the parent. Never takes the slot's lock, which a thread
+    /// of the parent may have held at the fork.
+    fn forked(&self) -> Option<Error> {
+        let current = sys::cached_pid();
+        (self.owner != current && self.owner != 0 && !self.is_ready()).then_some(
+            Error::ForkedProcess {
+                owner: self.owner,
+                current,
+            },
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, SlotState> {
@@ -498,6 +517,9 @@ impl<R> AsyncResult<R> {
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     pub fn get(self) -> Result<R> {
+        if let Some(e) = self.slot.forked() {
+            return Err(e);
+        }
         self.finish(self.slot.take())
     }
 
@@ -534,6 +556,9 @@ impl<R> AsyncResult<R> {
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     pub fn get_timeout(&mut self, timeout: Duration) -> Result<R> {
+        if let Some(e) = self.slot.forked() {
+            return Err(e);
+        }
         match self.slot.take_by(Instant::now().checked_add(timeout)) {
             Some(parts) => self.finish(parts),
             None => Err(Error::WaitTimedOut { waited: timeout }),
@@ -552,7 +577,9 @@ impl<R> AsyncResult<R> {
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     pub fn wait(&self) {
-        self.slot.wait_until(None);
+        if self.slot.forked().is_none() {
+            self.slot.wait_until(None);
+        }
     }
 
     /// Blocks until the task has finished or `timeout` has passed; true if it has finished.
@@ -578,6 +605,9 @@ impl<R> AsyncResult<R> {
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        if self.slot.forked().is_some() {
+            return false;
+        }
         self.slot.wait_until(Instant::now().checked_add(timeout))
     }
 
@@ -686,6 +716,9 @@ impl<R> Future for AsyncResult<R> {
     /// # Ok::<(), forkpool::Error>(())
     /// ```
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        if let Some(e) = self.slot.forked() {
+            return Poll::Ready(Err(e));
+        }
         match self.slot.poll_take(cx.waker()) {
             Some(parts) => Poll::Ready(self.finish(parts)),
             None => Poll::Pending,
@@ -695,7 +728,11 @@ impl<R> Future for AsyncResult<R> {
 
 impl<R> Drop for AsyncResult<R> {
     fn drop(&mut self) {
-        self.slot.forget_waker();
+        // In a fork of the pool's process, leave the slot's lock alone: a thread of the parent
+        // may have held it at the fork.
+        if self.slot.forked().is_none() {
+            self.slot.forget_waker();
+        }
     }
 }
 

@@ -1280,3 +1280,36 @@ fn gnu_build_id(mut notes: &[u8]) -> Option<Vec<u8>> {
     }
     None
 }
+
+// ---------------------------------------------------------------------------------------------
+// Knowing, cheaply, that this process is a fork of the one that made a result
+// ---------------------------------------------------------------------------------------------
+
+/// This process's id, kept up to date across `fork()` by an atfork handler; 0 until
+/// [`watch_forks`] ran.
+static CACHED_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+extern "C" fn refresh_cached_pid() {
+    // SAFETY: getpid is async-signal-safe; an atomic store is too. Runs in the child of every
+    // fork() made through libc, before fork returns there.
+    let pid = unsafe { libc::getpid() } as u32;
+    CACHED_PID.store(pid, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Starts keeping [`cached_pid`] true in the children of `fork()` (a `pthread_atfork` child
+/// handler, registered once per process). Called when a pool is built, before any of its
+/// results exist.
+pub(crate) fn watch_forks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        refresh_cached_pid();
+        // SAFETY: the handler only calls getpid and stores to an atomic, both
+        // async-signal-safe, as a child handler after fork in a threaded process must.
+        unsafe { libc::pthread_atfork(None, None, Some(refresh_cached_pid)) };
+    });
+}
+
+/// This process's id without a system call: an atomic load. 0 before [`watch_forks`].
+pub(crate) fn cached_pid() -> u32 {
+    CACHED_PID.load(std::sync::atomic::Ordering::Relaxed)
+}

@@ -115,6 +115,73 @@ fn a_pool_used_in_a_forked_child_refuses_clearly_and_drops_without_harm() {
     })
 }
 
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Regression (issue 8, item 7, the rest of it): results made before a fork() and used in the
+/// child waited forever there, since only the parent's dispatcher fills them. They fail with
+/// `ForkedProcess` at once; a result already complete at the fork is still there.
+#[test]
+fn results_made_before_a_fork_fail_in_the_child_instead_of_waiting() {
+    within(LIMIT, || {
+        let pool = Pool::new(1).unwrap();
+        let done = pool.apply_async(square, 5).unwrap();
+        done.wait();
+        let pending = pool.apply_async(nap, 3_000).unwrap();
+        let waited = pool.apply_async(nap, 3_000).unwrap();
+        let mut timed = pool.apply_async(nap, 3_000).unwrap();
+        let mut items = pool.imap(nap, [3_000, 3_000]).unwrap();
+        let owner = std::process::id();
+        // SAFETY: the child only inspects the copies of results and ends in _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let me = std::process::id();
+            let forked = |e: &Error| matches!(e, Error::ForkedProcess { owner: o, current } if *o == owner && *current == me);
+            let code = (|| {
+                if done.get().ok() != Some(25) {
+                    return 1;
+                }
+                if !pending.get().as_ref().is_err_and(forked) {
+                    return 2;
+                }
+                if waited.wait_timeout(Duration::from_secs(30)) {
+                    return 3;
+                }
+                waited.wait(); // returns at once
+                if !timed
+                    .get_timeout(Duration::from_secs(30))
+                    .as_ref()
+                    .is_err_and(forked)
+                {
+                    return 4;
+                }
+                if !items.next().is_some_and(|r| r.as_ref().is_err_and(forked)) {
+                    return 5;
+                }
+                if items.next().is_some() {
+                    return 6;
+                }
+                0
+            })();
+            // SAFETY: ends the forked child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        assert_eq!(
+            wait_child(pid, LIMIT),
+            0,
+            "a check failed in the child (see its code)"
+        );
+        // The parent's own copies are untouched.
+        assert_eq!(pending.get().unwrap(), 3_000);
+        drop(items);
+        pool.terminate();
+        pool.join().unwrap();
+    })
+}
+
 /// A task that forks, and whose child returns from the task instead of exiting.
 fn fork_and_return(_: ()) -> String {
     // SAFETY: the child returns into the worker's loop, which is what this test is about; the
