@@ -70,11 +70,30 @@ impl Spin {
         Duration::from_nanos(self.budget_ns.load(Relaxed))
     }
 
-    /// Spins until `done` returns true or the budget runs out (see [`pause`] for why it does not
-    /// yield between looks).
+    /// Spins until `done` returns true or the budget runs out, yielding between looks unless a
+    /// yield lately cost a time slice (see [`pause`] and [`YIELD_PENALTY`]).
     /// `done` is always asked at least once.
     pub(crate) fn run(&self, mut done: impl FnMut() -> bool) -> Outcome {
-        self.run_with(&mut done, &mut pause, &mut Instant::now)
+        // Yield between looks while yielding is cheap (a quiet machine: the CPU goes to the
+        // pool's own thread or process the spin waits for, and comes back at once); keep the
+        // CPU for a while once a yield was seen to cost a time slice (a busy machine: see
+        // `pause`). One finding covers every spin of this process.
+        let now = Instant::now();
+        let may_yield = !yield_hurts(now);
+        let mut yielded = false;
+        let mut pause = || {
+            if may_yield {
+                yielded = true;
+                std::thread::yield_now();
+            } else {
+                pause();
+            }
+        };
+        let outcome = self.run_with(&mut done, &mut pause, &mut Instant::now);
+        if yielded && outcome == Outcome::Contended {
+            note_yield_hurt(now);
+        }
+        outcome
     }
 
     /// [`Spin::run`] with the yield and the clock given, so that tests can play a quiet or a
@@ -122,10 +141,36 @@ impl Spin {
     }
 }
 
-/// Between two looks: a moment of `spin_loop` hints, not `sched_yield`. On a busy machine a
-/// yield hands the CPU to a runnable process for the rest of its time slice (milliseconds under
-/// EEVDF and CFS alike), which made every spin a sleep of that length; a spin that keeps its CPU
-/// costs at most its budget.
+/// How long spins keep their CPU after a yield was seen to cost a time slice, before they try
+/// yielding again.
+pub(crate) const YIELD_PENALTY: Duration = Duration::from_millis(100);
+
+/// When (milliseconds after [`epoch`], plus one; 0 for never) a yield last cost a time slice.
+static YIELD_HURT_AT: AtomicU64 = AtomicU64::new(0);
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn millis(at: Instant) -> u64 {
+    at.saturating_duration_since(epoch()).as_millis() as u64 + 1
+}
+
+/// Whether a yield cost a time slice less than [`YIELD_PENALTY`] ago.
+fn yield_hurts(now: Instant) -> bool {
+    let at = YIELD_HURT_AT.load(Relaxed);
+    at != 0 && millis(now).saturating_sub(at) < YIELD_PENALTY.as_millis() as u64
+}
+
+fn note_yield_hurt(now: Instant) {
+    YIELD_HURT_AT.store(millis(now), Relaxed);
+}
+
+/// Between two looks while yielding is costly: a moment of `spin_loop` hints, not
+/// `sched_yield`. On a busy machine a yield hands the CPU to a runnable process for the rest of
+/// its time slice (milliseconds under EEVDF and CFS alike), which made every spin a sleep of
+/// that length; a spin that keeps its CPU costs at most its budget.
 fn pause() {
     for _ in 0..64 {
         std::hint::spin_loop();
@@ -157,6 +202,17 @@ mod tests {
     }
 
     const QUIET: Duration = Duration::from_micros(1);
+
+    /// A yield that cost a time slice stops yielding, for every spin of the process, for
+    /// `YIELD_PENALTY`, and no longer.
+    #[test]
+    fn a_costly_yield_keeps_the_cpu_for_a_while_then_yields_again() {
+        let t0 = epoch() + Duration::from_secs(3600);
+        note_yield_hurt(t0);
+        assert!(yield_hurts(t0));
+        assert!(yield_hurts(t0 + YIELD_PENALTY / 2));
+        assert!(!yield_hurts(t0 + YIELD_PENALTY + Duration::from_millis(1)));
+    }
 
     #[test]
     fn a_spin_that_succeeds_keeps_the_full_budget() {
