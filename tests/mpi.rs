@@ -97,9 +97,28 @@ fn map_imap_and_the_rest_are_correct_and_in_order_across_ranks() {
         "large ok",
         "ranks used {1, 2}",
         "failed=1 panicked=1 running=0 queued=0 workers=4",
+        "host stats add up: ranks [1, 2]",
         "joined",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert_hosts_named(&text, 2);
+}
+
+/// Every `host rank=` line of the probe names this machine (all ranks run here), and there
+/// are `n` of them.
+fn assert_hosts_named(text: &str, n: usize) {
+    let here = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("host rank="))
+        .collect();
+    assert_eq!(lines.len(), n, "{text}");
+    for line in lines {
+        assert!(
+            line.contains(&format!(" on {}: workers=2 ", here.trim())),
+            "{line} in:\n{text}"
+        );
     }
 }
 
@@ -123,6 +142,11 @@ fn rank_0_can_run_workers_too() {
     assert!(output.status.success(), "{text}");
     assert!(text.contains("processes 6"), "{text}");
     assert!(text.contains("ranks used {0, 1, 2}"), "{text}");
+    assert!(
+        text.contains("host stats add up: ranks [0, 1, 2]"),
+        "{text}"
+    );
+    assert_hosts_named(&text, 3);
 }
 
 #[test]
@@ -133,6 +157,29 @@ fn a_task_that_segfaults_on_rank_2_fails_alone_and_the_next_100_succeed() {
     assert!(text.contains("was killed by signal 11 (SIGSEGV)"), "{text}");
     assert!(text.contains("died: worker "), "{text}");
     assert!(text.contains("after crash: 100 ok"), "{text}");
+    let died: Vec<(u32, u64)> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("died per rank "))
+        .map(|l| {
+            l.trim_matches(|c| c == '[' || c == ']')
+                .split("), (")
+                .map(|pair| {
+                    let mut it = pair
+                        .trim_matches(|c| c == '(' || c == ')')
+                        .split(", ")
+                        .map(|n| n.parse::<u64>().expect("a number"));
+                    (it.next().unwrap() as u32, it.next().unwrap())
+                })
+                .collect()
+        })
+        .expect("the died-per-rank line");
+    assert_eq!(died.len(), 2, "{text}");
+    assert_eq!(died[0], (1, 0), "no worker died on rank 1:\n{text}");
+    assert!(
+        died[1].0 == 2 && died[1].1 > 0,
+        "rank 2's deaths counted:\n{text}"
+    );
+    assert!(text.contains("host stats add up: ranks [1, 2]"), "{text}");
 }
 
 #[test]

@@ -89,11 +89,12 @@ pub(crate) fn build(local: PoolBuilder, options: Options) -> Result<Pool> {
         .spawn(move || scheduler::run(front, local_pool, ready_tx))
         .map_err(Error::io("spawning the MPI thread"))?;
     match ready_rx.recv() {
-        Ok(Ok(processes)) => Ok(Pool::with_scheduler(
+        Ok(Ok((processes, hosts))) => Ok(Pool::with_scheduler(
             submitter,
             processes,
             task_timeout,
             handle,
+            hosts,
         )),
         Ok(Err(e)) => {
             let _ = handle.join();
