@@ -49,6 +49,11 @@ fn initialized(_: u32) -> (bool, u32) {
     )
 }
 
+/// Open MPI's yield-when-idle setting as a worker of a serving rank inherited it.
+fn yield_setting(_: ()) -> String {
+    std::env::var("OMPI_MCA_mpi_yield_when_idle").unwrap_or_else(|_| "unset".into())
+}
+
 fn echo(bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
@@ -110,6 +115,10 @@ fn main() {
             idle();
             Ok(())
         }
+        "yield" => pool
+            .apply(yield_setting, ())
+            .map(|setting| println!("yield_when_idle {setting}"))
+            .map_err(|e| e.to_string()),
         "lost" => {
             let r = pool.apply(kill_my_rank, ());
             println!("lost rank: {r:?}");

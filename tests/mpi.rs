@@ -261,6 +261,30 @@ fn an_idle_job_does_not_spin() {
     );
 }
 
+#[test]
+fn open_mpis_yield_when_idle_is_off_unless_the_user_set_it() {
+    let _one = lock();
+    let (output, text) = probe("yield");
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("yield_when_idle 0"), "{text}");
+    let exe = example("mpi_probe");
+    let output = Command::new("timeout")
+        .args(["-k", "5", LIMIT, "mpirun", "--oversubscribe", "-n", "3"])
+        .arg(&exe)
+        .arg("yield")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_mpi_yield_when_idle", "1")
+        .output()
+        .expect("running mpirun");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("yield_when_idle 1"),
+        "the user's setting stays:\n{text}"
+    );
+}
+
 /// The NT_GNU_BUILD_ID note's header: namesz 4, descsz 20, type 3, "GNU\0".
 const BUILD_ID_NOTE: [u8; 16] = [4, 0, 0, 0, 20, 0, 0, 0, 3, 0, 0, 0, b'G', b'N', b'U', 0];
 
