@@ -1136,9 +1136,9 @@ impl Pool {
         stats
     }
 
-    /// The pool's work host by host: for a pool over MPI ([`PoolBuilder::mpi`]), one entry per
-    /// rank that runs workers, in rank order; for a local pool, one entry for this host. See
-    /// [`HostStats`] for how the entries add up to [`stats`](Pool::stats).
+    /// The pool's work host by host: for a pool over MPI (`PoolBuilder::mpi`, feature `mpi`),
+    /// one entry per rank that runs workers, in rank order; for a local pool, one entry for
+    /// this host. See [`HostStats`] for how the entries add up to [`stats`](Pool::stats).
     ///
     /// # Examples
     ///
