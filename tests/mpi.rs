@@ -361,6 +361,19 @@ fn the_crawl_prints_all_subprocesses_done() {
     assert!(text.contains("a pool of 4 workers"), "{text}");
     assert_eq!(text.matches("crawling ").count(), 27, "{text}");
     assert!(text.contains("All subprocesses done."), "{text}");
+    let ran: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("rank "))
+        .filter_map(|l| {
+            l.split(" ran ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(ran, 27, "the per-host counts cover every job:\n{text}");
     assert_eq!(
         leftovers(&exe),
         Vec::<u32>::new(),
