@@ -5,6 +5,7 @@
 //! cargo bench --bench compare -- --quick         # a smoke run with small sizes, < 1 minute
 //! cargo bench --bench compare -- --reps 3 --no-python
 //! cargo bench --bench compare -- --check-busy-cleanup
+//! cargo bench --bench compare -- --mpi            # issue 11's MPI targets, see compare/mpi.rs
 //! ```
 //!
 //! Options after `--`: `--reps N` (default 5; 2 with `--quick`), `--quick` (small sizes),
@@ -65,6 +66,8 @@ mod big_payload;
 mod busy;
 #[path = "compare/large_parent.rs"]
 mod large_parent;
+#[path = "compare/mpi.rs"]
+mod mpi;
 #[path = "compare/w6.rs"]
 mod w6;
 
@@ -120,6 +123,8 @@ enum Mode {
     BusyHold(usize),
     /// Check that no busy loop outlives the harness, then exit.
     CheckBusyCleanup,
+    /// Issue 11's MPI comparison only, this many repetitions (`compare/mpi.rs`).
+    Mpi(usize),
     /// Hidden: the pinned raw ping-pong of this many round trips, in a fresh process.
     PingPong(usize),
     /// Hidden: W9's big echo of this many bytes in a fresh process.
@@ -134,7 +139,8 @@ fn usage() -> ! {
          \n  --reps N      repetitions (default 5, or 2 with --quick)\
          \n  --quick       small sizes, for a smoke run\
          \n  --no-python   skip Python's multiprocessing.Pool\
-         \n  --check-busy-cleanup   check that no busy loop outlives the harness, and exit"
+         \n  --check-busy-cleanup   check that no busy loop outlives the harness, and exit\
+         \n  --mpi         only the MPI pool against mpi4py (--reps N, default 5), and exit"
     );
     std::process::exit(2)
 }
@@ -143,6 +149,7 @@ fn parse_args() -> Mode {
     let mut reps = None;
     let mut quick = false;
     let mut python = true;
+    let mut mpi = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -179,6 +186,7 @@ fn parse_args() -> Mode {
                 None => usage(),
             },
             "--check-busy-cleanup" => return Mode::CheckBusyCleanup,
+            "--mpi" => mpi = true,
             "--ping-pong" => match args.next().and_then(|n| n.parse().ok()) {
                 Some(n) => return Mode::PingPong(n),
                 None => usage(),
@@ -208,6 +216,9 @@ fn parse_args() -> Mode {
                 usage()
             }
         }
+    }
+    if mpi {
+        return Mode::Mpi(reps.unwrap_or(5));
     }
     Mode::Compare(Options {
         reps: reps.unwrap_or(if quick { 2 } else { 5 }),
@@ -1996,6 +2007,10 @@ fn main() {
         }
         Mode::LargeParent(mib, lives, (tasks, secs), init) => {
             large_parent::child(mib, lives, tasks, secs, init);
+            return;
+        }
+        Mode::Mpi(reps) => {
+            mpi::run(reps);
             return;
         }
         Mode::Compare(opts) => opts,

@@ -99,6 +99,12 @@ fn main() -> forkpool::Result<()> {
         }
     }
     println!("All subprocesses done.");
+    for host in pool.host_stats() {
+        println!(
+            "rank {} on {}: {} workers ran {} of the jobs, {} failed",
+            host.rank, host.host, host.workers, host.completed, host.failed
+        );
+    }
     if failed > 0 {
         eprintln!("{failed} of {} jobs failed", SITES.len());
         std::process::exit(1);

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use forkpool::{Error, Pool};
+use forkpool::{Error, HostStats, Pool};
 
 /// Which build this is: the mismatch test patches this marker in a copy of the binary.
 static VARIANT: &str = "forkpool-mpi-probe-variant-A";
@@ -47,6 +47,11 @@ fn initialized(_: u32) -> (bool, u32) {
         INITIALIZED.load(std::sync::atomic::Ordering::Relaxed),
         std::process::id(),
     )
+}
+
+/// Open MPI's yield-when-idle setting as a worker of a serving rank inherited it.
+fn yield_setting(_: ()) -> String {
+    std::env::var("OMPI_MCA_mpi_yield_when_idle").unwrap_or_else(|_| "unset".into())
 }
 
 fn echo(bytes: Vec<u8>) -> Vec<u8> {
@@ -110,6 +115,10 @@ fn main() {
             idle();
             Ok(())
         }
+        "yield" => pool
+            .apply(yield_setting, ())
+            .map(|setting| println!("yield_when_idle {setting}"))
+            .map_err(|e| e.to_string()),
         "lost" => {
             let r = pool.apply(kill_my_rank, ());
             println!("lost rank: {r:?}");
@@ -221,6 +230,41 @@ fn map(pool: &Pool) -> Result<(), String> {
     if s.submitted != s.completed {
         return Err("stats: submitted and completed differ with nothing in flight".into());
     }
+    host_stats(pool)
+}
+
+/// Prints `pool.host_stats()` and checks that it adds up to `pool.stats()`, with nothing in
+/// flight.
+fn host_stats(pool: &Pool) -> Result<(), String> {
+    let s = pool.stats();
+    let hosts = pool.host_stats();
+    for h in &hosts {
+        println!(
+            "host rank={} on {}: workers={} sent={} completed={} failed={} died={} running={}",
+            h.rank, h.host, h.workers, h.sent, h.completed, h.failed, h.died, h.running
+        );
+        if h.sent == 0 {
+            return Err(format!("host stats: rank {} was sent nothing", h.rank));
+        }
+    }
+    let sum = |field: fn(&HostStats) -> u64| hosts.iter().map(field).sum::<u64>();
+    let pairs = [
+        ("sent", sum(|h| h.sent), s.submitted),
+        ("completed", sum(|h| h.completed), s.completed),
+        ("failed", sum(|h| h.failed), s.failed),
+        ("died", sum(|h| h.died), s.died),
+        ("running", sum(|h| h.running), s.running),
+        ("workers", sum(|h| h.workers), pool.processes() as u64),
+    ];
+    for (name, hosts, total) in pairs {
+        if hosts != total {
+            return Err(format!(
+                "host stats: {name} adds up to {hosts}, stats say {total}"
+            ));
+        }
+    }
+    let ranks: Vec<u32> = hosts.iter().map(|h| h.rank).collect();
+    println!("host stats add up: ranks {ranks:?}");
     Ok(())
 }
 
@@ -255,7 +299,9 @@ fn crash(pool: &Pool) -> Result<(), String> {
         return Err("the 100 tasks after the crash".into());
     }
     println!("after crash: 100 ok");
-    Ok(())
+    let died: Vec<(u32, u64)> = pool.host_stats().iter().map(|h| (h.rank, h.died)).collect();
+    println!("died per rank {died:?}");
+    host_stats(pool)
 }
 
 fn timeout(pool: &Pool) -> Result<(), String> {

@@ -31,7 +31,8 @@
 //!
 //! Results can be awaited too: [`AsyncResult`] is a [`Future`](std::future::Future), with no
 //! runtime dependency. [`Pool::apply_async_with`] runs a callback when a task ends, and
-//! [`Pool::stats`] counts what the pool has done, for progress bars.
+//! [`Pool::stats`] counts what the pool has done, for progress bars; [`Pool::host_stats`] breaks
+//! it down per host (per rank of a pool over MPI).
 //!
 //! # What processes buy
 //!
@@ -208,7 +209,7 @@ pub use imap::Imap;
 pub use pool::{Pool, PoolBuilder};
 pub use result::AsyncResult;
 pub use shared::SharedBytes;
-pub use stats::Stats;
+pub use stats::{HostStats, Stats};
 pub use zygote::init;
 
 /// The README's examples, compiled and run as doctests.

@@ -19,7 +19,7 @@ use crate::frame;
 use crate::frame::Bytes;
 use crate::imap::{self, Imap, Shape};
 use crate::result::{self, AsyncResult, Decoded, Sink, Slot};
-use crate::stats::Stats;
+use crate::stats::{self, HostStats, Stats};
 use crate::task::{self, Initializer};
 use crate::worker::WorkerConfig;
 
@@ -79,6 +79,9 @@ pub struct Pool {
     task_timeout: Option<Duration>,
     dispatcher: Mutex<Option<JoinHandle<()>>>,
     callbacks: Callbacks,
+    /// An MPI pool's counters per host, kept by its scheduler.
+    #[cfg(feature = "mpi")]
+    hosts: Option<Arc<[stats::HostCounters]>>,
 }
 
 /// Configures a [`Pool`] before it is built.
@@ -421,6 +424,8 @@ impl PoolBuilder {
             task_timeout: self.task_timeout,
             dispatcher: Mutex::new(Some(handle)),
             callbacks: Callbacks::default(),
+            #[cfg(feature = "mpi")]
+            hosts: None,
         })
     }
 }
@@ -507,13 +512,15 @@ impl Default for PoolBuilder {
 
 impl Pool {
     /// A pool whose tasks a scheduler other than the local dispatcher runs (the `mpi`
-    /// module's); `scheduler` is its thread, joined by [`Pool::join`].
+    /// module's); `scheduler` is its thread, joined by [`Pool::join`]; `hosts` are the
+    /// counters it keeps per host.
     #[cfg(feature = "mpi")]
     pub(crate) fn with_scheduler(
         submitter: Submitter,
         processes: usize,
         task_timeout: Option<Duration>,
         scheduler: JoinHandle<()>,
+        hosts: Arc<[stats::HostCounters]>,
     ) -> Pool {
         Pool {
             submitter,
@@ -522,6 +529,7 @@ impl Pool {
             dispatcher: Mutex::new(Some(scheduler)),
             callbacks: Callbacks::default(),
             owner: std::process::id(),
+            hosts: Some(hosts),
         }
     }
 
@@ -1253,6 +1261,42 @@ impl Pool {
         let mut stats = self.submitter.stats();
         stats.callbacks_run = self.callbacks.started();
         stats
+    }
+
+    /// The pool's work host by host: for a pool over MPI (`PoolBuilder::mpi`, feature `mpi`),
+    /// one entry per rank that runs workers, in rank order; for a local pool, one entry for
+    /// this host. See [`HostStats`] for how the entries add up to [`stats`](Pool::stats).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = forkpool::Pool::new(2)?;
+    /// pool.map(|x: u64| x * 2, 0..100)?;
+    /// let hosts = pool.host_stats();
+    /// let stats = pool.stats();
+    /// assert_eq!(hosts.iter().map(|h| h.completed).sum::<u64>(), stats.completed);
+    /// assert_eq!(hosts.iter().map(|h| h.workers).sum::<u64>(), pool.processes() as u64);
+    /// # Ok::<(), forkpool::Error>(())
+    /// ```
+    pub fn host_stats(&self) -> Vec<HostStats> {
+        #[cfg(feature = "mpi")]
+        if let Some(hosts) = &self.hosts {
+            let mut hosts: Vec<HostStats> =
+                hosts.iter().map(stats::HostCounters::snapshot).collect();
+            hosts.sort_by_key(|h| h.rank);
+            return hosts;
+        }
+        let stats = self.stats();
+        vec![HostStats {
+            host: stats::this_host(),
+            rank: 0,
+            workers: self.processes as u64,
+            sent: stats.submitted,
+            completed: stats.completed,
+            failed: stats.failed,
+            died: stats.died,
+            running: stats.submitted.saturating_sub(stats.completed),
+        }]
     }
 
     /// Stops taking tasks. Tasks already submitted still run; the workers exit once they are

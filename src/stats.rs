@@ -1,4 +1,5 @@
-//! [`Stats`]: what a pool has done and is doing, for progress bars and monitoring.
+//! [`Stats`] and [`HostStats`]: what a pool has done and is doing, for progress bars and
+//! monitoring.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -148,4 +149,118 @@ impl Counters {
             callbacks_run: 0,
         }
     }
+}
+
+/// One host's share of a pool's work, from [`Pool::host_stats`](crate::Pool::host_stats): for
+/// an MPI pool, one entry per rank that runs workers (the serving ranks, and rank 0 if it has
+/// a local pool); for a local pool, one entry for this host.
+///
+/// The counters are those rank 0 keeps as it hands tasks out and takes outcomes in, so they
+/// add up to [`Stats`]: `sent` over every entry is `submitted` less the tasks still waiting
+/// in rank 0's queue (and those refused before any rank saw them, such as an argument above
+/// MPI's message limit), `completed`, `failed` and `died` are those of [`Stats`], and
+/// `running` over every entry is [`Stats::running`].
+///
+/// # Examples
+///
+/// ```
+/// let pool = forkpool::Pool::new(2)?;
+/// pool.map_chunked(|x: u32| x, 0..10, 1)?;
+/// let _ = pool.apply(|_: ()| -> u32 { panic!("no") }, ());
+/// let hosts = pool.host_stats();
+/// assert_eq!(hosts.len(), 1); // a local pool: this host alone
+/// let here = &hosts[0];
+/// assert_eq!((here.rank, here.workers), (0, 2));
+/// assert_eq!((here.sent, here.completed, here.failed, here.running), (11, 11, 1, 0));
+/// assert!(!here.host.is_empty());
+/// # Ok::<(), forkpool::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HostStats {
+    /// The host's name (as MPI names it, for a rank; the kernel's host name for a local pool).
+    pub host: String,
+    /// The MPI rank (0 for rank 0's own workers, and for a local pool).
+    pub rank: u32,
+    /// Worker processes of the host's local pool, as it started.
+    pub workers: u64,
+    /// Tasks handed to the host.
+    pub sent: u64,
+    /// Of those, the tasks whose result is known, `Ok` or `Err`.
+    pub completed: u64,
+    /// Of the completed tasks, those that failed, for any reason.
+    pub failed: u64,
+    /// Of the failed tasks, those whose worker died under them.
+    pub died: u64,
+    /// Tasks in the host's hands now: running in a worker or waiting there for one.
+    pub running: u64,
+}
+
+/// The live counters behind one [`HostStats`], kept by the MPI scheduler.
+#[cfg(feature = "mpi")]
+#[derive(Debug)]
+pub(crate) struct HostCounters {
+    host: String,
+    rank: u32,
+    workers: u64,
+    sent: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    died: AtomicU64,
+}
+
+#[cfg(feature = "mpi")]
+impl HostCounters {
+    pub(crate) fn new(host: String, rank: u32, workers: usize) -> HostCounters {
+        HostCounters {
+            host,
+            rank,
+            workers: workers as u64,
+            sent: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            died: AtomicU64::new(0),
+        }
+    }
+
+    /// A task was handed to the host.
+    pub(crate) fn sent(&self) {
+        self.sent.fetch_add(1, Relaxed);
+    }
+
+    /// The outcome of a task the host held is known.
+    pub(crate) fn completed<T>(&self, outcome: &Result<T>) {
+        if let Err(error) = outcome {
+            if matches!(error, Error::WorkerDied { .. }) {
+                self.died.fetch_add(1, Relaxed);
+            }
+            self.failed.fetch_add(1, Relaxed);
+        }
+        self.completed.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> HostStats {
+        // The later stage first, so a task moving along is not counted twice.
+        let completed = self.completed.load(Relaxed);
+        let sent = self.sent.load(Relaxed);
+        HostStats {
+            host: self.host.clone(),
+            rank: self.rank,
+            workers: self.workers,
+            sent,
+            completed,
+            failed: self.failed.load(Relaxed),
+            died: self.died.load(Relaxed),
+            running: sent.saturating_sub(completed),
+        }
+    }
+}
+
+/// This host's name, as the kernel has it.
+pub(crate) fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }

@@ -97,9 +97,28 @@ fn map_imap_and_the_rest_are_correct_and_in_order_across_ranks() {
         "large ok",
         "ranks used {1, 2}",
         "failed=1 panicked=1 running=0 queued=0 workers=4",
+        "host stats add up: ranks [1, 2]",
         "joined",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert_hosts_named(&text, 2);
+}
+
+/// Every `host rank=` line of the probe names this machine (all ranks run here), and there
+/// are `n` of them.
+fn assert_hosts_named(text: &str, n: usize) {
+    let here = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("host rank="))
+        .collect();
+    assert_eq!(lines.len(), n, "{text}");
+    for line in lines {
+        assert!(
+            line.contains(&format!(" on {}: workers=2 ", here.trim())),
+            "{line} in:\n{text}"
+        );
     }
 }
 
@@ -123,6 +142,11 @@ fn rank_0_can_run_workers_too() {
     assert!(output.status.success(), "{text}");
     assert!(text.contains("processes 6"), "{text}");
     assert!(text.contains("ranks used {0, 1, 2}"), "{text}");
+    assert!(
+        text.contains("host stats add up: ranks [0, 1, 2]"),
+        "{text}"
+    );
+    assert_hosts_named(&text, 3);
 }
 
 #[test]
@@ -133,6 +157,29 @@ fn a_task_that_segfaults_on_rank_2_fails_alone_and_the_next_100_succeed() {
     assert!(text.contains("was killed by signal 11 (SIGSEGV)"), "{text}");
     assert!(text.contains("died: worker "), "{text}");
     assert!(text.contains("after crash: 100 ok"), "{text}");
+    let died: Vec<(u32, u64)> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("died per rank "))
+        .map(|l| {
+            l.trim_matches(|c| c == '[' || c == ']')
+                .split("), (")
+                .map(|pair| {
+                    let mut it = pair
+                        .trim_matches(|c| c == '(' || c == ')')
+                        .split(", ")
+                        .map(|n| n.parse::<u64>().expect("a number"));
+                    (it.next().unwrap() as u32, it.next().unwrap())
+                })
+                .collect()
+        })
+        .expect("the died-per-rank line");
+    assert_eq!(died.len(), 2, "{text}");
+    assert_eq!(died[0], (1, 0), "no worker died on rank 1:\n{text}");
+    assert!(
+        died[1].0 == 2 && died[1].1 > 0,
+        "rank 2's deaths counted:\n{text}"
+    );
+    assert!(text.contains("host stats add up: ranks [1, 2]"), "{text}");
 }
 
 #[test]
@@ -214,6 +261,30 @@ fn an_idle_job_does_not_spin() {
     );
 }
 
+#[test]
+fn open_mpis_yield_when_idle_is_off_unless_the_user_set_it() {
+    let _one = lock();
+    let (output, text) = probe("yield");
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("yield_when_idle 0"), "{text}");
+    let exe = example("mpi_probe");
+    let output = Command::new("timeout")
+        .args(["-k", "5", LIMIT, "mpirun", "--oversubscribe", "-n", "3"])
+        .arg(&exe)
+        .arg("yield")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_mpi_yield_when_idle", "1")
+        .output()
+        .expect("running mpirun");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("yield_when_idle 1"),
+        "the user's setting stays:\n{text}"
+    );
+}
+
 /// The NT_GNU_BUILD_ID note's header: namesz 4, descsz 20, type 3, "GNU\0".
 const BUILD_ID_NOTE: [u8; 16] = [4, 0, 0, 0, 20, 0, 0, 0, 3, 0, 0, 0, b'G', b'N', b'U', 0];
 
@@ -290,6 +361,19 @@ fn the_crawl_prints_all_subprocesses_done() {
     assert!(text.contains("a pool of 4 workers"), "{text}");
     assert_eq!(text.matches("crawling ").count(), 27, "{text}");
     assert!(text.contains("All subprocesses done."), "{text}");
+    let ran: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("rank "))
+        .filter_map(|l| {
+            l.split(" ran ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(ran, 27, "the per-host counts cover every job:\n{text}");
     assert_eq!(
         leftovers(&exe),
         Vec::<u32>::new(),

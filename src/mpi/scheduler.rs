@@ -3,6 +3,7 @@
 //! if it has one) in batches, under a credit per rank.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::mpi::point_to_point::{MatchedReceiveVec, Source};
@@ -16,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::frame;
 use crate::pool::Pool;
 use crate::result::{Outcome, Sink};
+use crate::stats::HostCounters;
 
 /// Tasks a rank may hold per worker while its tasks are short.
 const DEPTH: usize = 32;
@@ -46,10 +48,14 @@ enum Link {
     Local(Pool),
 }
 
+/// What rank 0's MPI thread reports once the pool runs: its total worker count, and the
+/// counters it keeps per host.
+pub(super) type Started = (usize, Arc<[HostCounters]>);
+
 /// Runs rank 0's MPI thread: the start-up handshake, then the scheduling loop until the pool
-/// is closed and drained, or terminated. Reports the pool's total worker count, or why it could
+/// is closed and drained, or terminated. Reports how the pool [`Started`], or why it could
 /// not start, on `ready`.
-pub(super) fn run(front: Front, local: Option<Pool>, ready: Sender<Result<usize>>) {
+pub(super) fn run(front: Front, local: Option<Pool>, ready: Sender<Result<Started>>) {
     let universe = match super::initialize() {
         Ok(u) => u,
         Err(message) => {
@@ -84,6 +90,7 @@ pub(super) fn run(front: Front, local: Option<Pool>, ready: Sender<Result<usize>
         front,
         image,
         members,
+        hosts: Arc::new([]),
         queue: VecDeque::new(),
         next_id: 0,
         local_tx,
@@ -101,7 +108,18 @@ pub(super) fn run(front: Front, local: Option<Pool>, ready: Sender<Result<usize>
     }
     let total = scheduler.members.iter().map(|m| m.processes).sum();
     scheduler.front.set_workers(total);
-    let _ = ready.send(Ok(total));
+    scheduler.hosts = scheduler
+        .members
+        .iter()
+        .map(|m| {
+            let rank = match m.link {
+                Link::Rank(rank) => rank as u32,
+                Link::Local(_) => 0,
+            };
+            HostCounters::new(m.host.clone(), rank, m.processes)
+        })
+        .collect();
+    let _ = ready.send(Ok((total, scheduler.hosts.clone())));
     scheduler.run(&world, &mut outbox);
     outbox.flush();
     drop(outbox);
@@ -218,6 +236,8 @@ struct Scheduler {
     front: Front,
     image: Image,
     members: Vec<Member>,
+    /// Per-host counters, one per member, in the same order.
+    hosts: Arc<[HostCounters]>,
     queue: VecDeque<Task>,
     next_id: u64,
     /// Outcomes of the tasks run by rank 0's own local pool.
@@ -327,6 +347,7 @@ impl Scheduler {
         self.front.running(false);
         // An average over the last few tasks (weight 1/8 for the newest).
         member.avg = (member.avg * 7 + sent.elapsed()) / 8;
+        self.hosts[i].completed(&outcome);
         self.front.finish(task, outcome);
     }
 
@@ -432,6 +453,7 @@ impl Scheduler {
             }
         }
         member.inflight.insert(id, (task, now));
+        self.hosts[i].sent();
         // A task in a rank's hands counts as running, whether it runs or waits there.
         self.front.running(true);
     }
@@ -471,10 +493,12 @@ impl Scheduler {
                 }
             }
         }
-        for member in &mut self.members {
+        for (member, host) in self.members.iter_mut().zip(self.hosts.iter()) {
             for (_, (task, _)) in member.inflight.drain() {
                 self.front.running(false);
-                self.front.finish(task, Err(Error::Terminated));
+                let outcome = Err(Error::Terminated);
+                host.completed(&outcome);
+                self.front.finish(task, outcome);
             }
         }
         while self.local_rx.try_recv().is_ok() {}
