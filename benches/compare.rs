@@ -109,6 +109,9 @@ struct Options {
     reps: usize,
     quick: bool,
     python: bool,
+    /// Call `forkpool::init()` first, the setup the docs recommend for programs that grow
+    /// (`--no-init` leaves it out).
+    init: bool,
 }
 
 enum Mode {
@@ -139,6 +142,7 @@ fn usage() -> ! {
          \n  --reps N      repetitions (default 5, or 2 with --quick)\
          \n  --quick       small sizes, for a smoke run\
          \n  --no-python   skip Python's multiprocessing.Pool\
+         \n  --no-init     do not call forkpool::init() first (pools fork from this grown process)\
          \n  --check-busy-cleanup   check that no busy loop outlives the harness, and exit\
          \n  --mpi         only the MPI pool against mpi4py (--reps N, default 5), and exit"
     );
@@ -149,6 +153,7 @@ fn parse_args() -> Mode {
     let mut reps = None;
     let mut quick = false;
     let mut python = true;
+    let mut init = true;
     let mut mpi = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -161,6 +166,7 @@ fn parse_args() -> Mode {
             }
             "--quick" => quick = true,
             "--no-python" => python = false,
+            "--no-init" => init = false,
             "--imap-rss" => match args.next().and_then(|n| n.parse().ok()) {
                 Some(n) => return Mode::ImapRss(n),
                 None => usage(),
@@ -224,6 +230,7 @@ fn parse_args() -> Mode {
         reps: reps.unwrap_or(if quick { 2 } else { 5 }),
         quick,
         python,
+        init,
     })
 }
 
@@ -2015,6 +2022,13 @@ fn main() {
         }
         Mode::Compare(opts) => opts,
     };
+    // As the docs recommend for a program that grows: init() first, so that every pool's fork
+    // server comes from a zygote of the program as it is now, not from what the workloads grow
+    // it into ("W6 in the harness process, after the others"). The W10 rows and `--no-init`
+    // show the cost without it.
+    if opts.init {
+        forkpool::init().expect("forkpool::init");
+    }
     // The pool is built first, before this program starts any thread.
     let pool = Pool::new(WORKERS).expect("start a pool of 2 workers");
     assert_eq!(pool.apply(square, 7).expect("first task"), 49);
@@ -2280,6 +2294,18 @@ fn main() {
          option; python_pool.py --w6-only), so that no pool is forked from a process grown by \
          the other workloads; the \"W6 in the harness process\" rows run in this process \
          (Python's after the others: in its serving process, after its workloads)."
+    );
+    let _ = writeln!(
+        report,
+        "{}",
+        if opts.init {
+            "This process called forkpool::init() first, as the docs recommend for programs \
+             that grow: its pools' fork servers come from a zygote of the program as it was \
+             then (--no-init leaves it out; the W10 \"no init()\" rows show that cost)."
+        } else {
+            "This process did not call forkpool::init() (--no-init): its pools' fork servers \
+             are copies of the process as it has grown."
+        }
     );
     let _ = writeln!(
         report,
