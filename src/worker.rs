@@ -120,7 +120,7 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -
         let ran = panic::catch_unwind(|| unsafe { init.run() });
         ran.err().map(panic_message)
     });
-    let mut reader = FrameReader::new(u64::MAX);
+    let mut reader = FrameReader::new(u64::MAX).split_after(frame::TASK_HEADER);
     let mut out = OutFrame::default();
     frame::begin_reply(&mut out.head, 0, Status::Ready);
     out.seal();
@@ -129,6 +129,7 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -
         return pipe_failed("write to", output, &e);
     }
     let mut served = 0usize;
+    let mut lent = Lent::default();
     let spin = Spin::new(SPIN);
     // Only the worker's own code runs between a check (before the Ready frame, then before each
     // answer) and the next read, so each check also covers the read that follows it.
@@ -139,6 +140,7 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -
                 Ok(None) => {}
                 Err(_) => return EXIT_PROTOCOL,
             }
+            lent.release_read(output);
             // The next task often follows at once: spin a moment before sleeping in read,
             // since waking a sleeping process on the other CPU is slow.
             spin.run(|| sys::wait_readable(input, Duration::ZERO));
@@ -183,7 +185,7 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -
         if retiring {
             return 0;
         }
-        out.tail = Vec::new();
+        lent.keep(&mut out);
         if out.head.capacity() > KEEP_BUFFER {
             out.head = Vec::new();
         }
@@ -405,11 +407,37 @@ fn write_all(fd: RawFd, mut buf: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes both parts of a frame, blocking until done.
+/// Writes both parts of a frame, blocking until done. A large tail goes in as page references
+/// (see [`OutFrame::spliced_from`]): the caller keeps it unchanged until the pipe is read.
 fn write_frame(fd: RawFd, frame: &OutFrame) -> std::io::Result<()> {
     let mut offset = 0;
     while offset < frame.len() {
-        offset += sys::writev(fd, &frame.parts_from(offset))?;
+        offset += match frame.spliced_from(offset) {
+            Some(rest) => sys::vmsplice(fd, rest, false)?,
+            None => sys::writev(fd, &frame.copied_parts_from(offset))?,
+        };
     }
     Ok(())
+}
+
+/// Results whose pages a reply pipe may still reference (they went in by [`sys::vmsplice`]):
+/// kept unchanged, and their memory not reused, until the parent has read the pipe empty.
+#[derive(Default)]
+struct Lent(Vec<Vec<u8>>);
+
+impl Lent {
+    /// Keeps `tail` if it went to the pipe by reference.
+    fn keep(&mut self, frame: &mut OutFrame) {
+        let tail = std::mem::take(&mut frame.tail);
+        if tail.len() >= frame::SPLICE_TAIL {
+            self.0.push(tail);
+        }
+    }
+
+    /// Frees what the parent has read: everything, once the pipe holds nothing unread.
+    fn release_read(&mut self, output: RawFd) {
+        if !self.0.is_empty() && sys::pipe_unread(output) == Some(0) {
+            self.0.clear();
+        }
+    }
 }
