@@ -128,8 +128,9 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -
     if let Err(e) = write_frame(output, &out) {
         return pipe_failed("write to", output, &e);
     }
-    let mut served = 0usize;
     let mut lent = Lent::default();
+    lent.wrote(&mut out);
+    let mut served = 0usize;
     let spin = Spin::new(SPIN);
     // Only the worker's own code runs between a check (before the Ready frame, then before each
     // answer) and the next read, so each check also covers the read that follows it.
@@ -182,10 +183,12 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -
         if let Err(e) = write_frame(output, &out) {
             return pipe_failed("write to", output, &e);
         }
+        lent.wrote(&mut out);
         if retiring {
             return 0;
         }
-        lent.keep(&mut out);
+        lent.release_read(output);
+        out.tail = Vec::new();
         if out.head.capacity() > KEEP_BUFFER {
             out.head = Vec::new();
         }
@@ -420,24 +423,35 @@ fn write_frame(fd: RawFd, frame: &OutFrame) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Results whose pages a reply pipe may still reference (they went in by [`sys::vmsplice`]):
-/// kept unchanged, and their memory not reused, until the parent has read the pipe empty.
+/// Results whose pages the reply pipe may still reference (they went in by
+/// [`sys::vmsplice`]): kept unchanged, their memory not reused, until the parent has read them.
 #[derive(Default)]
-struct Lent(Vec<Vec<u8>>);
+struct Lent {
+    /// Each kept tail, with how many bytes had gone into the pipe in all once it was in.
+    tails: Vec<(u64, Vec<u8>)>,
+    /// Bytes written to the reply pipe in all.
+    written: u64,
+}
 
 impl Lent {
-    /// Keeps `tail` if it went to the pipe by reference.
-    fn keep(&mut self, frame: &mut OutFrame) {
-        let tail = std::mem::take(&mut frame.tail);
-        if tail.len() >= frame::SPLICE_TAIL {
-            self.0.push(tail);
+    /// Counts a frame written, and keeps its tail if that went to the pipe by reference.
+    fn wrote(&mut self, frame: &mut OutFrame) {
+        self.written += frame.len() as u64;
+        if frame.splices_tail() {
+            self.tails
+                .push((self.written, std::mem::take(&mut frame.tail)));
         }
     }
 
-    /// Frees what the parent has read: everything, once the pipe holds nothing unread.
+    /// Frees the tails the parent has read: the pipe's unread bytes are the last ones
+    /// written, so every tail that ends before them is read.
     fn release_read(&mut self, output: RawFd) {
-        if !self.0.is_empty() && sys::pipe_unread(output) == Some(0) {
-            self.0.clear();
+        if self.tails.is_empty() {
+            return;
+        }
+        if let Some(unread) = sys::pipe_unread(output) {
+            let read = self.written.saturating_sub(unread as u64);
+            self.tails.retain(|(end, _)| *end > read);
         }
     }
 }
