@@ -51,8 +51,8 @@ pub(crate) const SPLICE_TAIL: usize = 256 << 10;
 const LARGE_PAYLOAD: usize = 1 << 20;
 
 /// A large payload of at most this many bytes gets its whole buffer at once (one allocation,
-/// no growth, huge pages asked for); a longer announced length is believed only as its bytes
-/// arrive.
+/// no growth, huge pages asked for); a longer announced length is believed only once a
+/// quarter of it has arrived (the buffer grows by doubling until then).
 const TRUSTED_PAYLOAD: usize = 256 << 20;
 
 /// The largest frame body accepted unless the pool is told otherwise: 4 GiB.
@@ -550,7 +550,10 @@ impl Large {
     /// [`FrameReader::fill_from`] explains.
     fn reserve(&mut self, arrived: usize) -> io::Result<()> {
         let have = self.payload.len();
-        let step = if self.len <= TRUSTED_PAYLOAD {
+        // A longer payload is believed once a quarter of it has come: its sender has paid
+        // for that much, and the buffer it then gets is at most four times what arrived.
+        let believed = self.len <= TRUSTED_PAYLOAD || have >= self.len / 4;
+        let step = if believed {
             self.len - have
         } else {
             (self.len - have).min(have.max(arrived).max(GROW_STEP))
@@ -559,9 +562,9 @@ impl Large {
             self.payload
                 .try_reserve_exact(step)
                 .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
-            if self.len <= TRUSTED_PAYLOAD {
-                // Once, on the buffer's only allocation: a hint whose VMA split would make a
-                // later reallocation copy.
+            if believed {
+                // Once, on the buffer's last allocation: the hint splits the mapping, which
+                // would make a later reallocation copy instead of remap.
                 sys::advise_huge(&mut self.payload);
             }
         }
