@@ -31,7 +31,7 @@ use crate::sys;
 /// Bytes in the length prefix.
 const LEN: usize = 8;
 /// Bytes of a task body before the argument: id, trampoline, function, limit.
-const TASK_HEADER: usize = 32;
+pub(crate) const TASK_HEADER: usize = 32;
 /// The status byte's flag for "this worker exits after this reply".
 const RETIRING: u8 = 0x80;
 /// Bytes of a reply body before the payload: id, status, run time.
@@ -41,6 +41,19 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// The least a reader grows its buffer by inside a large frame.
 const GROW_STEP: usize = 1 << 20;
+
+/// A frame's tail at least this long goes into the pipe as references to its pages
+/// ([`sys::vmsplice`]), not copied: the reader's copy is then the only one.
+pub(crate) const SPLICE_TAIL: usize = 256 << 10;
+
+/// A payload at least this long is read into a buffer of its own, apart from its frame's
+/// fixed fields (see [`FrameReader::split_after`]).
+const LARGE_PAYLOAD: usize = 1 << 20;
+
+/// A large payload of at most this many bytes gets its whole buffer at once (one allocation,
+/// no growth, huge pages asked for); a longer announced length is believed only once a
+/// quarter of it has arrived (the buffer grows by doubling until then).
+const TRUSTED_PAYLOAD: usize = 256 << 20;
 
 /// The largest frame body accepted unless the pool is told otherwise: 4 GiB.
 pub(crate) const DEFAULT_MAX_FRAME: u64 = 4 << 30;
@@ -115,6 +128,27 @@ impl OutFrame {
         } else {
             [&[], &self.tail[offset - h..]]
         }
+    }
+
+    /// The parts to write from `offset` on: as [`parts_from`](Self::parts_from), except that a
+    /// large tail is left out, for [`spliced_from`](Self::spliced_from) to hand over.
+    pub(crate) fn copied_parts_from(&self, offset: usize) -> [&[u8]; 2] {
+        let [head, tail] = self.parts_from(offset);
+        [head, if self.splices_tail() { &[] } else { tail }]
+    }
+
+    /// The rest of a large tail, if `offset` is inside one: bytes to give a pipe by
+    /// [`sys::vmsplice`] rather than copy into it. The frame must then stay unchanged and
+    /// alive until the reader has read it.
+    pub(crate) fn spliced_from(&self, offset: usize) -> Option<&[u8]> {
+        let h = self.head.len();
+        (self.splices_tail() && offset >= h && offset < self.len())
+            .then(|| &self.tail[offset - h..])
+    }
+
+    /// True if the tail goes to the pipe by page references ([`SPLICE_TAIL`]).
+    pub(crate) fn splices_tail(&self) -> bool {
+        self.tail.len() >= SPLICE_TAIL
     }
 
     /// Fills in the length prefix, counting the tail.
@@ -194,10 +228,8 @@ pub(crate) fn seal(frame: &mut [u8]) {
 
 /// Splits a task body into its header and argument bytes.
 pub(crate) fn parse_task(mut body: Bytes) -> Option<(TaskHeader, Bytes)> {
-    if body.len() < TASK_HEADER {
-        return None;
-    }
-    let word = |i: usize| u64::from_le_bytes(body[i * 8..i * 8 + 8].try_into().unwrap());
+    let fixed = body.fixed(TASK_HEADER)?;
+    let word = |i: usize| u64::from_le_bytes(fixed[i * 8..i * 8 + 8].try_into().unwrap());
     let header = TaskHeader {
         id: word(0),
         trampoline: word(1),
@@ -222,14 +254,17 @@ pub(crate) struct Reply {
 
 /// Splits a reply body into its id, status and payload.
 pub(crate) fn parse_reply(mut body: Bytes) -> Result<Reply, String> {
-    if body.len() < REPLY_HEADER {
-        return Err(format!("a reply of {} bytes is too short", body.len()));
-    }
-    let id = u64::from_le_bytes(body[..8].try_into().unwrap());
-    let status = Status::from_byte(body[8] & !RETIRING)
-        .ok_or_else(|| format!("unknown status byte {} in a reply", body[8]))?;
-    let retiring = body[8] & RETIRING != 0;
-    let run_us = u32::from_le_bytes(body[9..13].try_into().unwrap());
+    let Some(fixed) = body.fixed(REPLY_HEADER) else {
+        return Err(format!(
+            "a reply of {} bytes is too short",
+            body.total_len()
+        ));
+    };
+    let id = u64::from_le_bytes(fixed[..8].try_into().unwrap());
+    let status = Status::from_byte(fixed[8] & !RETIRING)
+        .ok_or_else(|| format!("unknown status byte {} in a reply", fixed[8]))?;
+    let retiring = fixed[8] & RETIRING != 0;
+    let run_us = u32::from_le_bytes(fixed[9..13].try_into().unwrap());
     body.advance(REPLY_HEADER);
     Ok(Reply {
         id,
@@ -241,10 +276,16 @@ pub(crate) fn parse_reply(mut body: Bytes) -> Result<Reply, String> {
 }
 
 /// An owned byte buffer viewed from an offset: a frame body handed on without copying.
+///
+/// A large frame's body comes in two parts: its fixed fields in `fixed`, and its payload alone
+/// in `buf` from offset 0, so that handing the payload on as a `Vec` moves no byte. Such a body
+/// is read through [`fixed`](Self::fixed) and [`advance`](Self::advance) past the fixed fields
+/// before anything else looks at it (only this module's parsers see it before that).
 #[derive(Debug, Default)]
 pub(crate) struct Bytes {
     buf: Vec<u8>,
     start: usize,
+    fixed: Vec<u8>,
 }
 
 impl Bytes {
@@ -252,11 +293,40 @@ impl Bytes {
     #[cfg(feature = "mpi")]
     pub(crate) fn from_vec(buf: Vec<u8>, start: usize) -> Bytes {
         debug_assert!(start <= buf.len());
-        Bytes { buf, start }
+        Bytes {
+            buf,
+            start,
+            fixed: Vec::new(),
+        }
     }
 
+    /// The first `n` bytes (a body's fixed fields), if the body has that many.
+    fn fixed(&self, n: usize) -> Option<&[u8]> {
+        if self.fixed.is_empty() {
+            self.buf.get(self.start..self.start.checked_add(n)?)
+        } else {
+            // A split body's fixed part is exactly its reader's `split_after` length.
+            self.fixed.get(..n)
+        }
+    }
+
+    /// Bytes in all, fixed part included.
+    fn total_len(&self) -> usize {
+        self.fixed.len() + self.buf.len() - self.start
+    }
+
+    /// Drops the first `n` bytes: a split body's whole fixed part, whatever `n` is.
     fn advance(&mut self, n: usize) {
-        self.start += n;
+        if self.fixed.is_empty() {
+            self.start += n;
+        } else {
+            debug_assert_eq!(
+                n,
+                self.fixed.len(),
+                "a split body is advanced past its fixed part"
+            );
+            self.fixed = Vec::new();
+        }
     }
 
     /// The bytes as a `Vec` of their own: the buffer itself, its head cut off in place (a
@@ -271,6 +341,10 @@ impl Bytes {
 impl Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
+        debug_assert!(
+            self.fixed.is_empty(),
+            "a split body read before its fixed part"
+        );
         &self.buf[self.start..]
     }
 }
@@ -302,6 +376,19 @@ pub(crate) struct FrameReader {
     /// Where the first frame not yet taken starts in `buf`.
     start: usize,
     max: u64,
+    /// Bytes of fixed fields at the front of each body (0: no splitting).
+    fixed: usize,
+    /// The large frame being read, apart from `buf`.
+    large: Option<Large>,
+}
+
+/// A large frame on its way in: its fixed fields, and its payload in a buffer of its own.
+#[derive(Debug)]
+struct Large {
+    fixed: Vec<u8>,
+    payload: Vec<u8>,
+    /// The payload's whole length.
+    len: usize,
 }
 
 impl FrameReader {
@@ -310,7 +397,18 @@ impl FrameReader {
             buf: Vec::new(),
             start: 0,
             max,
+            fixed: 0,
+            large: None,
         }
+    }
+
+    /// Reads the payload of every large frame (one whose payload is at least
+    /// [`LARGE_PAYLOAD`]) into a buffer of its own, apart from the body's first `fixed` bytes:
+    /// the payload then starts at offset 0 and becomes a `Vec` without moving (a 64 MiB
+    /// `Vec<u8>` result would otherwise be shifted by its 13-byte header, a copy of it all).
+    pub(crate) fn split_after(mut self, fixed: usize) -> FrameReader {
+        self.fixed = fixed;
+        self
     }
 
     /// The body length of the frame at the front, once its prefix is in, checked against the
@@ -329,6 +427,17 @@ impl FrameReader {
 
     /// Takes the next whole frame's body, if one is buffered.
     pub(crate) fn take(&mut self) -> Result<Option<Bytes>, FrameError> {
+        if let Some(large) = &self.large {
+            if large.payload.len() < large.len {
+                return Ok(None);
+            }
+            let large = self.large.take().expect("checked above");
+            return Ok(Some(Bytes {
+                buf: large.payload,
+                start: 0,
+                fixed: large.fixed,
+            }));
+        }
         let Some(len) = self.front_len()? else {
             return Ok(None);
         };
@@ -341,6 +450,7 @@ impl FrameReader {
             Bytes {
                 buf: std::mem::take(&mut self.buf),
                 start: LEN,
+                fixed: Vec::new(),
             }
         } else {
             let body = self.buf[self.start + LEN..end].to_vec();
@@ -352,6 +462,7 @@ impl FrameReader {
             Bytes {
                 buf: body,
                 start: 0,
+                fixed: Vec::new(),
             }
         };
         Ok(Some(body))
@@ -371,11 +482,33 @@ impl FrameReader {
         &mut self,
         read: impl FnOnce(&mut Vec<u8>, usize) -> io::Result<usize>,
     ) -> io::Result<usize> {
+        if let Some(large) = &mut self.large {
+            return large.fill(read);
+        }
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
         }
         let want = match self.front_len() {
+            Ok(Some(len)) if self.fixed > 0 && len >= self.fixed + LARGE_PAYLOAD => {
+                let head = LEN + self.fixed;
+                if self.buf.len() < head {
+                    // The fixed fields first, and no byte of the payload with them.
+                    head - self.buf.len()
+                } else {
+                    // The frame is alone in `buf` (it is the front one, and reads stop at its
+                    // end): what has come of its payload moves to a buffer of its own.
+                    let mut large = Large {
+                        fixed: self.buf[LEN..head].to_vec(),
+                        payload: Vec::new(),
+                        len: len - self.fixed,
+                    };
+                    large.reserve(self.buf.len() - head)?;
+                    large.payload.extend_from_slice(&self.buf[head..]);
+                    self.buf.clear();
+                    return self.large.insert(large).fill(read);
+                }
+            }
             Ok(Some(len)) if LEN + len > self.buf.len() + READ_CHUNK => LEN + len - self.buf.len(),
             // A frame over the limit is reported by `take`; read a little so the caller sees it.
             _ => READ_CHUNK,
@@ -397,13 +530,55 @@ impl FrameReader {
     /// The whole length (prefix included) of a frame whose prefix is in but whose body is not
     /// yet complete: how much the sender has still to push through the pipe.
     pub(crate) fn partial_len(&self) -> Option<usize> {
+        if let Some(large) = &self.large {
+            return Some(LEN + self.fixed + large.len);
+        }
         let len = self.front_len().ok()??;
         (self.buf.len() - self.start < LEN + len).then_some(LEN + len)
     }
 
     /// True if no bytes of a next frame are buffered.
     pub(crate) fn is_empty(&self) -> bool {
-        self.start == self.buf.len()
+        self.large.is_none() && self.start == self.buf.len()
+    }
+}
+
+impl Large {
+    /// Makes room in the payload buffer for the next read, having `arrived` bytes at hand
+    /// beyond what it holds. A payload up to [`TRUSTED_PAYLOAD`] gets its whole buffer at once,
+    /// with huge pages asked for; a longer one grows by doubling with what arrives, as
+    /// [`FrameReader::fill_from`] explains.
+    fn reserve(&mut self, arrived: usize) -> io::Result<()> {
+        let have = self.payload.len();
+        // A longer payload is believed once a quarter of it has come: its sender has paid
+        // for that much, and the buffer it then gets is at most four times what arrived.
+        let believed = self.len <= TRUSTED_PAYLOAD || have >= self.len / 4;
+        let step = if believed {
+            self.len - have
+        } else {
+            (self.len - have).min(have.max(arrived).max(GROW_STEP))
+        };
+        if self.payload.capacity() - have < step {
+            self.payload
+                .try_reserve_exact(step)
+                .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+            if believed {
+                // Once, on the buffer's last allocation: the hint splits the mapping, which
+                // would make a later reallocation copy instead of remap.
+                sys::advise_huge(&mut self.payload);
+            }
+        }
+        Ok(())
+    }
+
+    fn fill(
+        &mut self,
+        read: impl FnOnce(&mut Vec<u8>, usize) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        self.reserve(0)?;
+        let room =
+            (self.len - self.payload.len()).min(self.payload.capacity() - self.payload.len());
+        read(&mut self.payload, room)
     }
 }
 
@@ -415,13 +590,16 @@ pub(crate) fn parse_reply_stream(input: &[u8], max: u64) -> Result<usize, String
     let Some((&seed, mut rest)) = input.split_first() else {
         return Ok(0);
     };
-    let mut reader = FrameReader::new(max);
+    let mut reader = FrameReader::new(max).split_after(REPLY_HEADER);
     let mut replies = 0;
     let mut step = seed as usize + 1;
     loop {
         while let Some(body) = reader.take().map_err(|e| e.to_string())? {
-            if body.len() as u64 > max {
-                panic!("a frame of {} bytes passed a limit of {max}", body.len());
+            if body.total_len() as u64 > max {
+                panic!(
+                    "a frame of {} bytes passed a limit of {max}",
+                    body.total_len()
+                );
             }
             parse_reply(body)?;
             replies += 1;
@@ -571,11 +749,87 @@ mod tests {
     fn malformed_replies_are_errors() {
         let short = Bytes {
             buf: vec![1, 2, 3],
-            start: 0,
+            ..Bytes::default()
         };
         assert!(parse_reply(short).is_err());
         let mut bad = vec![0u8; 9];
         bad[8] = 200;
-        assert!(parse_reply(Bytes { buf: bad, start: 0 }).is_err());
+        assert!(parse_reply(Bytes {
+            buf: bad,
+            ..Bytes::default()
+        })
+        .is_err());
+    }
+
+    /// A large reply's payload is read into a buffer of its own, from offset 0, in whatever
+    /// pieces the pipe gives: it becomes the caller's `Vec` without a byte moved, and the
+    /// frames around it are cut as before.
+    #[test]
+    fn a_large_payload_is_read_apart_from_its_header() {
+        let big: Vec<u8> = (0..3 * LARGE_PAYLOAD + 17)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut stream = Vec::new();
+        for (id, payload) in [(1u64, &b"small"[..]), (2, &big[..]), (3, &b"after"[..])] {
+            let mut f = Vec::new();
+            begin_reply(&mut f, id, Status::Ok);
+            f.extend_from_slice(payload);
+            seal(&mut f);
+            stream.extend_from_slice(&f);
+        }
+        for piece in [1usize, 7, 4096, 65_536, 1 << 20, stream.len()] {
+            let mut reader = FrameReader::new(DEFAULT_MAX_FRAME).split_after(REPLY_HEADER);
+            let mut rest = &stream[..];
+            let mut got = Vec::new();
+            while !rest.is_empty() {
+                let n = reader
+                    .fill_from(|buf, want| {
+                        let n = piece.min(want).min(rest.len());
+                        buf.extend_from_slice(&rest[..n]);
+                        Ok(n)
+                    })
+                    .unwrap();
+                rest = &rest[n..];
+                while let Some(body) = reader.take().unwrap() {
+                    got.push(parse_reply(body).unwrap());
+                }
+            }
+            assert!(reader.is_empty());
+            let ids: Vec<u64> = got.iter().map(|r| r.id).collect();
+            assert_eq!(ids, [1, 2, 3], "pieces of {piece}");
+            let payload = got.remove(1).payload;
+            assert!(
+                payload.fixed.is_empty() && payload.start == 0,
+                "pieces of {piece}"
+            );
+            let ptr = payload.buf.as_ptr();
+            let vec = payload.into_vec();
+            assert_eq!(vec.as_ptr(), ptr, "into_vec moved the payload");
+            assert_eq!(vec, big, "pieces of {piece}");
+        }
+    }
+
+    /// A split body that ends inside its fixed fields is an error at the end of the input,
+    /// and a huge announced length still reserves only what arrives.
+    #[test]
+    fn a_split_reader_still_trusts_only_what_arrives() {
+        let mut reader = FrameReader::new(u64::MAX).split_after(REPLY_HEADER);
+        let mut input = (1u64 << 62).to_le_bytes().to_vec();
+        input.extend_from_slice(&[0; REPLY_HEADER + 100]);
+        let mut fed = 0;
+        for _ in 0..4 {
+            fed += reader
+                .fill_from(|buf, want| {
+                    let n = want.min(input.len() - fed);
+                    buf.extend_from_slice(&input[fed..fed + n]);
+                    Ok(n)
+                })
+                .unwrap();
+            assert!(reader.take().unwrap().is_none());
+            let reserved =
+                reader.buf.capacity() + reader.large.as_ref().map_or(0, |l| l.payload.capacity());
+            assert!(reserved <= 4 << 20, "reserved {reserved}");
+        }
+        assert!(!reader.is_empty());
     }
 }

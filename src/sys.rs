@@ -77,6 +77,35 @@ pub(crate) fn grow_pipe(fd: &OwnedFd, bytes: usize) -> bool {
     }
 }
 
+/// Asks the kernel to back the 2 MiB-aligned part of `buf`'s spare capacity with transparent
+/// huge pages (Linux `MADV_HUGEPAGE`), so that a large frame read into it takes one page fault
+/// per 2 MiB instead of one per 4 KiB (a fresh 64 MiB buffer read in 4 KiB pages cost more
+/// than the copy itself). Only a hint: where THP is off (or not Linux) nothing changes, and
+/// the memory stays the allocator's.
+pub(crate) fn advise_huge(buf: &mut Vec<u8>) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let spare = buf.spare_capacity_mut();
+        let start = spare.as_mut_ptr() as usize;
+        let end = start + spare.len();
+        let (first, last) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
+        if last > first {
+            // SAFETY: [first, last) lies inside the Vec's own allocation, which stays mapped
+            // while `buf` is borrowed; MADV_HUGEPAGE changes no contents and no permissions.
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    last - first,
+                    libc::MADV_HUGEPAGE,
+                );
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buf;
+}
+
 /// Puts a descriptor in non-blocking mode.
 pub(crate) fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     let fd = fd.as_raw_fd();
@@ -159,6 +188,54 @@ pub(crate) fn writev(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
             other => return other.map(|n| n as usize),
         }
     }
+}
+
+/// Hands the pages under `buf` to the pipe `fd` without copying them (Linux `vmsplice(2)`),
+/// and returns how many bytes went in; `nonblocking` makes a full pipe an `EWOULDBLOCK` error
+/// rather than a wait. Elsewhere, and where the kernel refuses (not a pipe), it falls back to
+/// `write(2)`.
+///
+/// The pipe holds references to the pages, not a copy of the bytes: a reader gets what the
+/// pages hold when it reads. So the caller must leave the bytes unchanged, and keep the
+/// allocation from being reused, until the reader has read them (a reader that never will, a
+/// dead worker, does not matter: the pages stay valid for the pipe whatever the caller does).
+pub(crate) fn vmsplice(fd: RawFd, buf: &[u8], nonblocking: bool) -> io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        let iov = libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        let flags = if nonblocking {
+            libc::SPLICE_F_NONBLOCK
+        } else {
+            0
+        };
+        loop {
+            // SAFETY: the iovec points into `buf`, borrowed for the call; vmsplice only reads
+            // the memory (it takes page references, which keep the pages alive on their own).
+            match syscall!(vmsplice(fd, &iov, 1, flags)) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EBADF)) => {
+                    return write(fd, buf)
+                }
+                other => return other.map(|n| n as usize),
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = nonblocking;
+        write(fd, buf)
+    }
+}
+
+/// How many bytes the pipe `fd` (either end) holds unread (`FIONREAD`), if the kernel says.
+pub(crate) fn pipe_unread(fd: RawFd) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which is valid for that.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    (r == 0).then_some(n.max(0) as usize)
 }
 
 /// The most slices [`writev`] passes to the kernel in one call (POSIX guarantees 16; Linux 1024).

@@ -120,7 +120,7 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -
         let ran = panic::catch_unwind(|| unsafe { init.run() });
         ran.err().map(panic_message)
     });
-    let mut reader = FrameReader::new(u64::MAX);
+    let mut reader = FrameReader::new(u64::MAX).split_after(frame::TASK_HEADER);
     let mut out = OutFrame::default();
     frame::begin_reply(&mut out.head, 0, Status::Ready);
     out.seal();
@@ -128,6 +128,8 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -
     if let Err(e) = write_frame(output, &out) {
         return pipe_failed("write to", output, &e);
     }
+    let mut lent = Lent::default();
+    lent.wrote(&mut out);
     let mut served = 0usize;
     let spin = Spin::new(SPIN);
     // Only the worker's own code runs between a check (before the Ready frame, then before each
@@ -139,6 +141,7 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -
                 Ok(None) => {}
                 Err(_) => return EXIT_PROTOCOL,
             }
+            lent.release_read(output);
             // The next task often follows at once: spin a moment before sleeping in read,
             // since waking a sleeping process on the other CPU is slow.
             spin.run(|| sys::wait_readable(input, Duration::ZERO));
@@ -180,9 +183,11 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -
         if let Err(e) = write_frame(output, &out) {
             return pipe_failed("write to", output, &e);
         }
+        lent.wrote(&mut out);
         if retiring {
             return 0;
         }
+        lent.release_read(output);
         out.tail = Vec::new();
         if out.head.capacity() > KEEP_BUFFER {
             out.head = Vec::new();
@@ -405,11 +410,48 @@ fn write_all(fd: RawFd, mut buf: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes both parts of a frame, blocking until done.
+/// Writes both parts of a frame, blocking until done. A large tail goes in as page references
+/// (see [`OutFrame::spliced_from`]): the caller keeps it unchanged until the pipe is read.
 fn write_frame(fd: RawFd, frame: &OutFrame) -> std::io::Result<()> {
     let mut offset = 0;
     while offset < frame.len() {
-        offset += sys::writev(fd, &frame.parts_from(offset))?;
+        offset += match frame.spliced_from(offset) {
+            Some(rest) => sys::vmsplice(fd, rest, false)?,
+            None => sys::writev(fd, &frame.copied_parts_from(offset))?,
+        };
     }
     Ok(())
+}
+
+/// Results whose pages the reply pipe may still reference (they went in by
+/// [`sys::vmsplice`]): kept unchanged, their memory not reused, until the parent has read them.
+#[derive(Default)]
+struct Lent {
+    /// Each kept tail, with how many bytes had gone into the pipe in all once it was in.
+    tails: Vec<(u64, Vec<u8>)>,
+    /// Bytes written to the reply pipe in all.
+    written: u64,
+}
+
+impl Lent {
+    /// Counts a frame written, and keeps its tail if that went to the pipe by reference.
+    fn wrote(&mut self, frame: &mut OutFrame) {
+        self.written += frame.len() as u64;
+        if frame.splices_tail() {
+            self.tails
+                .push((self.written, std::mem::take(&mut frame.tail)));
+        }
+    }
+
+    /// Frees the tails the parent has read: the pipe's unread bytes are the last ones
+    /// written, so every tail that ends before them is read.
+    fn release_read(&mut self, output: RawFd) {
+        if self.tails.is_empty() {
+            return;
+        }
+        if let Some(unread) = sys::pipe_unread(output) {
+            let read = self.written.saturating_sub(unread as u64);
+            self.tails.retain(|(end, _)| *end > read);
+        }
+    }
 }

@@ -107,7 +107,7 @@ impl Worker {
     pub(super) fn new(token: Token, pipes: Pipes, max_frame: u64) -> Worker {
         Worker {
             pipes,
-            reader: FrameReader::new(max_frame),
+            reader: FrameReader::new(max_frame).split_after(frame::REPLY_HEADER),
             reply_done: false,
             reply_grown: false,
             life: Life::Starting { token },
@@ -205,18 +205,28 @@ impl Worker {
             if next > PIPE_DEFAULT && !work.grown {
                 work.grown = sys::grow_pipe(self.pipes.tasks(), next.min(PIPE_LARGE));
             }
-            let pending = work.inflight.iter().skip(work.written);
-            let slices: Vec<&[u8]> = pending
-                .enumerate()
-                .flat_map(|(i, s)| {
-                    s.task
-                        .frame
-                        .parts_from(if i == 0 { work.offset } else { 0 })
-                })
-                .filter(|part| !part.is_empty())
-                .take(sys::IOV_MAX)
-                .collect();
-            match sys::writev(fd, &slices) {
+            // A large tail goes in as page references (the task keeps its frame unchanged
+            // until its reply, by when the worker has read it); the rest is copied, as many
+            // frames at once as lead up to the next large tail.
+            let front = &work.inflight[work.written].task.frame;
+            let written = match front.spliced_from(work.offset) {
+                Some(rest) => sys::vmsplice(fd, rest, true),
+                None => {
+                    let mut slices: Vec<&[u8]> = Vec::new();
+                    for (i, s) in work.inflight.iter().skip(work.written).enumerate() {
+                        let frame = &s.task.frame;
+                        let offset = if i == 0 { work.offset } else { 0 };
+                        slices.extend(frame.copied_parts_from(offset));
+                        if frame.splices_tail() || slices.len() >= sys::IOV_MAX {
+                            break;
+                        }
+                    }
+                    slices.retain(|part| !part.is_empty());
+                    slices.truncate(sys::IOV_MAX);
+                    sys::writev(fd, &slices)
+                }
+            };
+            match written {
                 Ok(mut n) => {
                     while n > 0 {
                         let left = work.inflight[work.written].task.frame.len() - work.offset;
