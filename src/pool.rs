@@ -522,6 +522,8 @@ impl Pool {
         scheduler: JoinHandle<()>,
         hosts: Arc<[stats::HostCounters]>,
     ) -> Pool {
+        // As in `build`: `check_process` and the results read the atfork-kept pid.
+        crate::sys::watch_forks();
         Pool {
             submitter,
             processes,
@@ -1409,13 +1411,13 @@ impl Drop for Pool {
 impl Pool {
     /// [`Error::ForkedProcess`] unless this is the process that built the pool.
     fn check_process(&self) -> Result<()> {
-        let current = std::process::id();
-        if current == self.owner {
+        // The atfork-kept pid (an atomic load): this check runs on every submission.
+        if crate::sys::cached_pid() == self.owner {
             Ok(())
         } else {
             Err(Error::ForkedProcess {
                 owner: self.owner,
-                current,
+                current: std::process::id(),
             })
         }
     }

@@ -85,7 +85,10 @@ pub(crate) fn serve(input: RawFd, output: RawFd, config: WorkerConfig) -> ! {
     sys::set_process_name(c"forkpool-worker");
     // Best effort: without a group of its own, a killed worker's programs outlive it.
     let _ = sys::own_process_group();
-    let me = sys::getpid();
+    // The pid a check compares with comes from the atfork-kept cache (an atomic load, not a
+    // system call per answer): a task's fork() through libc refreshes it in the copy.
+    sys::watch_forks();
+    let me = sys::cached_pid();
     let code = panic::catch_unwind(AssertUnwindSafe(|| serve_loop(input, output, config, me)));
     let code = code.unwrap_or(EXIT_PANICKED);
     still_me(me);
@@ -98,8 +101,8 @@ pub(crate) fn serve(input: RawFd, output: RawFd, config: WorkerConfig) -> ! {
 /// Ends the process at once if it is not the worker `me` but a copy of it that a task forked
 /// and that returned into the worker's loop: the copy must not answer for the worker, nor read
 /// its tasks, nor flush the output it inherited.
-fn still_me(me: sys::Pid) {
-    if sys::getpid() != me {
+fn still_me(me: u32) {
+    if sys::cached_pid() != me {
         sys::exit_now(0);
     }
 }
@@ -112,7 +115,7 @@ fn flush_stdout() {
     sys::set_alarm(None);
 }
 
-fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -> i32 {
+fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: u32) -> i32 {
     IN_WORKER.store(true, Ordering::Relaxed);
     PRINT_PANICS.store(config.print_panics, Ordering::Relaxed);
     let init_failure = config.initializer.and_then(|init| {
