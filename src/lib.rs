@@ -179,6 +179,7 @@ mod error;
 mod feed;
 mod frame;
 mod imap;
+mod ledger;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod pool;

@@ -30,8 +30,9 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use crate::frame::{self, Bytes, FrameReader, OutFrame, Status};
+use crate::ledger;
 use crate::spin::Spin;
-use crate::sys;
+use crate::sys::{self, SharedRegion};
 use crate::task;
 
 /// Exit status of a worker whose own loop (not a task) panicked.
@@ -81,11 +82,19 @@ pub(crate) struct WorkerConfig {
 }
 
 /// Serves tasks from `input` and replies on `output` until done, then ends the process.
-pub(crate) fn serve(input: RawFd, output: RawFd, config: WorkerConfig) -> ! {
+/// `ledger` is the region shared with the pool in which chunks record their progress (see
+/// [`crate::ledger`]).
+pub(crate) fn serve(
+    input: RawFd,
+    output: RawFd,
+    ledger: Option<SharedRegion>,
+    config: WorkerConfig,
+) -> ! {
     sys::set_process_name(c"forkpool-worker");
     // Best effort: without a group of its own, a killed worker's programs outlive it.
     let _ = sys::own_process_group();
     let me = sys::getpid();
+    ledger::install(ledger, output, config.max_frame);
     let code = panic::catch_unwind(AssertUnwindSafe(|| serve_loop(input, output, config, me)));
     let code = code.unwrap_or(EXIT_PANICKED);
     still_me(me);
@@ -155,6 +164,7 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: sys::Pid) -
             return EXIT_PROTOCOL;
         };
         let started = Instant::now();
+        ledger::begin(header.id);
         frame::begin_reply(&mut out.head, header.id, Status::Ok);
         let status = match &init_failure {
             Some(message) => task::error_reply(&mut out, Status::InitializerPanicked, message),

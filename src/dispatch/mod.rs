@@ -646,12 +646,28 @@ impl<P: Processes> Dispatcher<P> {
             }
             return;
         }
+        let mut rest = None;
         if w.work.written > 0 {
             let running = inflight.next().expect("a written task is in flight");
-            running.task.finish(Err(error), self.front.counters());
+            let counters = self.front.counters();
+            match (&w.pipes.ledger, &error) {
+                // A cancel ends the whole task, and a broken protocol leaves nothing to trust.
+                (_, Error::Cancelled | Error::Protocol { .. }) | (None, _) => {
+                    running.task.finish(Err(error), counters)
+                }
+                // What the worker recorded says which item it died in (see crate::ledger).
+                (Some(ledger), _) => {
+                    let committed = ledger.committed(running.id);
+                    rest = running.task.lost(committed, error, pid, counters);
+                }
+            }
         }
         for sent in inflight.rev() {
             self.queue.push_front(sent.task);
+        }
+        // The items after the one that was lost: no worker has started them.
+        if let Some(task) = rest {
+            self.queue.push_front(task);
         }
     }
 
