@@ -402,7 +402,7 @@ mod tests {
         let (token, _pipes) = server.spawn().unwrap();
         let mut request = [0u8; MESSAGE];
         let (n, fds) = sys::recv_with_fds(theirs.as_raw_fd(), &mut request).unwrap();
-        assert_eq!((n, fds.len()), (MESSAGE, 2));
+        assert_eq!((n, fds.len()), (MESSAGE, 3));
         assert_eq!(proto::parse(&request), [SPAWN, token, 0]);
         let mut answer = proto::message(SPAWNED, token, 4242).to_vec();
         answer.extend_from_slice(&proto::message(EXITED, 99, 1 << 32 | 9));
