@@ -33,8 +33,9 @@ pub(crate) struct Task {
     /// Results that came before this task's final reply: in partial frames, and, for the rest
     /// of a chunk whose worker died, those of the items before it.
     pieces: Option<Box<Pieces>>,
-    /// Items of this task that came in partial frames.
+    /// Items of this task that came in partial frames, and their bytes.
     partial_items: u64,
+    partial_bytes: usize,
 }
 
 /// The encoded results of the first `items` items of a chunk, back to back.
@@ -55,6 +56,7 @@ impl Task {
             index: None,
             pieces: None,
             partial_items: 0,
+            partial_bytes: 0,
         }
     }
 
@@ -85,7 +87,57 @@ impl Task {
         pieces.items += count;
         pieces.bytes.extend_from_slice(bytes);
         self.partial_items += count;
+        self.partial_bytes += bytes.len();
         Ok(())
+    }
+
+    /// The task's worker was killed for another task's sake (a cancel it had already
+    /// answered) while it ran this one, which is not to suffer for it: the task runs again
+    /// elsewhere. For a chunk of `map_each` whose worker's ledger (`committed`) makes sense,
+    /// the items it finished keep their results and only the rest runs again, from the item
+    /// it was running; otherwise the whole task does, and what its partial frames brought is
+    /// forgotten. `None` if nothing is left to run (its result is delivered).
+    pub(super) fn interrupted(
+        mut self,
+        committed: Option<Result<Option<Committed>, String>>,
+        counters: &Counters,
+    ) -> Option<Task> {
+        let items = u64::from(self.items);
+        if let (Some(index), Some(Ok(Some(c)))) = (&self.index, committed) {
+            let done = self.partial_items.saturating_add(c.count as u64);
+            if c.first == self.partial_items && done <= items {
+                let mut pieces = self.pieces.take().unwrap_or_default();
+                pieces.items += c.count as u64;
+                pieces.bytes.extend_from_slice(&c.bytes);
+                if done == items {
+                    self.finish(Ok(assemble(&pieces, 0, &[])), counters);
+                    return None;
+                }
+                let (frame, index) = task::tail(&self.frame, index, done as usize);
+                return Some(Task {
+                    frame,
+                    sink: std::mem::replace(&mut self.sink, Sink::then(drop)),
+                    limit: self.limit,
+                    items: (items - done) as u32,
+                    watch: self.watch.take(),
+                    index: Some(index),
+                    pieces: Some(pieces),
+                    partial_items: 0,
+                    partial_bytes: 0,
+                });
+            }
+        }
+        if let Some(pieces) = &mut self.pieces {
+            pieces.items -= self.partial_items;
+            let keep = pieces.bytes.len() - self.partial_bytes;
+            pieces.bytes.truncate(keep);
+            if pieces.items == 0 {
+                self.pieces = None;
+            }
+        }
+        self.partial_items = 0;
+        self.partial_bytes = 0;
+        Some(self)
     }
 
     /// What a final reply means for this task's caller: [`outcome`], with the results that came
@@ -186,6 +238,7 @@ impl Task {
             index: Some(index),
             pieces: Some(pieces),
             partial_items: 0,
+            partial_bytes: 0,
         })
     }
 
