@@ -8,7 +8,9 @@
 //! ```
 //!
 //! A worker's first reply is a `Ready` frame (id 0, no payload), sent once its initializer has
-//! run: a worker that dies before it is ready failed to start, not in a task.
+//! run: a worker that dies before it is ready failed to start, not in a task. A chunk of
+//! `map_each` may send `Partial` frames before its reply, when its results overflow the
+//! worker's ledger (see [`crate::ledger`]).
 //!
 //! `limit` is the task's time limit per item in microseconds, 0 for none. The status byte's top
 //! bit says the worker retires after this reply (it passed its memory cap). `run_us` is how long
