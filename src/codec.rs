@@ -73,6 +73,111 @@ pub(crate) fn encode_seq<T: Serialize + 'static, B: Borrow<T>>(
         .map_err(|e| e.to_string())
 }
 
+/// Where each item of an encoded sequence starts, so that the sequence of the items from any
+/// one on can be rebuilt without knowing their type ([`seq_tail`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SeqIndex {
+    /// The offset of each item from the sequence's start, then the sequence's end; empty for a
+    /// sequence of bytes, whose items are its bytes.
+    starts: Vec<usize>,
+    /// Items in the sequence.
+    len: usize,
+}
+
+/// As [`encode_seq`], and returns where each item starts.
+pub(crate) fn encode_seq_indexed<T: Serialize + 'static, B: Borrow<T>>(
+    items: &[B],
+    out: &mut Vec<u8>,
+) -> Result<SeqIndex, String> {
+    if TypeId::of::<T>() == TypeId::of::<u8>() {
+        encode_seq::<T, B>(items, out)?;
+        return Ok(SeqIndex {
+            starts: Vec::new(),
+            len: items.len(),
+        });
+    }
+    let start = out.len();
+    seq_header(items.len(), out);
+    let mut starts = Vec::with_capacity(items.len() + 1);
+    for item in items {
+        starts.push(out.len() - start);
+        // Each item as an element of the sequence: never the raw fast path of a whole value.
+        bincode::serde::encode_into_writer(item.borrow(), VecWriter(out), CONFIG)
+            .map_err(|e| e.to_string())?;
+    }
+    starts.push(out.len() - start);
+    Ok(SeqIndex {
+        starts,
+        len: items.len(),
+    })
+}
+
+/// Appends the encoding of the sequence of the items of `encoded` (a sequence that `index`
+/// describes) from item `from` on, and returns its index.
+pub(crate) fn seq_tail(
+    encoded: &[u8],
+    index: &SeqIndex,
+    from: usize,
+    out: &mut Vec<u8>,
+) -> SeqIndex {
+    let from = from.min(index.len);
+    let len = index.len - from;
+    if index.starts.is_empty() {
+        // Bytes travel raw: item i is byte i.
+        out.extend_from_slice(&encoded[from..index.len]);
+        return SeqIndex {
+            starts: Vec::new(),
+            len,
+        };
+    }
+    let start = out.len();
+    seq_header(len, out);
+    let shift = index.starts[from];
+    let header = out.len() - start;
+    out.extend_from_slice(&encoded[shift..index.starts[index.len]]);
+    SeqIndex {
+        starts: index.starts[from..]
+            .iter()
+            .map(|s| s - shift + header)
+            .collect(),
+        len,
+    }
+}
+
+/// Appends the length prefix of a sequence of `len` items; the items' encodings follow it.
+pub(crate) fn seq_header(len: usize, out: &mut Vec<u8>) {
+    bincode::serde::encode_into_writer(len as u64, VecWriter(out), CONFIG)
+        .expect("a Vec never refuses bytes");
+}
+
+/// Splits an encoded sequence into its length and its items' encodings.
+pub(crate) fn split_seq(bytes: &[u8]) -> Result<(u64, &[u8]), String> {
+    let (len, used): (u64, usize) =
+        bincode::serde::decode_from_slice(bytes, CONFIG).map_err(|e| e.to_string())?;
+    Ok((len, &bytes[used..]))
+}
+
+/// Encodes `value` into `buf`, as an element of a sequence (never the raw fast path): its
+/// length, or `None` if it does not fit.
+pub(crate) fn encode_to_slice<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut [u8],
+) -> Result<Option<usize>, String> {
+    match bincode::serde::encode_into_slice(value, buf, CONFIG) {
+        Ok(n) => Ok(Some(n)),
+        Err(bincode::error::EncodeError::UnexpectedEnd) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Encodes `value` as an element of a sequence (never the raw fast path).
+pub(crate) fn encode_element<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    bincode::serde::encode_into_writer(value, VecWriter(&mut out), CONFIG)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
 /// Appends what bincode writes to a `Vec`. Serde hands a `Vec<u8>` field (one not marked
 /// `serde_bytes`) to the codec one byte at a time, so the cost per write is the cost per byte:
 /// through `std::io::Write` it was about 3 ns; inlined here, about half (measured with

@@ -107,11 +107,11 @@ pub enum Error {
     /// `imap_unordered` (or a chunked form) failed: `index` is its position in the input, and
     /// `source` what happened to it ([`Error::TaskPanicked`], [`Error::WorkerDied`], ...).
     ///
-    /// `items` is 1 when the failure is pinned to that one item (a panic, always; anything with
-    /// chunks of one item, and `imap`). When a worker dies or times out while running a chunk,
-    /// which of its items it was running is not known: `index` is then the chunk's first item
-    /// and `items` its length. Use chunks of one item where a crash must name its input
-    /// exactly.
+    /// `items` is 1 when the failure is pinned to that one item: a panic, and a worker's death
+    /// or time limit in a chunk (the worker's ledger says which item it was running). Only when
+    /// that cannot be known (the worker died before it recorded anything of the chunk, or on
+    /// another rank of an MPI pool in `imap`'s chunked forms) is `index` the chunk's first item
+    /// and `items` its length.
     ///
     /// Errors that concern the pool rather than an item ([`Error::Closed`],
     /// [`Error::Terminated`], [`Error::Cancelled`], [`Error::Io`], [`Error::ForkedProcess`],

@@ -22,6 +22,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::codec::SeqIndex;
 use crate::dispatch::{Lease, Submitter, Task};
 use crate::error::{Error, Result};
 use crate::frame::OutFrame;
@@ -108,7 +109,7 @@ where
             let frame = feed
                 .encode(i)
                 .map_err(|e| e.at_items(i * feed.chunksize, feed.range(i).len()))?;
-            bytes += frame.len();
+            bytes += frame.0.len();
             frames.push(frame);
         }
         for (i, frame) in frames.into_iter().enumerate() {
@@ -131,11 +132,13 @@ where
         &self.items[start..(start + self.chunksize).min(self.items.len())]
     }
 
-    fn encode(&self, i: usize) -> Result<OutFrame> {
+    /// Chunk `i`'s frame, and for `map_each` where each of its items starts in it.
+    fn encode(&self, i: usize) -> Result<(OutFrame, Option<SeqIndex>)> {
         if self.each {
-            task::chunk_each(self.f, self.range(i))
+            let (frame, index) = task::chunk_each(self.f, self.range(i))?;
+            Ok((frame, Some(index)))
         } else {
-            task::chunk(self.f, self.range(i))
+            Ok((task::chunk(self.f, self.range(i))?, None))
         }
     }
 
@@ -145,7 +148,7 @@ where
     }
 
     /// Submits chunk `i`, unless the feed was stopped. False once it is stopped.
-    fn submit(&mut self, i: usize, frame: OutFrame) -> bool {
+    fn submit(&mut self, i: usize, (frame, index): (OutFrame, Option<SeqIndex>)) -> bool {
         let items = self.range(i).len();
         {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -174,9 +177,12 @@ where
             }
             let _ = done.send(());
         });
-        let task = Task::new(frame, sink)
+        let mut task = Task::new(frame, sink)
             .with_limit(self.limit, items)
             .cancellable(&self.slot);
+        if let Some(index) = index {
+            task = task.each_chunk(index);
+        }
         self.in_flight += 1;
         // A refused task resolves as terminated through its sink, which stops the feed.
         self.submitter.submit_leased(&self.lease, task).is_ok()

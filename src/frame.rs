@@ -8,7 +8,9 @@
 //! ```
 //!
 //! A worker's first reply is a `Ready` frame (id 0, no payload), sent once its initializer has
-//! run: a worker that dies before it is ready failed to start, not in a task.
+//! run: a worker that dies before it is ready failed to start, not in a task. A chunk of
+//! `map_each` may send `Partial` frames before its reply, when its results overflow the
+//! worker's ledger (see [`crate::ledger`]).
 //!
 //! `limit` is the task's time limit per item in microseconds, 0 for none. The status byte's top
 //! bit says the worker retires after this reply (it passed its memory cap). `run_us` is how long
@@ -29,7 +31,7 @@ use std::time::Duration;
 use crate::sys;
 
 /// Bytes in the length prefix.
-const LEN: usize = 8;
+pub(crate) const LEN: usize = 8;
 /// Bytes of a task body before the argument: id, trampoline, function, limit.
 pub(crate) const TASK_HEADER: usize = 32;
 /// The status byte's flag for "this worker exits after this reply".
@@ -84,6 +86,11 @@ pub(crate) enum Status {
     InitializerPanicked = 4,
     /// Not an answer: the worker has run its initializer and takes tasks. Its first frame.
     Ready = 5,
+    /// Not the answer yet: some of the running chunk's results, sent early because they
+    /// overflowed the worker's ledger (see [`crate::ledger`]). The payload is the position of
+    /// the first item within the task (`u64`), the number of items (`u64`), and their encoded
+    /// results back to back; the task's final reply carries the items after them.
+    Partial = 6,
 }
 
 impl Status {
@@ -95,6 +102,7 @@ impl Status {
             3 => Status::DecodeFailed,
             4 => Status::InitializerPanicked,
             5 => Status::Ready,
+            6 => Status::Partial,
             _ => return None,
         })
     }
@@ -188,6 +196,9 @@ pub(crate) fn set_task_addresses(frame: &mut [u8], trampoline: u64, function: u6
     frame[LEN + 8..LEN + 16].copy_from_slice(&trampoline.to_le_bytes());
     frame[LEN + 16..LEN + 24].copy_from_slice(&function.to_le_bytes());
 }
+
+/// Where a task frame's argument starts (length prefix included).
+pub(crate) const TASK_ARG_START: usize = LEN + TASK_HEADER;
 
 /// Sets the id and the time limit of a task frame built by [`begin_task`].
 pub(crate) fn stamp_task(frame: &mut [u8], id: u64, limit_us: u64) {
@@ -290,7 +301,6 @@ pub(crate) struct Bytes {
 
 impl Bytes {
     /// `buf` from `start` on.
-    #[cfg(feature = "mpi")]
     pub(crate) fn from_vec(buf: Vec<u8>, start: usize) -> Bytes {
         debug_assert!(start <= buf.len());
         Bytes {

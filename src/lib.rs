@@ -56,7 +56,7 @@
 //! | `res.get(timeout)` | [`get_timeout`](AsyncResult::get_timeout) ([`Error::WaitTimedOut`], the result stays obtainable) |
 //! | `fut.cancel()` (concurrent.futures, pebble) | [`cancel`](AsyncResult::cancel): a queued task never runs, a running one's worker is killed and replaced; [`Error::Cancelled`] |
 //! | `pool.map(f, xs)`, `pool.map(f, xs, chunksize)` | [`map`](Pool::map), [`map_chunked`](Pool::map_chunked); an error names the input item, [`Error::Item`] (`"item 17: ..."`; [`Error::index`], [`Error::cause`]) |
-//! | each item's own outcome (pebble's `map` futures) | [`map_each`](Pool::map_each), [`map_each_chunked`](Pool::map_each_chunked): `Vec<Result<R>>` in input order |
+//! | each item's own outcome (pebble's `map` futures) | [`map_each`](Pool::map_each), [`map_each_chunked`](Pool::map_each_chunked): `Vec<Result<R>>` in input order; a worker's death in the middle of a chunk fails only the item it ran |
 //! | `pool.map_async(f, xs)` | [`map_async`](Pool::map_async) |
 //! | `pool.imap(f, xs)`, `pool.imap_unordered(f, xs)` | [`imap`](Pool::imap), [`imap_unordered`](Pool::imap_unordered) |
 //! | `pool.imap(f, xs, n)`, `pool.imap_unordered(f, xs, n)` | [`imap_chunked`](Pool::imap_chunked), [`imap_unordered_chunked`](Pool::imap_unordered_chunked) |
@@ -179,6 +179,7 @@ mod error;
 mod feed;
 mod frame;
 mod imap;
+mod ledger;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod pool;

@@ -253,7 +253,8 @@ impl PoolBuilder {
     ///
     /// For [`map`](Pool::map) and [`map_chunked`](Pool::map_chunked) the limit applies to each
     /// item, not to the chunk: the worker restarts its clock before each item of a chunk, and an
-    /// item that runs past it fails the chunk with [`Error::TimedOut`]. [`imap`](Pool::imap)
+    /// item that runs past it fails with [`Error::TimedOut`] (in `map_each`, that item alone;
+    /// the others keep their results). [`imap`](Pool::imap)
     /// items are tasks of their own.
     ///
     /// The worker enforces the limit itself with a SIGALRM timer, so a task that installs its
@@ -782,9 +783,10 @@ impl Pool {
     /// If any item fails, the error of the first failing item in input order, once every
     /// chunk has finished, as an [`Error::Item`] naming the item's position (`"item 17: the
     /// task panicked: ..."`; [`Error::index`] gives it, and [`Error::cause`] the underlying
-    /// [`Error::TaskPanicked`], [`Error::WorkerDied`], ...). A panic is pinned to its item; a
-    /// worker that dies in the middle of a chunk fails the whole chunk, and the error names
-    /// the chunk's items. To keep every other item's result, use
+    /// [`Error::TaskPanicked`], [`Error::WorkerDied`], ...). A panic is pinned to its item, and
+    /// so is a worker's death (or time limit) in the middle of a chunk: the worker records in
+    /// shared memory how far it got, so the error names the item it was running, and the rest
+    /// of that chunk is not run. To keep every other item's result, use
     /// [`map_each`](Pool::map_each). [`Error::Closed`] if the pool takes
     /// no tasks, [`Error::ForkedProcess`] in a child made by `fork()`. [`Error::Encode`] for an
     /// item that cannot be encoded: nothing is sent if it is in the first chunks (two per
@@ -848,11 +850,15 @@ impl Pool {
     /// with [`Error::Terminated`] if the pool was terminated meanwhile.
     ///
     /// Each item's panic is caught on its own, so the rest of its chunk runs on. A worker that
-    /// dies (abort, SIGSEGV, `exit`) or times out in the middle of a chunk fails every item of
-    /// that chunk with that error (an [`Error::Item`] whose `items` is the chunk's length):
-    /// which item it was running, and which had finished, is not known, and no item is run a
-    /// second time. Use [`map_each_chunked`](Pool::map_each_chunked) with chunks of one item
-    /// where crashes must fail exactly their own item.
+    /// dies (abort, SIGSEGV, `exit`) or times out in the middle of a chunk fails only the item
+    /// it was running, with that error (an [`Error::Item`] naming it, `items` 1): the items of
+    /// the chunk that had finished keep their results, which the worker records in a small
+    /// region of memory it shares with the pool (its *ledger*) as each item ends, and the items
+    /// not yet started run in another worker. No item is run a second time.
+    ///
+    /// # Caveats
+    /// Over MPI (feature `mpi`), a death on another rank still fails every item of its chunk,
+    /// with an error naming the item it was running.
     ///
     /// # Errors
     /// As [`map`](Pool::map) for the call itself.
@@ -882,8 +888,8 @@ impl Pool {
         self.map_each_in(f, args, None)
     }
 
-    /// [`map_each`](Pool::map_each) with `chunksize` items sent to a worker at a time. With
-    /// chunks of one item, a worker's death fails exactly the item it was running.
+    /// [`map_each`](Pool::map_each) with `chunksize` items sent to a worker at a time. Whatever
+    /// the chunk size, a worker's death fails exactly the item it was running.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a chunk size of 0; otherwise as

@@ -349,8 +349,10 @@ fn chunk_span(i: usize, chunksize: usize, len: usize) -> (usize, usize) {
 }
 
 /// Every item's own result, in input order, from chunks made by
-/// [`task::chunk_each`](crate::task::chunk_each): a panic fails its item alone; a chunk that
-/// failed as a whole (its worker died) fails each of its items, with the chunk's error.
+/// [`task::chunk_each`](crate::task::chunk_each): a panic fails its item alone, and so does a
+/// worker's death in the middle of a chunk (the dispatcher records the item as lost among the
+/// others' results); a chunk that failed as a whole (a death the worker's ledger cannot place,
+/// a broken protocol) fails each of its items, with the chunk's error.
 pub(crate) fn finish_each<R: DeserializeOwned + 'static>(
     parts: Vec<Outcome>,
     chunksize: usize,
@@ -361,15 +363,12 @@ pub(crate) fn finish_each<R: DeserializeOwned + 'static>(
         let (base, items) = chunk_span(i, chunksize, len);
         let decoded = part.and_then(decode_result_owned::<Vec<crate::task::Each<R>>>);
         match decoded {
-            Ok(results) if results.len() == items => {
-                all.extend(results.into_iter().enumerate().map(|(j, r)| {
-                    r.map_err(|(message, location)| Error::Item {
-                        index: base + j,
-                        items: 1,
-                        source: Box::new(Error::TaskPanicked { message, location }),
-                    })
-                }))
-            }
+            Ok(results) if results.len() == items => all.extend(
+                results
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, r)| r.map_err(|failed| crate::task::failed_item(failed, base + j))),
+            ),
             Ok(results) => {
                 let error = Error::Decode {
                     what: "result",

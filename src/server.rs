@@ -66,10 +66,20 @@ fn serve_loop(sock: RawFd, worker_mask: &libc::sigset_t, config: WorkerConfig) -
         let [kind, a, _] = proto::parse(&buf);
         match kind {
             SPAWN => {
-                let [task, reply] = match <[_; 2]>::try_from(fds) {
-                    Ok(pair) => pair,
+                let [task, reply, ledger] = match <[_; 3]>::try_from(fds) {
+                    Ok(fds) => fds,
                     Err(_) => {
                         send(sock, SPAWN_FAILED, a, libc::EBADF as u64)?;
+                        continue;
+                    }
+                };
+                // Mapped here, before the fork, so the worker inherits the mapping and holds no
+                // descriptor for it (see crate::ledger).
+                let region = match sys::SharedRegion::map(&ledger, crate::ledger::LEDGER_BYTES) {
+                    Ok(region) => region,
+                    Err(e) => {
+                        let errno = e.raw_os_error().unwrap_or(libc::ENOMEM);
+                        send(sock, SPAWN_FAILED, a, errno as u64)?;
                         continue;
                     }
                 };
@@ -82,7 +92,7 @@ fn serve_loop(sock: RawFd, worker_mask: &libc::sigset_t, config: WorkerConfig) -
                         let [input, output] = unsafe {
                             sys::child_setup(me, worker_mask, [task.as_raw_fd(), reply.as_raw_fd()])
                         };
-                        worker::serve(input, output, config);
+                        worker::serve(input, output, Some(region), config);
                     }
                     Ok(pid) => {
                         live.push(pid);
@@ -95,7 +105,9 @@ fn serve_loop(sock: RawFd, worker_mask: &libc::sigset_t, config: WorkerConfig) -
                         e.raw_os_error().unwrap_or(libc::EAGAIN) as u64,
                     )?,
                 }
-                // `task` and `reply` drop here: only the worker holds them now.
+                // The server's mapping of the ledger goes with `region`.
+                drop(region);
+                // `task`, `reply` and `ledger` drop here: only the worker holds them now.
             }
             KILL => {
                 let pid = a as Pid;

@@ -23,6 +23,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::error::ExitCause;
+use crate::ledger::Ledger;
 use crate::proto::{self, EXITED, KILL, MESSAGE, SPAWN, SPAWNED, SPAWN_FAILED};
 use crate::sys::{self, Pid, SignalSet};
 use crate::worker::WorkerConfig;
@@ -54,6 +55,9 @@ pub(crate) struct Pipes {
     pub(crate) tasks: Option<OwnedFd>,
     /// The reply pipe's read end.
     pub(crate) replies: OwnedFd,
+    /// The worker's ledger, which it records its progress in; `None` for a worker that has
+    /// none (the dispatcher's unit tests).
+    pub(crate) ledger: Option<Ledger>,
 }
 
 impl Pipes {
@@ -64,6 +68,7 @@ impl Pipes {
         Ok(Pipes {
             tasks: Some(tasks),
             replies,
+            ledger: None,
         })
     }
 
@@ -311,10 +316,12 @@ impl Processes for ForkServer {
         }
         let (task_r, task_w) = sys::pipe().map_err(sys::failed("pipe"))?;
         let (reply_r, reply_w) = sys::pipe().map_err(sys::failed("pipe"))?;
-        let pipes = Pipes::new(task_w, reply_r)?;
+        let mut pipes = Pipes::new(task_w, reply_r)?;
+        let (ledger, ledger_fd) = Ledger::create().map_err(sys::failed("memfd_create"))?;
+        pipes.ledger = Some(ledger);
         let token = self.next_token;
         self.next_token += 1;
-        self.send(SPAWN, token, vec![task_r, reply_w]);
+        self.send(SPAWN, token, vec![task_r, reply_w, ledger_fd]);
         Ok((token, pipes))
     }
 
@@ -395,7 +402,7 @@ mod tests {
         let (token, _pipes) = server.spawn().unwrap();
         let mut request = [0u8; MESSAGE];
         let (n, fds) = sys::recv_with_fds(theirs.as_raw_fd(), &mut request).unwrap();
-        assert_eq!((n, fds.len()), (MESSAGE, 2));
+        assert_eq!((n, fds.len()), (MESSAGE, 3));
         assert_eq!(proto::parse(&request), [SPAWN, token, 0]);
         let mut answer = proto::message(SPAWNED, token, 4242).to_vec();
         answer.extend_from_slice(&proto::message(EXITED, 99, 1 << 32 | 9));

@@ -397,7 +397,7 @@ const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
 const SEND_FLAGS: libc::c_int = 0;
 
 /// The most descriptors one message carries.
-const MAX_FDS: usize = 2;
+const MAX_FDS: usize = 3;
 
 /// Room for a control message carrying [`MAX_FDS`] descriptors, aligned for `cmsghdr`.
 #[repr(C)]
@@ -430,7 +430,7 @@ pub(crate) fn send_some(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<
         let mut control = ControlBuf { bytes: [0; 64] };
         // SAFETY: msghdr is plain data; every pointer in it refers to locals that outlive the
         // sendmsg call, and the control buffer is large enough and aligned for the header and
-        // MAX_FDS descriptors (CMSG_SPACE of 8 bytes is at most 32 bytes).
+        // MAX_FDS descriptors (CMSG_SPACE of 12 bytes is at most 32 bytes).
         let n = unsafe {
             let mut msg: libc::msghdr = std::mem::zeroed();
             msg.msg_iov = &mut iov;
@@ -1274,6 +1274,83 @@ impl Drop for Mapping {
             unsafe {
                 libc::munmap(self.ptr, self.len);
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared writable memory, for a worker's ledger (src/ledger.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// A memfd of `len` zeroed bytes (close-on-exec), to be mapped by two processes.
+#[cfg(target_os = "linux")]
+pub(crate) fn memfd_sized(name: &std::ffi::CStr, len: usize) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is a valid NUL-terminated string; the flag is valid for memfd_create.
+    let fd = syscall!(memfd_create(name.as_ptr(), libc::MFD_CLOEXEC))?;
+    // SAFETY: memfd_create succeeded, so `fd` is open and owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `fd` is open; ftruncate takes a length and touches no memory of ours.
+    syscall!(ftruncate(fd.as_raw_fd(), len as libc::off_t))?;
+    Ok(fd)
+}
+
+/// Without memfd there is no ledger: the pool works as it did before ledgers.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn memfd_sized(_name: &std::ffi::CStr, _len: usize) -> io::Result<OwnedFd> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// A shared, writable mapping of a whole file, unmapped on drop. Another process may map the
+/// same file and write it at any time: the bytes are only ever read through raw pointers and
+/// atomics (see [`SharedRegion::as_ptr`]), never as a Rust reference that claims they hold
+/// still.
+#[derive(Debug)]
+pub(crate) struct SharedRegion {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the region is owned by this value; what it points to is plain memory that every
+// access reads or writes through raw pointers (the owner of the value decides who writes).
+unsafe impl Send for SharedRegion {}
+
+impl SharedRegion {
+    /// Maps the first `len` bytes (more than 0) of `fd` for reading and writing, shared.
+    pub(crate) fn map(fd: &OwnedFd, len: usize) -> io::Result<SharedRegion> {
+        // SAFETY: a fresh mapping chosen by the kernel (null hint), of an open descriptor;
+        // nothing else is touched.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SharedRegion { ptr, len })
+    }
+
+    /// The first byte; `len` bytes from it are mapped until drop.
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.cast()
+    }
+
+    /// How many bytes are mapped.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for SharedRegion {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` and `len` are exactly what mmap returned, unmapped only here.
+        unsafe {
+            libc::munmap(self.ptr, self.len);
         }
     }
 }

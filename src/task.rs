@@ -14,9 +14,10 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::codec;
-use crate::error::{Error, Result};
+use crate::codec::{self, SeqIndex};
+use crate::error::{Error, ExitCause, Result};
 use crate::frame::{self, Bytes, OutFrame, Status, TaskHeader};
+use crate::ledger;
 use crate::sys;
 
 /// The erased signature of every trampoline: the function's address, the argument bytes, the
@@ -76,24 +77,94 @@ where
 
 /// Builds the frame for one chunk of [`Pool::map_each`](crate::Pool::map_each): as [`chunk`],
 /// but each item's panic is caught on its own, and the results come back as one
-/// `Vec<Each<R>>`: every item of the chunk runs, whatever the others do.
+/// `Vec<Each<R>>`: every item of the chunk runs, whatever the others do. Also returns where
+/// each item's argument starts, so that the items after one can be sent again as a chunk of
+/// their own should the worker die at that one ([`tail`]).
 ///
 /// # Errors
 /// [`Error::Encode`] if an argument cannot be encoded; nothing is sent then.
-pub(crate) fn chunk_each<A, R, B>(f: fn(A) -> R, args: &[B]) -> Result<OutFrame>
+pub(crate) fn chunk_each<A, R, B>(f: fn(A) -> R, args: &[B]) -> Result<(OutFrame, SeqIndex)>
 where
     A: Serialize + DeserializeOwned + 'static,
     R: Serialize + DeserializeOwned + 'static,
     B: Borrow<A>,
 {
     let mut head = begin(call_chunk_each::<A, R>, f as usize);
-    codec::encode_seq::<A, B>(args, &mut head).map_err(encode_error)?;
-    Ok(sealed(head, Vec::new()))
+    let index = codec::encode_seq_indexed::<A, B>(args, &mut head).map_err(encode_error)?;
+    Ok((sealed(head, Vec::new()), index))
 }
 
-/// One item's result in a [`chunk_each`] reply: its value, or its panic's message and
-/// location.
-pub(crate) type Each<R> = std::result::Result<R, (String, Option<String>)>;
+/// The frame of the items of a chunk frame built by [`chunk_each`] from item `from` on, with
+/// their index: the same task on fewer items.
+pub(crate) fn tail(frame: &OutFrame, index: &SeqIndex, from: usize) -> (OutFrame, SeqIndex) {
+    let start = frame::TASK_ARG_START;
+    let mut head = frame.head[..start].to_vec();
+    let index = codec::seq_tail(&frame.head[start..], index, from, &mut head);
+    (sealed(head, Vec::new()), index)
+}
+
+/// One item's result in a [`chunk_each`] reply: its value, or why it has none.
+pub(crate) type Each<R> = std::result::Result<R, Failed>;
+
+/// Why an item of a [`chunk_each`] reply has no value: it panicked (`Ok((message,
+/// location))`), or its worker was lost while it ran (`Err`, written by the parent: see
+/// [`lost_item`]).
+pub(crate) type Failed = std::result::Result<(String, Option<String>), Lost>;
+
+/// A lost item, as the parent records it among the results of a chunk: `(kind, pid, code,
+/// limit in microseconds)`, kind 0 for a worker killed by signal `code`, 1 for one that exited
+/// with status `code`, 2 for a time limit.
+type Lost = (u8, u32, i32, u64);
+
+/// The encoding of a [`chunk_each`] item that failed with `error` because its worker was lost
+/// (it died, or was killed past the item's time limit), to stand among the results of the
+/// items that finished. `None` for any other error.
+pub(crate) fn lost_item(error: &Error) -> Option<Vec<u8>> {
+    let lost: Lost = match *error {
+        Error::WorkerDied {
+            pid,
+            cause: ExitCause::Signal(sig),
+            ..
+        } => (0, pid, sig, 0),
+        Error::WorkerDied {
+            pid,
+            cause: ExitCause::Exited(code),
+            ..
+        } => (1, pid, code, 0),
+        Error::TimedOut { pid, limit } => {
+            (2, pid, 0, limit.as_micros().min(u64::MAX as u128) as u64)
+        }
+        _ => return None,
+    };
+    let item: Each<()> = Err(Err(lost));
+    codec::encode_element(&item).ok()
+}
+
+/// The error of an item that has no value, as [`Error::Item`] at `index`.
+pub(crate) fn failed_item(failed: Failed, index: usize) -> Error {
+    let source = match failed {
+        Ok((message, location)) => Error::TaskPanicked { message, location },
+        Err((0, pid, sig, _)) => Error::WorkerDied {
+            pid,
+            cause: ExitCause::Signal(sig),
+            host: None,
+        },
+        Err((1, pid, code, _)) => Error::WorkerDied {
+            pid,
+            cause: ExitCause::Exited(code),
+            host: None,
+        },
+        Err((_, pid, _, limit_us)) => Error::TimedOut {
+            pid,
+            limit: Duration::from_micros(limit_us),
+        },
+    };
+    Error::Item {
+        index,
+        items: 1,
+        source: Box::new(source),
+    }
+}
 
 /// In a worker: the position, within the chunk being run, of the item being run;
 /// `usize::MAX` outside a chunk. A worker runs one task at a time on one thread, so a plain
@@ -296,6 +367,7 @@ unsafe fn call_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
                     .enumerate()
                     .map(|(i, a)| {
                         CHUNK_ITEM.store(i, Relaxed);
+                        ledger::finished(i);
                         f(a)
                     })
                     .collect(),
@@ -305,6 +377,7 @@ unsafe fn call_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
                     .enumerate()
                     .map(|(i, a)| {
                         CHUNK_ITEM.store(i, Relaxed);
+                        ledger::finished(i);
                         sys::set_alarm(limit);
                         f(a)
                     })
@@ -327,25 +400,34 @@ unsafe fn call_chunk_each<A: DeserializeOwned + 'static, R: Serialize + 'static>
 ) -> Status {
     // SAFETY: the caller guarantees `function` is a `fn(A) -> R` of this program.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function as usize) };
-    match codec::decode::<Vec<A>>(&arg) {
-        Ok(args) => {
-            let results: Vec<Each<R>> = args
-                .into_iter()
-                .map(|a| {
-                    if limit.is_some() {
-                        sys::set_alarm(limit);
-                    }
-                    crate::worker::take_location();
-                    panic::catch_unwind(AssertUnwindSafe(|| f(a))).map_err(|payload| {
-                        let location = crate::worker::take_location();
-                        (crate::worker::panic_message(payload), location)
-                    })
-                })
-                .collect();
-            encode_result(results, out)
+    let args = match codec::decode::<Vec<A>>(&arg) {
+        Ok(args) => args,
+        Err(message) => return error_reply(out, Status::DecodeFailed, &message),
+    };
+    // Each result goes to the ledger as soon as it is known, so that it outlives the worker.
+    let mut ledger = ledger::Recorder::new();
+    for a in args {
+        if limit.is_some() {
+            sys::set_alarm(limit);
         }
-        Err(message) => error_reply(out, Status::DecodeFailed, &message),
+        crate::worker::take_location();
+        let result: Each<R> = panic::catch_unwind(AssertUnwindSafe(|| f(a))).map_err(|payload| {
+            let location = crate::worker::take_location();
+            Ok((crate::worker::panic_message(payload), location))
+        });
+        let recorded = ledger.push(
+            |buf| codec::encode_to_slice(&result, buf),
+            || codec::encode_element(&result),
+        );
+        if let Err(message) = recorded {
+            return error_reply(out, Status::EncodeFailed, &message);
+        }
     }
+    // The items not sent in partial frames, as a sequence of their own.
+    codec::seq_header(ledger.count() as usize, &mut out.head);
+    out.head.extend_from_slice(ledger.held());
+    out.tail = Vec::new();
+    Status::Ok
 }
 
 fn encode_result<R: Serialize + 'static>(result: R, out: &mut OutFrame) -> Status {

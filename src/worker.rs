@@ -30,8 +30,9 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use crate::frame::{self, Bytes, FrameReader, OutFrame, Status};
+use crate::ledger;
 use crate::spin::Spin;
-use crate::sys;
+use crate::sys::{self, SharedRegion};
 use crate::task;
 
 /// Exit status of a worker whose own loop (not a task) panicked.
@@ -81,7 +82,14 @@ pub(crate) struct WorkerConfig {
 }
 
 /// Serves tasks from `input` and replies on `output` until done, then ends the process.
-pub(crate) fn serve(input: RawFd, output: RawFd, config: WorkerConfig) -> ! {
+/// `ledger` is the region shared with the pool in which chunks record their progress (see
+/// [`crate::ledger`]).
+pub(crate) fn serve(
+    input: RawFd,
+    output: RawFd,
+    ledger: Option<SharedRegion>,
+    config: WorkerConfig,
+) -> ! {
     sys::set_process_name(c"forkpool-worker");
     // Best effort: without a group of its own, a killed worker's programs outlive it.
     let _ = sys::own_process_group();
@@ -89,6 +97,7 @@ pub(crate) fn serve(input: RawFd, output: RawFd, config: WorkerConfig) -> ! {
     // system call per answer): a task's fork() through libc refreshes it in the copy.
     sys::watch_forks();
     let me = sys::cached_pid();
+    ledger::install(ledger, output, config.max_frame);
     let code = panic::catch_unwind(AssertUnwindSafe(|| serve_loop(input, output, config, me)));
     let code = code.unwrap_or(EXIT_PANICKED);
     still_me(me);
@@ -161,6 +170,7 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: u32) -> i32
             return EXIT_PROTOCOL;
         };
         let started = Instant::now();
+        ledger::begin(header.id);
         frame::begin_reply(&mut out.head, header.id, Status::Ok);
         let status = match &init_failure {
             Some(message) => task::error_reply(&mut out, Status::InitializerPanicked, message),
@@ -432,7 +442,9 @@ fn write_frame(fd: RawFd, frame: &OutFrame) -> std::io::Result<()> {
 struct Lent {
     /// Each kept tail, with how many bytes had gone into the pipe in all once it was in.
     tails: Vec<(u64, Vec<u8>)>,
-    /// Bytes written to the reply pipe in all.
+    /// Bytes written to the reply pipe in all by [`write_frame`]. The partial frames of a chunk
+    /// (`ledger.rs`) are written elsewhere and not counted: that only makes a tail wait longer
+    /// (what looks read is then less than what is), never freed early.
     written: u64,
 }
 

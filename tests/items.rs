@@ -87,23 +87,21 @@ fn map_names_the_item_whose_worker_died_or_the_chunk_it_died_in() {
         assert_eq!(err.index(), Some(17));
         assert!(is_abort(&err), "{err:?}");
         assert!(err.to_string().starts_with("item 17: worker "), "{err}");
-        // In a chunk of 3 (15, 16, 17), which item was running is not known; the error says so.
+        // In a chunk of 3 (15, 16, 17) too: the worker's ledger says which item it was
+        // running (issue 10, item 4c).
         let err = pool.map_chunked(aborts_on_17, 0..21, 3).unwrap_err();
         assert!(
             matches!(
                 err,
                 Error::Item {
-                    index: 15,
-                    items: 3,
+                    index: 17,
+                    items: 1,
                     ..
                 }
             ),
             "{err:?}"
         );
-        assert!(
-            err.to_string().starts_with("items 15 to 17 (one chunk"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("item 17: worker "), "{err}");
     })
 }
 
@@ -185,19 +183,20 @@ fn map_each_with_chunks_of_one_fails_only_the_item_that_aborted_and_runs_none_tw
 }
 
 #[test]
-fn map_each_in_a_chunk_a_worker_died_in_fails_that_chunk_only() {
+fn map_each_in_a_chunk_a_worker_died_in_fails_that_item_only() {
     within(LIMIT, || {
         let pool = Pool::new(2).unwrap();
+        // 15 and 16 finished before 17 aborted: the ledger kept their results.
         let each = pool.map_each_chunked(aborts_on_17, 0..21, 3).unwrap();
         for (i, r) in each.iter().enumerate() {
-            if (15..18).contains(&i) {
+            if i as u64 == POISON {
                 let e = r.as_ref().unwrap_err();
                 assert!(
                     matches!(
                         e,
                         Error::Item {
-                            index: 15,
-                            items: 3,
+                            index: 17,
+                            items: 1,
                             ..
                         }
                     ),

@@ -115,12 +115,16 @@ fn the_builders_limit_applies_to_apply_map_items_and_imap() {
             pool.map_chunked(nap, vec![100; 10], 10).unwrap(),
             vec![100; 10]
         );
-        // One slow item fails its chunk with TimedOut.
+        // One slow item fails its chunk with TimedOut, naming that item (the worker's ledger
+        // says which it was running) and the limit of one item.
         let mut items = vec![10; 20];
         items[13] = 5_000;
         let err = pool.map_chunked(nap, items.clone(), 5).unwrap_err();
-        assert!(matches!(err.cause(), Error::TimedOut { .. }), "{err:?}");
-        assert_eq!(err.index(), Some(10), "the chunk of items 10 to 14");
+        assert!(
+            matches!(err.cause(), Error::TimedOut { limit, .. } if *limit == MS(400)),
+            "{err:?}"
+        );
+        assert_eq!(err.index(), Some(13), "the item that ran out of time");
         let got: Vec<_> = pool.imap(nap, items).unwrap().collect();
         for (i, r) in got.into_iter().enumerate() {
             if i == 13 {

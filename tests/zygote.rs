@@ -41,7 +41,7 @@ fn main() {
     }
     LATE.store(7, Ordering::Relaxed);
     scenario::watchdog(Duration::from_secs(600));
-    let checks: [(&str, fn()); 12] = [
+    let checks: [(&str, fn()); 13] = [
         (
             "a_killed_zygote_is_reaped_and_later_pools_fork_their_own_server",
             a_killed_zygote_is_reaped_and_later_pools_fork_their_own_server,
@@ -85,6 +85,10 @@ fn main() {
         (
             "a_task_can_build_a_pool_of_its_own",
             a_task_can_build_a_pool_of_its_own,
+        ),
+        (
+            "a_death_mid_chunk_fails_only_its_item_through_the_zygote",
+            a_death_mid_chunk_fails_only_its_item_through_the_zygote,
         ),
         (
             "the_zygote_and_its_servers_die_with_the_program",
@@ -298,6 +302,64 @@ fn workers_are_forked_from_the_zygote() {
     // The zygote is single-threaded.
     let status = std::fs::read_to_string(format!("/proc/{zygote}/status")).unwrap();
     assert!(status.lines().any(|l| l == "Threads:\t1"), "{status}");
+    pool.close();
+    pool.join().unwrap();
+}
+
+fn aborts_on_6(x: u64) -> u64 {
+    if x == 6 {
+        std::process::abort();
+    }
+    x * 10
+}
+
+/// Issue 10, item 4c, with the fork server forked by the zygote: the worker's ledger still
+/// reaches it (a third descriptor of the spawn request), so in a chunk of 10 whose item 6
+/// aborts, `map_each` keeps the other nine results and `map` names item 6.
+fn a_death_mid_chunk_fails_only_its_item_through_the_zygote() {
+    let pool = Pool::builder()
+        .processes(2)
+        .print_panics(false)
+        .build()
+        .unwrap();
+    let each = pool.map_each_chunked(aborts_on_6, 0..10, 10).unwrap();
+    for (i, r) in each.iter().enumerate() {
+        if i == 6 {
+            let e = r.as_ref().unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::Item {
+                        index: 6,
+                        items: 1,
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            assert!(matches!(
+                e.cause(),
+                Error::WorkerDied {
+                    cause: ExitCause::Signal(6),
+                    ..
+                }
+            ));
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), i as u64 * 10);
+        }
+    }
+    let err = pool.map_chunked(aborts_on_6, 0..10, 10).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Item {
+                index: 6,
+                items: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     pool.close();
     pool.join().unwrap();
 }

@@ -608,9 +608,19 @@ impl<P: Processes> Dispatcher<P> {
         if why == Some(Why::Cancelled) && !front_cancelled {
             // It was killed for a cancelled task, but finished that one before the signal
             // came and had started the next: that task is not to suffer for it, and runs
-            // again elsewhere.
-            for sent in w.work.inflight.into_iter().rev() {
+            // again elsewhere (of a chunk of `map_each`, only the items it had not finished).
+            let mut inflight = w.work.inflight.into_iter();
+            let mut again = None;
+            if w.work.written > 0 {
+                let running = inflight.next().expect("a written task is in flight");
+                let committed = w.pipes.ledger.as_ref().map(|l| l.committed(running.id));
+                again = running.task.interrupted(committed, self.front.counters());
+            }
+            for sent in inflight.rev() {
                 self.queue.push_front(sent.task);
+            }
+            if let Some(task) = again {
+                self.queue.push_front(task);
             }
             return;
         }
@@ -646,12 +656,28 @@ impl<P: Processes> Dispatcher<P> {
             }
             return;
         }
+        let mut rest = None;
         if w.work.written > 0 {
             let running = inflight.next().expect("a written task is in flight");
-            running.task.finish(Err(error), self.front.counters());
+            let counters = self.front.counters();
+            match (&w.pipes.ledger, &error) {
+                // A cancel ends the whole task, and a broken protocol leaves nothing to trust.
+                (_, Error::Cancelled | Error::Protocol { .. }) | (None, _) => {
+                    running.task.finish(Err(error), counters)
+                }
+                // What the worker recorded says which item it died in (see crate::ledger).
+                (Some(ledger), _) => {
+                    let committed = ledger.committed(running.id);
+                    rest = running.task.lost(committed, error, pid, counters);
+                }
+            }
         }
         for sent in inflight.rev() {
             self.queue.push_front(sent.task);
+        }
+        // The items after the one that was lost: no worker has started them.
+        if let Some(task) = rest {
+            self.queue.push_front(task);
         }
     }
 

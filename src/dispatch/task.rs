@@ -4,10 +4,13 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::codec::{self, SeqIndex};
 use crate::error::Error;
-use crate::frame::{OutFrame, Reply, Status};
+use crate::frame::{Bytes, OutFrame, Reply, Status};
+use crate::ledger::{self, Committed};
 use crate::result::{Outcome, Sink, Slot};
 use crate::stats::Counters;
+use crate::task;
 
 /// How long past a task's time limit the dispatcher waits for the worker's own timer (SIGALRM)
 /// before it has the worker killed itself.
@@ -24,6 +27,22 @@ pub(crate) struct Task {
     items: u32,
     /// The slot whose cancel cancels this task, if it can be cancelled.
     watch: Option<Arc<Slot>>,
+    /// For a chunk of `map_each`: where each item's argument starts in the frame, so that the
+    /// items after a lost one can be sent again.
+    index: Option<SeqIndex>,
+    /// Results that came before this task's final reply: in partial frames, and, for the rest
+    /// of a chunk whose worker died, those of the items before it.
+    pieces: Option<Box<Pieces>>,
+    /// Items of this task that came in partial frames, and their bytes.
+    partial_items: u64,
+    partial_bytes: usize,
+}
+
+/// The encoded results of the first `items` items of a chunk, back to back.
+#[derive(Debug, Default)]
+struct Pieces {
+    items: u64,
+    bytes: Vec<u8>,
 }
 
 impl Task {
@@ -34,7 +53,193 @@ impl Task {
             limit: None,
             items: 1,
             watch: None,
+            index: None,
+            pieces: None,
+            partial_items: 0,
+            partial_bytes: 0,
         }
+    }
+
+    /// Marks the task as a chunk of `map_each` (built by `task::chunk_each`, which gave
+    /// `index`): should its worker die in the middle, the items that finished keep their
+    /// results, the one it ran fails, and the rest run again as a task of their own.
+    pub(crate) fn each_chunk(mut self, index: SeqIndex) -> Task {
+        self.index = Some(index);
+        self
+    }
+
+    /// Takes the payload of a partial reply frame ([`Status::Partial`]) for this task.
+    ///
+    /// # Errors
+    /// A message for the protocol error, if the payload does not follow on what came before.
+    pub(super) fn take_partial(&mut self, payload: &[u8]) -> Result<(), String> {
+        let (first, count, bytes) = ledger::parse_partial(payload)?;
+        let expected = self.partial_items;
+        let left = u64::from(self.items) - expected;
+        if first != expected || count > left || count == 0 {
+            return Err(format!(
+                "a partial reply of items {first} to {first}+{count} of a task of {} items, \
+                 after {expected} of them",
+                self.items
+            ));
+        }
+        let pieces = self.pieces.get_or_insert_with(Box::default);
+        pieces.items += count;
+        pieces.bytes.extend_from_slice(bytes);
+        self.partial_items += count;
+        self.partial_bytes += bytes.len();
+        Ok(())
+    }
+
+    /// The task's worker was killed for another task's sake (a cancel it had already
+    /// answered) while it ran this one, which is not to suffer for it: the task runs again
+    /// elsewhere. For a chunk of `map_each` whose worker's ledger (`committed`) makes sense,
+    /// the items it finished keep their results and only the rest runs again, from the item
+    /// it was running; otherwise the whole task does, and what its partial frames brought is
+    /// forgotten. `None` if nothing is left to run (its result is delivered).
+    pub(super) fn interrupted(
+        mut self,
+        committed: Option<Result<Option<Committed>, String>>,
+        counters: &Counters,
+    ) -> Option<Task> {
+        let items = u64::from(self.items);
+        if let (Some(index), Some(Ok(Some(c)))) = (&self.index, committed) {
+            let done = self.partial_items.saturating_add(c.count as u64);
+            if c.first == self.partial_items && done <= items {
+                let mut pieces = self.pieces.take().unwrap_or_default();
+                pieces.items += c.count as u64;
+                pieces.bytes.extend_from_slice(&c.bytes);
+                if done == items {
+                    self.finish(Ok(assemble(&pieces, 0, &[])), counters);
+                    return None;
+                }
+                let (frame, index) = task::tail(&self.frame, index, done as usize);
+                return Some(Task {
+                    frame,
+                    sink: std::mem::replace(&mut self.sink, Sink::then(drop)),
+                    limit: self.limit,
+                    items: (items - done) as u32,
+                    watch: self.watch.take(),
+                    index: Some(index),
+                    pieces: Some(pieces),
+                    partial_items: 0,
+                    partial_bytes: 0,
+                });
+            }
+        }
+        if let Some(pieces) = &mut self.pieces {
+            pieces.items -= self.partial_items;
+            let keep = pieces.bytes.len() - self.partial_bytes;
+            pieces.bytes.truncate(keep);
+            if pieces.items == 0 {
+                self.pieces = None;
+            }
+        }
+        self.partial_items = 0;
+        self.partial_bytes = 0;
+        Some(self)
+    }
+
+    /// What a final reply means for this task's caller: [`outcome`], with the results that came
+    /// before it put in front.
+    pub(super) fn outcome_of(&mut self, reply: Reply) -> Outcome {
+        match self.pieces.take() {
+            Some(pieces) if reply.status == Status::Ok => {
+                let (n, items) =
+                    codec::split_seq(&reply.payload).map_err(|message| Error::Decode {
+                        what: "result",
+                        message,
+                    })?;
+                Ok(assemble(&pieces, n, items))
+            }
+            _ => outcome(reply),
+        }
+    }
+
+    /// The task's worker died running it (as `error` says). With what the worker's ledger
+    /// holds (`committed`: `Ok(None)` if it had not started the task), the items it finished
+    /// keep their results and the one it ran fails; for a chunk of `map_each`, the items after
+    /// that one come back as a new task to run elsewhere (none of them started), and the rest
+    /// of this one's results wait in it. Otherwise the task fails with `error`, naming the item
+    /// if it is known.
+    pub(super) fn lost(
+        mut self,
+        committed: Result<Option<Committed>, String>,
+        error: Error,
+        pid: u32,
+        counters: &Counters,
+    ) -> Option<Task> {
+        let committed = match committed {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                self.finish(Err(error), counters);
+                return None;
+            }
+            Err(message) => {
+                let message = format!("its ledger makes no sense: {message}");
+                self.finish(Err(Error::Protocol { pid, message }), counters);
+                return None;
+            }
+        };
+        let items = u64::from(self.items);
+        let done = self.partial_items.saturating_add(committed.count as u64);
+        if committed.first != self.partial_items || done > items {
+            let message = format!(
+                "its ledger says items {} to {}+{} of a task of {items} items are done, after \
+                 {} came in partial replies",
+                committed.first, committed.first, committed.count, self.partial_items
+            );
+            self.finish(Err(Error::Protocol { pid, message }), counters);
+            return None;
+        }
+        // The item ran out of its own time limit, not the chunk's.
+        let error = match (error, self.limit) {
+            (Error::TimedOut { pid, .. }, Some(limit)) if done < items => {
+                Error::TimedOut { pid, limit }
+            }
+            (error, _) => error,
+        };
+        let lost = task::lost_item(&error);
+        let (Some(index), Some(lost)) = (self.index.take(), lost.as_ref()) else {
+            // A chunk of `map` (its results are all or nothing) or any other task: the item
+            // it ran is named, if it was one of several.
+            let error = if items > 1 && done < items && lost.is_some() {
+                Error::Item {
+                    index: done as usize,
+                    items: 1,
+                    source: Box::new(error),
+                }
+            } else {
+                error
+            };
+            self.finish(Err(error), counters);
+            return None;
+        };
+        let mut pieces = self.pieces.take().unwrap_or_default();
+        pieces.items += committed.count as u64;
+        pieces.bytes.extend_from_slice(&committed.bytes);
+        if done < items {
+            pieces.items += 1;
+            pieces.bytes.extend_from_slice(lost);
+        }
+        let next = done + 1;
+        if next >= items {
+            let whole = assemble(&pieces, 0, &[]);
+            self.finish(Ok(whole), counters);
+            return None;
+        }
+        let (frame, index) = task::tail(&self.frame, &index, next as usize);
+        Some(Task {
+            frame,
+            sink: std::mem::replace(&mut self.sink, Sink::then(drop)),
+            limit: self.limit,
+            items: (items - next) as u32,
+            watch: self.watch.take(),
+            index: Some(index),
+            pieces: Some(pieces),
+            partial_items: 0,
+            partial_bytes: 0,
+        })
     }
 
     /// Makes the task cancellable through `slot`: once [`Slot::cancel`] succeeded, the
@@ -91,6 +296,15 @@ impl Task {
     }
 }
 
+/// The encoded sequence of the items in `pieces`, then the `n` items encoded in `rest`.
+fn assemble(pieces: &Pieces, n: u64, rest: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(10 + pieces.bytes.len() + rest.len());
+    codec::seq_header(pieces.items.saturating_add(n) as usize, &mut out);
+    out.extend_from_slice(&pieces.bytes);
+    out.extend_from_slice(rest);
+    Bytes::from_vec(out, 0)
+}
+
 /// `start + limit + BACKSTOP_SLACK`, or `None` if that overflows (no practical limit).
 pub(super) fn deadline(start: Instant, limit: Duration) -> Option<Instant> {
     start.checked_add(limit.checked_add(BACKSTOP_SLACK)?)
@@ -134,7 +348,9 @@ pub(super) fn outcome(reply: Reply) -> Outcome {
             message,
         },
         Status::InitializerPanicked => Error::InitializerPanicked { message },
-        Status::Ready => unreachable!("Ready frames are handled by the worker's reader"),
+        Status::Ready | Status::Partial => {
+            unreachable!("Ready and Partial frames are handled by the worker's reader")
+        }
     })
 }
 

@@ -609,3 +609,93 @@ fn tasks_long_in_the_worker_are_sent_one_at_a_time() {
         assert_eq!(d.workers[w].work.inflight.len(), 1);
     }
 }
+
+/// Issue 10, item 4c, at the seam: a chunk of `map_each` of five items whose worker sent item 0
+/// in a partial frame, recorded item 1 in its ledger, and died in item 2. Items 0 and 1 keep
+/// their results, item 2 fails with the death, and items 3 and 4 come back as a task of their
+/// own at the front of the queue, whose reply completes the chunk's one outcome.
+#[test]
+fn a_death_mid_chunk_keeps_what_the_partial_frames_and_the_ledger_hold() {
+    use crate::task::Each;
+    let now = Instant::now();
+    let (submitter, mut d) = dispatcher(1, now);
+    say_ready(&d, 0);
+    d.poll_once(None, Duration::from_secs(10));
+    let (ledger, _fd) = crate::ledger::Ledger::create().unwrap();
+    d.workers[0].pipes.ledger = Some(ledger);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let (frame, index) = crate::task::chunk_each(|x: u64| x, &[10u64, 11, 12, 13, 14]).unwrap();
+    let sink = Sink::then(move |outcome| {
+        let _ = tx.send(outcome);
+    });
+    let t = Task::new(frame, sink).with_limit(None, 5).each_chunk(index);
+    submitter.submit([t]).unwrap();
+    take_queued(&mut d);
+    d.assign(now);
+    let id = d.workers[0].work.inflight[0].id;
+    let item = |x: u64| crate::codec::encode_element(&Each::<u64>::Ok(x)).unwrap();
+    // Item 0 in a partial frame.
+    let mut partial = Vec::new();
+    frame::begin_reply(&mut partial, id, Status::Partial);
+    partial.extend_from_slice(&0u64.to_le_bytes());
+    partial.extend_from_slice(&1u64.to_le_bytes());
+    partial.extend_from_slice(&item(10));
+    frame::seal(&mut partial);
+    let reply_w = d.procs.spawned[0].1.as_raw_fd();
+    assert_eq!(sys::write(reply_w, &partial).unwrap(), partial.len());
+    d.poll_once(None, Duration::from_secs(10));
+    // Item 1 in the ledger, then the worker dies in item 2.
+    let one = item(11);
+    let commit = 1 << 32 | one.len() as u64;
+    d.workers[0]
+        .pipes
+        .ledger
+        .as_ref()
+        .unwrap()
+        .forge(id + 1, 1, commit, &one);
+    d.procs.events.push_back(Event::Exited {
+        pid: PID,
+        cause: ExitCause::Signal(libc::SIGABRT),
+    });
+    d.apply_events(now);
+    assert!(rx.try_recv().is_err(), "the chunk is not done yet");
+    assert_eq!(d.queue.len(), 1, "the rest of the chunk is queued");
+    let rest = d.queue.pop_front().unwrap();
+    let arg = &rest.frame.head[frame::TASK_ARG_START..];
+    assert_eq!(crate::codec::decode::<Vec<u64>>(arg).unwrap(), [13, 14]);
+    // The rest's reply, as a worker sends it: a sequence of its two items.
+    let mut reply = Vec::new();
+    frame::begin_reply(&mut reply, 99, Status::Ok);
+    crate::codec::seq_header(2, &mut reply);
+    reply.extend_from_slice(&item(13));
+    reply.extend_from_slice(&item(14));
+    frame::seal(&mut reply);
+    let reply = frame::parse_reply(crate::frame::Bytes::from_vec(reply, 8)).unwrap();
+    let mut rest = rest;
+    let outcome = rest.outcome_of(reply);
+    rest.finish(outcome, d.front.counters());
+    let outcome = rx.try_recv().unwrap();
+    let each = crate::result::finish_each::<u64>(vec![outcome], 5, 5).unwrap();
+    let values: Vec<Option<u64>> = each.iter().map(|r| r.as_ref().ok().copied()).collect();
+    assert_eq!(values, [Some(10), Some(11), None, Some(13), Some(14)]);
+    let e = each[2].as_ref().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Item {
+                index: 2,
+                items: 1,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(matches!(
+        e.cause(),
+        Error::WorkerDied {
+            pid,
+            cause: ExitCause::Signal(libc::SIGABRT),
+            ..
+        } if *pid == PID as u32
+    ));
+}

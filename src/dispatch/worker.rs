@@ -16,7 +16,7 @@ use crate::spawn::{Pipes, Token};
 use crate::stats::Counters;
 use crate::sys::{self, Pid};
 
-use super::task::{self, Sent};
+use super::task::Sent;
 
 /// How many tasks a worker may hold at once: the one it runs and the ones waiting in its pipe.
 pub(super) const PIPELINE_DEPTH: usize = 8;
@@ -366,7 +366,11 @@ impl Worker {
                 reply.id
             ));
         }
-        let sent = work.inflight.pop_front().expect("checked above");
+        if reply.status == Status::Partial {
+            let front = work.inflight.front_mut().expect("checked above");
+            return front.task.take_partial(&reply.payload);
+        }
+        let mut sent = work.inflight.pop_front().expect("checked above");
         work.written -= 1;
         work.served += 1;
         if work.running_since.take().is_some() {
@@ -381,7 +385,8 @@ impl Worker {
             self.end(Why::Retiring, None);
         }
         self.shrink_task_pipe();
-        sent.task.finish(task::outcome(reply), counters);
+        let outcome = sent.task.outcome_of(reply);
+        sent.task.finish(outcome, counters);
         Ok(())
     }
 
