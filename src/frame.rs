@@ -249,7 +249,7 @@ pub(crate) struct Bytes {
 
 impl Bytes {
     /// `buf` from `start` on.
-    #[cfg(feature = "mpi")]
+    #[cfg(any(test, feature = "mpi"))]
     pub(crate) fn from_vec(buf: Vec<u8>, start: usize) -> Bytes {
         debug_assert!(start <= buf.len());
         Bytes { buf, start }
@@ -257,6 +257,11 @@ impl Bytes {
 
     fn advance(&mut self, n: usize) {
         self.start += n;
+    }
+
+    /// The buffer and where the bytes start in it.
+    pub(crate) fn into_parts(self) -> (Vec<u8>, usize) {
+        (self.buf, self.start)
     }
 
     /// The bytes as a `Vec` of their own: the buffer itself, its head cut off in place (a
