@@ -163,6 +163,7 @@ struct Nested<'s, A> {
 }
 
 impl<'s, D> Fields<'s, D> {
+    #[inline(always)]
     fn wrap<V>(&self, inner: V) -> Wrap<'s, V> {
         Wrap {
             inner,
@@ -172,13 +173,26 @@ impl<'s, D> Fields<'s, D> {
     }
 }
 
+#[inline(always)]
 fn nested<A>(inner: A, source: &Source) -> Nested<'_, A> {
     Nested { inner, source }
+}
+
+/// True if a `T` cannot own a byte buffer: it has no drop glue, so no `Vec` or `Box` inside.
+/// Such a value is deserialized by bincode directly, without the wrapper's layers, which cost
+/// about as much again per element when the elements are the bytes of a plain `Vec<u8>`. That
+/// is always correct, since the wrapper changes how byte fields are allocated, never what is
+/// read: at worst a value that reads a byte field and keeps only a summary of it reads it
+/// bincode's slower way.
+#[inline(always)]
+const fn owns_nothing<T>() -> bool {
+    !std::mem::needs_drop::<T>()
 }
 
 /// Forwards `deserialize_*` methods that take only a visitor.
 macro_rules! forward {
     ($($method:ident)*) => {$(
+        #[inline(always)]
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
             let visitor = self.wrap(visitor);
             self.inner.$method(visitor)
@@ -277,6 +291,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Fields<'_, D> {
 /// Forwards `visit_*` methods that take one plain value.
 macro_rules! visit {
     ($($method:ident($ty:ty))*) => {$(
+        #[inline(always)]
         fn $method<E: de::Error>(self, v: $ty) -> Result<Self::Value, E> {
             self.inner.$method(v)
         }
@@ -345,6 +360,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Wrap<'_, V> {
 
 impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Nested<'_, S> {
     type Value = S::Value;
+    #[inline(always)]
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<S::Value, D::Error> {
         self.inner.deserialize(Fields {
             inner: d,
@@ -356,10 +372,15 @@ impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Nested<'_, S> {
 impl<'de, A: de::SeqAccess<'de>> de::SeqAccess<'de> for Nested<'_, A> {
     type Error = A::Error;
 
+    #[inline(always)]
     fn next_element_seed<T: DeserializeSeed<'de>>(
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, A::Error> {
+        if owns_nothing::<T::Value>() {
+            // Each byte of a plain `Vec<u8>` comes this way: wrapping it would double its cost.
+            return self.inner.next_element_seed(seed);
+        }
         self.inner.next_element_seed(nested(seed, self.source))
     }
 
@@ -375,10 +396,16 @@ impl<'de, A: de::MapAccess<'de>> de::MapAccess<'de> for Nested<'_, A> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, A::Error> {
+        if owns_nothing::<K::Value>() {
+            return self.inner.next_key_seed(seed);
+        }
         self.inner.next_key_seed(nested(seed, self.source))
     }
 
     fn next_value_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<T::Value, A::Error> {
+        if owns_nothing::<T::Value>() {
+            return self.inner.next_value_seed(seed);
+        }
         self.inner.next_value_seed(nested(seed, self.source))
     }
 
