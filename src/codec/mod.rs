@@ -7,6 +7,19 @@
 //! One fast path: a `Vec<u8>` is its own encoding. Serde would walk it byte by byte (hundreds
 //! of milliseconds for 64 MiB); here it is one copy. Both ends pick the path from the static
 //! type, so they always agree.
+//!
+//! Byte buffers inside a value (a `#[serde(with = "serde_bytes")]` field, anything serde
+//! hands over with `serialize_bytes` / `deserialize_byte_buf`) keep bincode's wire format but
+//! not its way of allocating (issue 10, item 7):
+//!
+//! * encoding, a large field is one write, for which the output grows in one step onto huge
+//!   pages (`VecWriter`): a fresh 64 MiB buffer then costs 32 page faults, not 16 384;
+//! * decoding goes through [`byte_fields`], a serde wrapper over bincode's deserializer that
+//!   reads byte fields (and strings) as borrowed slices, copied once into their `Vec`, where
+//!   bincode would zero a buffer and then copy; a large byte field that ends an owned input
+//!   (`decode_owned`, the usual "header, then payload" value) takes the input buffer itself.
+//!
+//! A plain `Vec<u8>` field still goes through serde one byte at a time, at bincode's speed.
 
 use std::any::{Any, TypeId};
 use std::borrow::Borrow;
