@@ -339,6 +339,15 @@ impl Bytes {
         }
     }
 
+    /// The buffer and where the bytes start in it.
+    pub(crate) fn into_parts(self) -> (Vec<u8>, usize) {
+        debug_assert!(
+            self.fixed.is_empty(),
+            "a split body taken before its fixed part"
+        );
+        (self.buf, self.start)
+    }
+
     /// The bytes as a `Vec` of their own: the buffer itself, its head cut off in place (a
     /// move within memory already touched, not a new allocation).
     pub(crate) fn into_vec(self) -> Vec<u8> {
