@@ -9,15 +9,18 @@ use ::mpi::topology::{Communicator, SimpleCommunicator};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::identity::Image;
+use super::scheduler;
 use super::wire::{self, Hello, Outbox};
 use crate::dispatch::Task;
 use crate::error::Error;
 use crate::frame::{self, OutFrame};
 use crate::pool::Pool;
 use crate::result::{Outcome, Sink};
+use crate::spin::Spin;
 
-/// After activity, how long the relay only yields before it starts to sleep.
-const SPIN: Duration = Duration::from_micros(50);
+/// After activity, the longest the relay spins (see [`Spin`]) for the next task or outcome
+/// before it starts to sleep: as long as rank 0's (see [`scheduler::SPIN`]).
+const SPIN: Duration = scheduler::SPIN;
 /// The longest sleep between two probes: bounds the latency an idle rank adds to a task, and
 /// keeps an idle rank near 0.1% of a CPU.
 const MAX_NAP: Duration = Duration::from_millis(2);
@@ -101,6 +104,8 @@ struct Relay {
     tx: Sender<(u64, Outcome)>,
     rx: Receiver<(u64, Outcome)>,
     inflight: usize,
+    /// When the latest task came from rank 0.
+    last_task: Instant,
     batch: Vec<u8>,
 }
 
@@ -113,6 +118,7 @@ impl Relay {
             tx,
             rx,
             inflight: 0,
+            last_task: Instant::now(),
             batch: Vec::new(),
         }
     }
@@ -121,6 +127,9 @@ impl Relay {
     fn serve(&mut self, world: &SimpleCommunicator, outbox: &mut Outbox) -> Result<u8, String> {
         let root = world.process_at_rank(0);
         let mut last_activity = Instant::now();
+        let spin = Spin::new(SPIN);
+        // Whether this quiet spell (since the last activity) had its spin.
+        let mut spun = true;
         loop {
             let mut active = false;
             let mut end = None;
@@ -150,14 +159,26 @@ impl Relay {
             let now = Instant::now();
             if active {
                 last_activity = now;
+                spun = false;
+                continue;
+            }
+            if !spun {
+                // Once per quiet spell: the next task or outcome often follows within a round
+                // trip, and a nap would cost more than the spin (kept only while it pays).
+                spun = true;
+                let rx = &self.rx;
+                spin.run_yielding(|| !rx.is_empty() || root.immediate_probe().is_some());
                 continue;
             }
             let idle = now - last_activity;
-            if idle < SPIN {
-                std::thread::yield_now();
-                continue;
-            }
-            let nap = (idle / 8).clamp(Duration::from_micros(20), MAX_NAP);
+            // While every worker is busy, a task from rank 0 would only wait in the local pool:
+            // nap longer, as the tasks in hand have run long (an outcome still wakes this).
+            let longest = if self.inflight >= self.local.processes() {
+                scheduler::long_nap(now.saturating_duration_since(self.last_task), MAX_NAP)
+            } else {
+                MAX_NAP
+            };
+            let nap = (idle / 8).clamp(Duration::from_micros(20), longest);
             if self.inflight > 0 {
                 // An outcome wakes this at once; a message from rank 0 waits for the nap.
                 if let Ok((id, outcome)) = self.rx.recv_timeout(nap) {
@@ -212,6 +233,7 @@ impl Relay {
             let header =
                 frame::task_header(frame).ok_or("a task frame too short for its header")?;
             self.inflight += 1;
+            self.last_task = Instant::now();
             match self.task(header, items, frame) {
                 // A refused submission (the local pool closed) drops the task, whose sink then
                 // reports Terminated through the channel like any outcome.
