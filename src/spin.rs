@@ -96,16 +96,6 @@ impl Spin {
         outcome
     }
 
-    /// [`Spin::run`], but always yielding between looks, even while a yield costs a time slice.
-    /// For the MPI pool's relay and scheduler threads: they wait for a thread or process that
-    /// needs their CPU (the local pool's, MPI's peer), and one that keeps its CPU through a
-    /// busy spell starves it (measured: W3 over MPI 90-253 µs against 46-50 µs yielding; W1
-    /// over MPI fell 2-8x). A spin preempted anyway still stops at once ([`CONTENDED`]).
-    #[cfg(feature = "mpi")]
-    pub(crate) fn run_yielding(&self, mut done: impl FnMut() -> bool) -> Outcome {
-        self.run_with(&mut done, &mut std::thread::yield_now, &mut Instant::now)
-    }
-
     /// [`Spin::run`] with the yield and the clock given, so that tests can play a quiet or a
     /// contended CPU deterministically.
     pub(crate) fn run_with(

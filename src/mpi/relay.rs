@@ -16,11 +16,7 @@ use crate::error::Error;
 use crate::frame::{self, OutFrame};
 use crate::pool::Pool;
 use crate::result::{Outcome, Sink};
-use crate::spin::Spin;
 
-/// After activity, the longest the relay spins (see [`Spin`]) for the next task or outcome
-/// before it starts to sleep: as long as rank 0's (see [`scheduler::SPIN`]).
-const SPIN: Duration = scheduler::SPIN;
 /// The longest sleep between two probes: bounds the latency an idle rank adds to a task, and
 /// keeps an idle rank near 0.1% of a CPU.
 const MAX_NAP: Duration = Duration::from_millis(2);
@@ -106,6 +102,10 @@ struct Relay {
     inflight: usize,
     /// When the latest task came from rank 0.
     last_task: Instant,
+    /// When this relay last sent results and had nothing left in hand (cleared by the next
+    /// task), and the average time rank 0 then took to send the next task.
+    emptied_at: Option<Instant>,
+    turnaround: Option<Duration>,
     batch: Vec<u8>,
 }
 
@@ -119,6 +119,8 @@ impl Relay {
             rx,
             inflight: 0,
             last_task: Instant::now(),
+            emptied_at: None,
+            turnaround: None,
             batch: Vec::new(),
         }
     }
@@ -127,9 +129,6 @@ impl Relay {
     fn serve(&mut self, world: &SimpleCommunicator, outbox: &mut Outbox) -> Result<u8, String> {
         let root = world.process_at_rank(0);
         let mut last_activity = Instant::now();
-        let spin = Spin::new(SPIN);
-        // Whether this quiet spell (since the last activity) had its spin.
-        let mut spun = true;
         loop {
             let mut active = false;
             let mut end = None;
@@ -151,6 +150,9 @@ impl Relay {
             }
             if !self.batch.is_empty() {
                 outbox.send(world, 0, wire::RESULTS, std::mem::take(&mut self.batch));
+                if self.inflight == 0 {
+                    self.emptied_at = Some(Instant::now());
+                }
             }
             outbox.progress();
             if let Some(end) = end {
@@ -159,18 +161,16 @@ impl Relay {
             let now = Instant::now();
             if active {
                 last_activity = now;
-                spun = false;
-                continue;
-            }
-            if !spun {
-                // Once per quiet spell: the next task or outcome often follows within a round
-                // trip, and a nap would cost more than the spin (kept only while it pays).
-                spun = true;
-                let rx = &self.rx;
-                spin.run_yielding(|| !rx.is_empty() || root.immediate_probe().is_some());
                 continue;
             }
             let idle = now - last_activity;
+            // With nothing in hand, the next message is rank 0's next task: spin for as long as
+            // rank 0 lately took to send one after our results.
+            let expected = (self.inflight == 0).then_some(self.turnaround).flatten();
+            if idle < scheduler::spin_window(expected) {
+                std::thread::yield_now();
+                continue;
+            }
             // While every worker is busy, a task from rank 0 would only wait in the local pool:
             // nap longer, as the tasks in hand have run long (an outcome still wakes this).
             let longest = if self.inflight >= self.local.processes() {
@@ -228,6 +228,12 @@ impl Relay {
     /// Hands every task of a TASKS message to the local pool; a task that cannot run (an
     /// offset outside the executable's code, a malformed frame) fails alone at once.
     fn on_tasks(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if let Some(emptied) = self.emptied_at.take() {
+            // A long pause (an idle pool) counts as twice the longest spin, so that quick
+            // round trips bring the average back under it within a few tasks.
+            let took = emptied.elapsed().min(scheduler::MAX_SPIN * 2);
+            self.turnaround = Some(self.turnaround.map_or(took, |avg| (avg * 7 + took) / 8));
+        }
         for entry in wire::tasks(bytes, u64::MAX) {
             let (items, frame) = entry.map_err(|e| format!("a malformed TASKS message: {e}"))?;
             let header =

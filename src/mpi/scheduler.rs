@@ -17,18 +17,17 @@ use crate::error::{Error, Result};
 use crate::frame;
 use crate::pool::Pool;
 use crate::result::{Outcome, Sink};
-use crate::spin::Spin;
 use crate::stats::HostCounters;
 
 /// Tasks a rank may hold per worker while its tasks are short.
 const DEPTH: usize = 32;
 /// Below this average time from sending a task to its outcome, a rank's tasks count as short.
 const SHORT: Duration = Duration::from_millis(20);
-/// After activity, the longest the scheduler spins (see [`Spin`]) for the next message or
-/// submission before it naps. Longer than a round trip through a rank, even a slow one: a
-/// shorter spin that a round trip outlasts turns every hop into a nap, which lengthens the
-/// round trip, which keeps the spin failing (W3 fell into round trips of 250-350 µs that way).
-pub(super) const SPIN: Duration = Duration::from_micros(500);
+/// After activity, how long the scheduler (and a relay) only yields, looking between yields,
+/// before it naps: the least, when no quick message is expected (see [`spin_window`]).
+pub(super) const SPIN: Duration = Duration::from_micros(50);
+/// The longest such spin, when the next message is expected soon (see [`spin_window`]).
+pub(super) const MAX_SPIN: Duration = Duration::from_micros(500);
 /// The longest sleep between two probes while outcomes are awaited, unless every task out has
 /// run long (see [`LONG_NAP`]).
 const MAX_BUSY_NAP: Duration = Duration::from_millis(1);
@@ -220,6 +219,19 @@ fn handshake(
         .collect())
 }
 
+/// How long to yield, looking between yields, after activity before napping, given the recent
+/// average wait for the next message (`None`: unknown). While messages come back quickly (W3:
+/// a round trip through a rank), twice that wait, up to [`MAX_SPIN`]: a spin that a round trip
+/// outlasts turns every hop into a nap, which lengthens the round trip, which keeps the spin
+/// too short (W3 sat at 250-350 µs that way, from 50 µs, with a fixed 50 µs spin). Otherwise
+/// (long tasks, deep batches, an idle pool) only [`SPIN`], which spares the workers' CPU.
+pub(super) fn spin_window(expected: Option<Duration>) -> Duration {
+    match expected {
+        Some(wait) if wait < MAX_SPIN => (wait * 2).clamp(SPIN, MAX_SPIN),
+        _ => SPIN,
+    }
+}
+
 /// The longest nap between two probes while tasks are out, `out` after the latest was sent (or
 /// reached the rank): `short` for young tasks, growing with `out` to [`LONG_NAP`], so that an
 /// outcome waits at most 1/[`LONG_NAP_SHARE`] of its task's run time for the next probe.
@@ -270,9 +282,6 @@ struct Scheduler {
 impl Scheduler {
     fn run(&mut self, world: &SimpleCommunicator, outbox: &mut Outbox) {
         let mut last_activity = Instant::now();
-        let spin = Spin::new(SPIN);
-        // Whether this quiet spell (since the last activity) had its spin.
-        let mut spun = true;
         loop {
             let phase = self.front.phase();
             if phase == Phase::Terminated {
@@ -299,24 +308,23 @@ impl Scheduler {
             let now = Instant::now();
             if active {
                 last_activity = now;
-                spun = false;
                 continue;
             }
             let idle = now - last_activity;
+            // The quickest round trip of the ranks with tasks out, if any.
+            let expected = self
+                .members
+                .iter()
+                .filter(|m| matches!(m.link, Link::Rank(_)) && !m.inflight.is_empty())
+                .filter(|m| m.served > 0)
+                .map(|m| m.avg)
+                .min();
             let remote = self
                 .members
                 .iter()
                 .any(|m| matches!(m.link, Link::Rank(_)) && !m.inflight.is_empty());
-            if !spun {
-                // Once per quiet spell: the next outcome or submission often follows within a
-                // round trip, and a nap would cost more than the spin (kept only while it pays).
-                spun = true;
-                let (front, local_rx) = (&self.front, &self.local_rx);
-                spin.run_yielding(|| {
-                    front.has_tasks()
-                        || !local_rx.is_empty()
-                        || (remote && world.any_process().immediate_probe().is_some())
-                });
+            if remote && idle < spin_window(expected) {
+                std::thread::yield_now();
             } else if remote {
                 let nap = (idle / 8).clamp(Duration::from_micros(20), self.busy_nap(now));
                 self.front.wait(phase, nap, || !self.local_rx.is_empty());
@@ -569,5 +577,20 @@ mod nap_tests {
         // A short nap above the cap stays (the relay's is 2 ms).
         let big = LONG_NAP * 2;
         assert_eq!(long_nap(Duration::ZERO, big), big);
+    }
+
+    #[test]
+    fn spins_cover_quick_round_trips_twice_over_and_stay_short_otherwise() {
+        assert_eq!(spin_window(None), SPIN);
+        assert_eq!(spin_window(Some(Duration::from_micros(5))), SPIN);
+        // A W3 round trip, fast or slow: spun through.
+        assert_eq!(
+            spin_window(Some(Duration::from_micros(60))),
+            Duration::from_micros(120)
+        );
+        assert_eq!(spin_window(Some(Duration::from_micros(300))), MAX_SPIN);
+        // Long waits are napped through.
+        assert_eq!(spin_window(Some(MAX_SPIN)), SPIN);
+        assert_eq!(spin_window(Some(Duration::from_millis(500))), SPIN);
     }
 }
