@@ -115,6 +115,7 @@ fn main() {
             idle();
             Ok(())
         }
+        "long" => long(&pool),
         "yield" => pool
             .apply(yield_setting, ())
             .map(|setting| println!("yield_when_idle {setting}"))
@@ -330,36 +331,82 @@ fn timeout(pool: &Pool) -> Result<(), String> {
     Ok(())
 }
 
+/// CPU time (clock ticks of 10 ms) used so far by every process of this binary whose name
+/// `count` accepts (all threads of each).
+fn ticks(count: impl Fn(&str) -> bool) -> u64 {
+    let me = std::fs::read_link("/proc/self/exe").expect("/proc/self/exe");
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() != Some(&me) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !count(&stat[open + 1..close]) {
+            continue;
+        }
+        let fields: Vec<u64> = stat[close + 1..]
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        total += fields.iter().sum::<u64>();
+    }
+    total
+}
+
+/// CPU time (clock ticks of 10 ms) used so far by the calling thread.
+fn thread_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    let after = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+    after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum()
+}
+
 /// Prints the CPU time (clock ticks of 10 ms) every process of this binary used over 2 s with
 /// the pool open and idle.
 fn idle() {
-    let ticks = || -> u64 {
-        let me = std::fs::read_link("/proc/self/exe").expect("/proc/self/exe");
-        let mut total = 0;
-        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() != Some(&me) {
-                continue;
-            }
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let after = stat.rsplit(')').next().unwrap_or("");
-            let fields: Vec<u64> = after
-                .split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|f| f.parse().ok())
-                .collect();
-            total += fields.iter().sum::<u64>();
-        }
-        total
-    };
     std::thread::sleep(Duration::from_millis(500));
-    let before = ticks();
+    let before = ticks(|_| true);
     std::thread::sleep(Duration::from_secs(2));
-    println!("idle ticks {}", ticks() - before);
+    println!("idle ticks {}", ticks(|_| true) - before);
+}
+
+/// With every worker of every rank busy on a long task (one that sleeps, so that the machine's
+/// load does not matter), prints the CPU time the ranks themselves (every process but the fork
+/// servers and workers) used over 2 s: what the pool's polling takes from the workers.
+fn long(pool: &Pool) -> Result<(), String> {
+    let workers = pool.processes();
+    let pending: Vec<_> = (0..workers)
+        .map(|_| pool.apply_async(nap, 5_000))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    // Let every task reach its worker and the polling settle.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let ranks = |name: &str| !name.starts_with("forkpool-");
+    // This thread's own reading of /proc is not the pool's: it is taken out.
+    let (before, mine) = (ticks(ranks), thread_ticks());
+    std::thread::sleep(Duration::from_secs(2));
+    let mine = thread_ticks() - mine;
+    let used = (ticks(ranks) - before).saturating_sub(mine);
+    let mut ran = 0;
+    for r in pending {
+        r.get().map_err(|e| e.to_string())?;
+        ran += 1;
+    }
+    println!("long ticks {used}, {ran} of {workers} ran");
+    Ok(())
 }
 
 /// Busy for `ms` milliseconds of wall time; returns (rank, pid).

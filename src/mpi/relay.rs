@@ -9,6 +9,7 @@ use ::mpi::topology::{Communicator, SimpleCommunicator};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::identity::Image;
+use super::scheduler;
 use super::wire::{self, Hello, Outbox};
 use crate::dispatch::Task;
 use crate::error::Error;
@@ -16,8 +17,6 @@ use crate::frame::{self, OutFrame};
 use crate::pool::Pool;
 use crate::result::{Outcome, Sink};
 
-/// After activity, how long the relay only yields before it starts to sleep.
-const SPIN: Duration = Duration::from_micros(50);
 /// The longest sleep between two probes: bounds the latency an idle rank adds to a task, and
 /// keeps an idle rank near 0.1% of a CPU.
 const MAX_NAP: Duration = Duration::from_millis(2);
@@ -101,6 +100,12 @@ struct Relay {
     tx: Sender<(u64, Outcome)>,
     rx: Receiver<(u64, Outcome)>,
     inflight: usize,
+    /// When the latest task came from rank 0.
+    last_task: Instant,
+    /// When this relay last sent results and had nothing left in hand (cleared by the next
+    /// task), and the average time rank 0 then took to send the next task.
+    emptied_at: Option<Instant>,
+    turnaround: Option<Duration>,
     batch: Vec<u8>,
 }
 
@@ -113,6 +118,9 @@ impl Relay {
             tx,
             rx,
             inflight: 0,
+            last_task: Instant::now(),
+            emptied_at: None,
+            turnaround: None,
             batch: Vec::new(),
         }
     }
@@ -142,6 +150,9 @@ impl Relay {
             }
             if !self.batch.is_empty() {
                 outbox.send(world, 0, wire::RESULTS, std::mem::take(&mut self.batch));
+                if self.inflight == 0 {
+                    self.emptied_at = Some(Instant::now());
+                }
             }
             outbox.progress();
             if let Some(end) = end {
@@ -153,11 +164,21 @@ impl Relay {
                 continue;
             }
             let idle = now - last_activity;
-            if idle < SPIN {
+            // With nothing in hand, the next message is rank 0's next task: spin for as long as
+            // rank 0 lately took to send one after our results.
+            let expected = (self.inflight == 0).then_some(self.turnaround).flatten();
+            if idle < scheduler::spin_window(expected) {
                 std::thread::yield_now();
                 continue;
             }
-            let nap = (idle / 8).clamp(Duration::from_micros(20), MAX_NAP);
+            // While every worker is busy, a task from rank 0 would only wait in the local pool:
+            // nap longer, as the tasks in hand have run long (an outcome still wakes this).
+            let longest = if self.inflight >= self.local.processes() {
+                scheduler::long_nap(now.saturating_duration_since(self.last_task), MAX_NAP)
+            } else {
+                MAX_NAP
+            };
+            let nap = (idle / 8).clamp(Duration::from_micros(20), longest);
             if self.inflight > 0 {
                 // An outcome wakes this at once; a message from rank 0 waits for the nap.
                 if let Ok((id, outcome)) = self.rx.recv_timeout(nap) {
@@ -207,11 +228,18 @@ impl Relay {
     /// Hands every task of a TASKS message to the local pool; a task that cannot run (an
     /// offset outside the executable's code, a malformed frame) fails alone at once.
     fn on_tasks(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if let Some(emptied) = self.emptied_at.take() {
+            // A long pause (an idle pool) counts as twice the longest spin, so that quick
+            // round trips bring the average back under it within a few tasks.
+            let took = emptied.elapsed().min(scheduler::MAX_SPIN * 2);
+            self.turnaround = Some(self.turnaround.map_or(took, |avg| (avg * 7 + took) / 8));
+        }
         for entry in wire::tasks(bytes, u64::MAX) {
             let (items, frame) = entry.map_err(|e| format!("a malformed TASKS message: {e}"))?;
             let header =
                 frame::task_header(frame).ok_or("a task frame too short for its header")?;
             self.inflight += 1;
+            self.last_task = Instant::now();
             match self.task(header, items, frame) {
                 // A refused submission (the local pool closed) drops the task, whose sink then
                 // reports Terminated through the channel like any outcome.

@@ -23,10 +23,21 @@ use crate::stats::HostCounters;
 const DEPTH: usize = 32;
 /// Below this average time from sending a task to its outcome, a rank's tasks count as short.
 const SHORT: Duration = Duration::from_millis(20);
-/// After activity, how long the scheduler only yields before it sleeps.
-const SPIN: Duration = Duration::from_micros(50);
-/// The longest sleep between two probes while outcomes are awaited.
+/// After activity, how long the scheduler (and a relay) only yields, looking between yields,
+/// before it naps: the least, when no quick message is expected (see [`spin_window`]).
+pub(super) const SPIN: Duration = Duration::from_micros(50);
+/// The longest such spin, when the next message is expected soon (see [`spin_window`]).
+pub(super) const MAX_SPIN: Duration = Duration::from_micros(500);
+/// The longest sleep between two probes while outcomes are awaited, unless every task out has
+/// run long (see [`LONG_NAP`]).
 const MAX_BUSY_NAP: Duration = Duration::from_millis(1);
+/// The longest sleep between two probes while every task out has been running for a while:
+/// at most 1/[`LONG_NAP_SHARE`] of the time since the latest was sent, so an outcome waits
+/// for the scheduler no more than that share of its task's run time. Spares the CPU the
+/// workers want for long tasks (polling every millisecond cost 3% of a CPU during W5).
+pub(super) const LONG_NAP: Duration = Duration::from_millis(20);
+/// See [`LONG_NAP`].
+pub(super) const LONG_NAP_SHARE: u32 = 64;
 /// How long the scheduler sleeps when nothing is in flight (a submission wakes it at once).
 const IDLE_NAP: Duration = Duration::from_millis(100);
 
@@ -93,6 +104,7 @@ pub(super) fn run(front: Front, local: Option<Pool>, ready: Sender<Result<Starte
         hosts: Arc::new([]),
         queue: VecDeque::new(),
         next_id: 0,
+        last_sent: Instant::now(),
         local_tx,
         local_rx,
     };
@@ -207,6 +219,26 @@ fn handshake(
         .collect())
 }
 
+/// How long to yield, looking between yields, after activity before napping, given the recent
+/// average wait for the next message (`None`: unknown). While messages come back quickly (W3:
+/// a round trip through a rank), twice that wait, up to [`MAX_SPIN`]: a spin that a round trip
+/// outlasts turns every hop into a nap, which lengthens the round trip, which keeps the spin
+/// too short (W3 sat at 250-350 µs that way, from 50 µs, with a fixed 50 µs spin). Otherwise
+/// (long tasks, deep batches, an idle pool) only [`SPIN`], which spares the workers' CPU.
+pub(super) fn spin_window(expected: Option<Duration>) -> Duration {
+    match expected {
+        Some(wait) if wait < MAX_SPIN => (wait * 2).clamp(SPIN, MAX_SPIN),
+        _ => SPIN,
+    }
+}
+
+/// The longest nap between two probes while tasks are out, `out` after the latest was sent (or
+/// reached the rank): `short` for young tasks, growing with `out` to [`LONG_NAP`], so that an
+/// outcome waits at most 1/[`LONG_NAP_SHARE`] of its task's run time for the next probe.
+pub(super) fn long_nap(out: Duration, short: Duration) -> Duration {
+    (out / LONG_NAP_SHARE).clamp(short, LONG_NAP.max(short))
+}
+
 impl Member {
     fn new(link: Link, host: String, processes: usize) -> Member {
         Member {
@@ -240,6 +272,8 @@ struct Scheduler {
     hosts: Arc<[HostCounters]>,
     queue: VecDeque<Task>,
     next_id: u64,
+    /// When the latest task was sent (or handed to the local pool).
+    last_sent: Instant,
     /// Outcomes of the tasks run by rank 0's own local pool.
     local_tx: Sender<(u64, Outcome)>,
     local_rx: Receiver<(u64, Outcome)>,
@@ -277,14 +311,22 @@ impl Scheduler {
                 continue;
             }
             let idle = now - last_activity;
+            // The quickest round trip of the ranks with tasks out, if any.
+            let expected = self
+                .members
+                .iter()
+                .filter(|m| matches!(m.link, Link::Rank(_)) && !m.inflight.is_empty())
+                .filter(|m| m.served > 0)
+                .map(|m| m.avg)
+                .min();
             let remote = self
                 .members
                 .iter()
                 .any(|m| matches!(m.link, Link::Rank(_)) && !m.inflight.is_empty());
-            if remote && idle < SPIN {
+            if remote && idle < spin_window(expected) {
                 std::thread::yield_now();
             } else if remote {
-                let nap = (idle / 8).clamp(Duration::from_micros(20), MAX_BUSY_NAP);
+                let nap = (idle / 8).clamp(Duration::from_micros(20), self.busy_nap(now));
                 self.front.wait(phase, nap, || !self.local_rx.is_empty());
             } else {
                 // Nothing can come from the ranks; a submission or a local outcome wakes this.
@@ -292,6 +334,13 @@ impl Scheduler {
                     .wait(phase, IDLE_NAP, || !self.local_rx.is_empty());
             }
         }
+    }
+
+    /// The longest nap between two probes while tasks are out: [`MAX_BUSY_NAP`], or up to
+    /// [`LONG_NAP`] once the latest task sent has been out long enough that a longer nap delays
+    /// no outcome by more than 1/[`LONG_NAP_SHARE`] of its task's run time.
+    fn busy_nap(&self, now: Instant) -> Duration {
+        long_nap(now.saturating_duration_since(self.last_sent), MAX_BUSY_NAP)
     }
 
     /// Takes every message the ranks sent and every local outcome, and delivers them.
@@ -453,6 +502,7 @@ impl Scheduler {
             }
         }
         member.inflight.insert(id, (task, now));
+        self.last_sent = now;
         self.hosts[i].sent();
         // A task in a rank's hands counts as running, whether it runs or waits there.
         self.front.running(true);
@@ -505,5 +555,42 @@ impl Scheduler {
         for task in self.queue.drain(..).chain(self.front.tasks()) {
             self.front.finish(task, Err(Error::Terminated));
         }
+    }
+}
+
+#[cfg(test)]
+mod nap_tests {
+    use super::*;
+
+    #[test]
+    fn naps_grow_with_the_age_of_the_tasks_out_within_their_share_and_the_cap() {
+        let short = MAX_BUSY_NAP;
+        // Young tasks (short ones, W1 and W3): the short nap.
+        assert_eq!(long_nap(Duration::from_micros(50), short), short);
+        assert_eq!(long_nap(Duration::from_millis(20), short), short);
+        // Older: a share of their age, so an outcome waits at most that share of its run time.
+        let out = Duration::from_millis(640);
+        assert_eq!(long_nap(out, short), out / LONG_NAP_SHARE);
+        assert!(long_nap(out, short) > short);
+        // Long: capped.
+        assert_eq!(long_nap(Duration::from_secs(60), short), LONG_NAP);
+        // A short nap above the cap stays (the relay's is 2 ms).
+        let big = LONG_NAP * 2;
+        assert_eq!(long_nap(Duration::ZERO, big), big);
+    }
+
+    #[test]
+    fn spins_cover_quick_round_trips_twice_over_and_stay_short_otherwise() {
+        assert_eq!(spin_window(None), SPIN);
+        assert_eq!(spin_window(Some(Duration::from_micros(5))), SPIN);
+        // A W3 round trip, fast or slow: spun through.
+        assert_eq!(
+            spin_window(Some(Duration::from_micros(60))),
+            Duration::from_micros(120)
+        );
+        assert_eq!(spin_window(Some(Duration::from_micros(300))), MAX_SPIN);
+        // Long waits are napped through.
+        assert_eq!(spin_window(Some(MAX_SPIN)), SPIN);
+        assert_eq!(spin_window(Some(Duration::from_millis(500))), SPIN);
     }
 }
