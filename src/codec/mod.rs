@@ -344,18 +344,22 @@ mod tests {
         assert_eq!(out[0], 3);
     }
 
+    /// xorshift64 from `seed`: garbage inputs that are the same on every run.
+    fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
     /// A worker's reply payload is untrusted: garbage, or a length prefix claiming far more
     /// than the bytes at hand, must give an error, never a panic or a huge allocation.
     #[test]
     fn garbage_decodes_to_errors_not_panics() {
         use std::collections::HashMap;
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let mut inputs: Vec<Vec<u8>> = vec![
             // Lengths of 2^64 - 1 and 2^32 in bincode's varint encoding.
             vec![255, 255, 255, 255, 255, 255, 255, 255, 255],
@@ -614,13 +618,7 @@ mod tests {
                 assert_eq!(owned, plain, "owned {input:?}");
                 plain.is_some()
             }
-            let mut x = 0x2545_f491_4f6c_dd1du64;
-            let mut next = move || {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x
-            };
+            let mut next = xorshift(0x2545_f491_4f6c_dd1d);
             let mut inputs: Vec<Vec<u8>> = vec![
                 vec![255, 255, 255, 255, 255, 255, 255, 255, 255],
                 vec![5, 253, 0, 0, 0, 0, 1, 0, 0, 0],

@@ -109,22 +109,8 @@ impl Task {
                 let mut pieces = self.pieces.take().unwrap_or_default();
                 pieces.items += c.count as u64;
                 pieces.bytes.extend_from_slice(&c.bytes);
-                if done == items {
-                    self.finish(Ok(assemble(&pieces, 0, &[])), counters);
-                    return None;
-                }
-                let (frame, index) = task::tail(&self.frame, index, done as usize);
-                return Some(Task {
-                    frame,
-                    sink: std::mem::replace(&mut self.sink, Sink::then(drop)),
-                    limit: self.limit,
-                    items: (items - done) as u32,
-                    watch: self.watch.take(),
-                    index: Some(index),
-                    pieces: Some(pieces),
-                    partial_items: 0,
-                    partial_bytes: 0,
-                });
+                let index = index.clone();
+                return self.rest_from(done, index, pieces, counters);
             }
         }
         if let Some(pieces) = &mut self.pieces {
@@ -222,18 +208,30 @@ impl Task {
             pieces.items += 1;
             pieces.bytes.extend_from_slice(lost);
         }
-        let next = done + 1;
-        if next >= items {
-            let whole = assemble(&pieces, 0, &[]);
-            self.finish(Ok(whole), counters);
+        self.rest_from(done + 1, index, pieces, counters)
+    }
+
+    /// A `map_each` chunk whose items before `from` have their results in `pieces`: delivers
+    /// the whole result if no item is left, or else gives back the task of the items from
+    /// `from` on, which carries `pieces`, this task's sink and its cancel watch.
+    fn rest_from(
+        mut self,
+        from: u64,
+        index: SeqIndex,
+        pieces: Box<Pieces>,
+        counters: &Counters,
+    ) -> Option<Task> {
+        let items = u64::from(self.items);
+        if from >= items {
+            self.finish(Ok(assemble(&pieces, 0, &[])), counters);
             return None;
         }
-        let (frame, index) = task::tail(&self.frame, &index, next as usize);
+        let (frame, index) = task::tail(&self.frame, &index, from as usize);
         Some(Task {
             frame,
             sink: std::mem::replace(&mut self.sink, Sink::then(drop)),
             limit: self.limit,
-            items: (items - next) as u32,
+            items: (items - from) as u32,
             watch: self.watch.take(),
             index: Some(index),
             pieces: Some(pieces),
