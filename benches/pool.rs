@@ -10,6 +10,10 @@
 //! * **W2 `w2_map`**: `map(square, 0..200_000)` with Python's default chunk size (8 chunks of
 //!   25,000), against `map_chunked(square, 0..2_000, 1)`, one task per item. Reported in items
 //!   per second: the gap is what chunking saves.
+//! * **W2 `w2_chunk_forms`**: the same 200,000 items in chunks of 1,000 through each chunked
+//!   form: `map_chunked`, `map_each_chunked` (each item's own result) and `imap_chunked` /
+//!   `imap_unordered_chunked` (lazy, a window of chunks ahead). What per-item results and
+//!   laziness cost over the plain all-or-nothing `map`.
 //! * **W3 `w3_round_trip`**: latency of one `apply(square, i)`, called back to back: encode,
 //!   pipe, decode, run, and the same way back.
 //! * **W4 `w4_payload`**: `apply(echo, v)` with an 8 MiB `Vec<u8>` that comes back unchanged.
@@ -93,6 +97,40 @@ fn w2_map(c: &mut Criterion) {
     group.finish();
 }
 
+fn w2_chunk_forms(c: &mut Criterion) {
+    const ITEMS: u64 = 200_000;
+    const CHUNK: usize = 1_000;
+    let pool = pool();
+    let mut group = c.benchmark_group("w2_chunk_forms");
+    group.throughput(Throughput::Elements(ITEMS));
+    group.bench_function("map_chunked", |b| {
+        b.iter(|| black_box(pool.map_chunked(square, 0..ITEMS, CHUNK).expect("map")))
+    });
+    group.bench_function("map_each_chunked", |b| {
+        b.iter(|| {
+            black_box(
+                pool.map_each_chunked(square, 0..ITEMS, CHUNK)
+                    .expect("map_each"),
+            )
+        })
+    });
+    group.bench_function("imap_chunked", |b| {
+        b.iter(|| {
+            let it = pool.imap_chunked(square, 0..ITEMS, CHUNK).expect("imap");
+            black_box(it.map(|r| r.expect("item")).fold(0u64, u64::wrapping_add))
+        })
+    });
+    group.bench_function("imap_unordered_chunked", |b| {
+        b.iter(|| {
+            let it = pool
+                .imap_unordered_chunked(square, 0..ITEMS, CHUNK)
+                .expect("imap");
+            black_box(it.map(|r| r.expect("item")).fold(0u64, u64::wrapping_add))
+        })
+    });
+    group.finish();
+}
+
 fn w3_round_trip(c: &mut Criterion) {
     let pool = pool();
     let mut group = c.benchmark_group("w3_round_trip");
@@ -159,6 +197,6 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(5));
-    targets = w1_apply_async, w2_map, w3_round_trip, w4_payload, w5_cpu_bound, w6_start_stop
+    targets = w1_apply_async, w2_map, w2_chunk_forms, w3_round_trip, w4_payload, w5_cpu_bound, w6_start_stop
 }
 criterion_main!(benches);
