@@ -14,17 +14,21 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use serde::de::DeserializeOwned;
 
+use crate::codec::SeqIndex;
 use crate::dispatch::{Lease, Submitter, Task};
 use crate::error::{Error, Result};
 use crate::frame::OutFrame;
-use crate::result::{decode_result_owned, Outcome, Sink, Streamed};
+use crate::result::{decode_result_owned, each_of_chunk, Outcome, Sink, Streamed};
 use crate::sys;
 
-/// Pulls the next task's worth of input (one item, or a chunk) and encodes it as a task frame,
-/// with the number of items it holds; `None` once the input is done.
-pub(crate) type Feed = Box<dyn FnMut() -> Option<(Result<OutFrame>, usize)> + Send>;
+/// Pulls the next task's worth of input (one item, or a chunk) and encodes it as a task frame
+/// (for a chunk, with where each of its items starts in it), with the number of items it
+/// holds; `None` once the input is done.
+pub(crate) type Feed =
+    Box<dyn FnMut() -> Option<(Result<(OutFrame, Option<SeqIndex>)>, usize)> + Send>;
 
-/// How a task's results are laid out: one item's `R`, or a chunk's `Vec<R>`.
+/// How a task's results are laid out: one item's `R`, or a chunk's `Vec<Each<R>>` (built by
+/// [`task::chunk_each`](crate::task::chunk_each), each item's own result).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Shape {
     /// Each task is one item.
@@ -36,11 +40,12 @@ pub(crate) enum Shape {
 /// An iterator over the results of [`Pool::imap`](crate::Pool::imap) (input order) or
 /// [`Pool::imap_unordered`](crate::Pool::imap_unordered) (completion order).
 ///
-/// For [`imap`](crate::Pool::imap) each item is its own task, so a panic or a crash fails only
-/// that item's `Result`, and iteration goes on. For
-/// [`imap_chunked`](crate::Pool::imap_chunked) each chunk is one task, so a failure fails each
-/// item of that chunk, with the chunk's error. Dropping the iterator early stops pulling input; tasks already submitted
-/// finish in the background and their results are discarded.
+/// A panic or a crash fails only the `Result` of the item it happened in, and iteration goes
+/// on. That holds for [`imap_chunked`](crate::Pool::imap_chunked) too, where each chunk is one
+/// task: the other items of a chunk keep their results, and should a worker die in the
+/// middle of one, the items it had not started run elsewhere. Dropping the iterator early
+/// stops pulling input; tasks already submitted finish in the background and their results
+/// are discarded.
 ///
 /// # Caveats
 /// A live `Imap` keeps its pool busy: after [`Pool::close`](crate::Pool::close), it may still
@@ -130,9 +135,12 @@ impl<R: DeserializeOwned + 'static> Imap<R> {
                     self.lease = None;
                     return;
                 }
-                Some((Ok(frame), items)) => {
-                    let task = Task::new(frame, Sink::stream(&self.tx, index, items))
+                Some((Ok((frame, chunk)), items)) => {
+                    let mut task = Task::new(frame, Sink::stream(&self.tx, index, items))
                         .with_limit(self.limit, items);
+                    if let Some(chunk) = chunk {
+                        task = task.each_chunk(chunk);
+                    }
                     if self.submitter.submit_leased(lease, task).is_err() {
                         // The pool was terminated; the refused task resolved as such. Pull no
                         // more input.
@@ -152,37 +160,21 @@ impl<R: DeserializeOwned + 'static> Imap<R> {
     fn unpack(&mut self, index: usize, items: usize, outcome: Outcome) {
         self.taken += 1;
         let base = index * self.per_task;
-        let outcome = outcome.map_err(|e| e.at_items(base, items));
-        match (self.shape, outcome) {
-            (Shape::Single, outcome) => {
-                self.ready.push_back(
-                    outcome.and_then(|b| decode_result_owned(b).map_err(|e| e.at_items(base, 1))),
-                );
-            }
-            (Shape::Chunks, Ok(bytes)) => match decode_result_owned::<Vec<R>>(bytes) {
-                Ok(values) if values.len() == items => {
-                    self.ready.extend(values.into_iter().map(Ok));
+        match self.shape {
+            Shape::Single => self.ready.push_back(
+                outcome
+                    .and_then(decode_result_owned)
+                    .map_err(|e| e.at_items(base, 1)),
+            ),
+            Shape::Chunks => match each_of_chunk(outcome, base, items) {
+                Ok(results) => self.ready.extend(results),
+                Err(error) => {
+                    let error = error.at_items(base, items);
+                    self.ready
+                        .extend((0..items.max(1)).map(|_| Err(error.duplicate())));
                 }
-                Ok(values) => self.fail_chunk(
-                    items,
-                    &Error::Decode {
-                        what: "result",
-                        message: format!(
-                            "a chunk of {items} items came back with {} results",
-                            values.len()
-                        ),
-                    }
-                    .at_items(base, items),
-                ),
-                Err(error) => self.fail_chunk(items, &error.at_items(base, items)),
             },
-            (Shape::Chunks, Err(error)) => self.fail_chunk(items, &error),
         }
-    }
-
-    fn fail_chunk(&mut self, items: usize, error: &Error) {
-        self.ready
-            .extend((0..items.max(1)).map(|_| Err(error.duplicate())));
     }
 }
 

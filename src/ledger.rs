@@ -77,6 +77,10 @@ impl Ledger {
     pub(crate) fn create() -> io::Result<(Ledger, OwnedFd)> {
         let fd = sys::memfd_sized(c"forkpool-ledger", LEDGER_BYTES)?;
         let region = SharedRegion::map(&fd, LEDGER_BYTES)?;
+        // Not into the fork server of a pool built later, nor its workers, nor any fork of the
+        // program: only the worker it belongs to (through its own fork server) and the parent
+        // may touch a worker's ledger.
+        region.keep_from_forks()?;
         Ok((Ledger { region }, fd))
     }
 

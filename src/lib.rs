@@ -59,7 +59,7 @@
 //! | each item's own outcome (pebble's `map` futures) | [`map_each`](Pool::map_each), [`map_each_chunked`](Pool::map_each_chunked): `Vec<Result<R>>` in input order; a worker's death in the middle of a chunk fails only the item it ran |
 //! | `pool.map_async(f, xs)` | [`map_async`](Pool::map_async) |
 //! | `pool.imap(f, xs)`, `pool.imap_unordered(f, xs)` | [`imap`](Pool::imap), [`imap_unordered`](Pool::imap_unordered) |
-//! | `pool.imap(f, xs, n)`, `pool.imap_unordered(f, xs, n)` | [`imap_chunked`](Pool::imap_chunked), [`imap_unordered_chunked`](Pool::imap_unordered_chunked) |
+//! | `pool.imap(f, xs, n)`, `pool.imap_unordered(f, xs, n)` | [`imap_chunked`](Pool::imap_chunked), [`imap_unordered_chunked`](Pool::imap_unordered_chunked); each item still has its own result: a panic or a worker's death fails that item alone |
 //! | `pool.map(f, paths)` over objects | `pool.map(f, &paths)`: items that borrow as `A` are encoded without a clone |
 //! | a progress count in `callback` | [`Stats::callbacks_run`]: inside the k-th callback it reads k |
 //! | a global set before `Pool()` | a `static` set before the pool is built: shared copy-on-write |

@@ -254,8 +254,8 @@ impl PoolBuilder {
     /// For [`map`](Pool::map) and [`map_chunked`](Pool::map_chunked) the limit applies to each
     /// item, not to the chunk: the worker restarts its clock before each item of a chunk, and an
     /// item that runs past it fails with [`Error::TimedOut`] (in `map_each`, that item alone;
-    /// the others keep their results). [`imap`](Pool::imap)
-    /// items are tasks of their own.
+    /// the others keep their results; likewise in [`imap_chunked`](Pool::imap_chunked)).
+    /// [`imap`](Pool::imap) items are tasks of their own.
     ///
     /// The worker enforces the limit itself with a SIGALRM timer, so a task that installs its
     /// own SIGALRM handler or blocks SIGALRM is killed by the pool instead, half a second later.
@@ -1145,8 +1145,12 @@ impl Pool {
     /// the input is still pulled lazily, a window of a few chunks per worker ahead, and results
     /// are still yielded item by item in input order; each chunk is one round trip.
     ///
-    /// A failure (a panic, a crash, a time limit) fails each item of its chunk, with the
-    /// chunk's error; the other chunks go on.
+    /// A failure fails only the item it happened in, as for [`imap`](Pool::imap): a panic is
+    /// caught item by item, and if a worker dies (or is killed past a time limit, which is per
+    /// item) in the middle of a chunk, the items of that chunk that had finished keep their
+    /// results, the item it was running fails, and the ones it had not started run on another
+    /// worker. No item runs twice. (Over MPI, a death on another rank fails every item of its
+    /// chunk, each error naming the item that was running.)
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a chunk size of 0; otherwise as [`imap`](Pool::imap).
@@ -1224,7 +1228,10 @@ impl Pool {
         let mut args = args.into_iter();
         let (feed, shape): (imap::Feed, Shape) = match chunksize {
             None => (
-                Box::new(move || args.next().map(|arg| (task::item(f, arg), 1))),
+                Box::new(move || {
+                    args.next()
+                        .map(|arg| (task::item(f, arg).map(|t| (t, None)), 1))
+                }),
                 Shape::Single,
             ),
             Some(0) => {
@@ -1235,7 +1242,10 @@ impl Pool {
             Some(n) => (
                 Box::new(move || {
                     let chunk: Vec<I::Item> = args.by_ref().take(n).collect();
-                    (!chunk.is_empty()).then(|| (task::chunk(f, &chunk), chunk.len()))
+                    (!chunk.is_empty()).then(|| {
+                        let encoded = task::chunk_each(f, &chunk).map(|(t, i)| (t, Some(i)));
+                        (encoded, chunk.len())
+                    })
                 }),
                 Shape::Chunks,
             ),

@@ -361,24 +361,8 @@ pub(crate) fn finish_each<R: DeserializeOwned + 'static>(
     let mut all = Vec::with_capacity(len);
     for (i, part) in parts.into_iter().enumerate() {
         let (base, items) = chunk_span(i, chunksize, len);
-        let decoded = part.and_then(decode_result_owned::<Vec<crate::task::Each<R>>>);
-        match decoded {
-            Ok(results) if results.len() == items => all.extend(
-                results
-                    .into_iter()
-                    .enumerate()
-                    .map(|(j, r)| r.map_err(|failed| crate::task::failed_item(failed, base + j))),
-            ),
-            Ok(results) => {
-                let error = Error::Decode {
-                    what: "result",
-                    message: format!(
-                        "a chunk of {items} items came back with {} results",
-                        results.len()
-                    ),
-                };
-                all.extend((0..items).map(|_| Err(error.duplicate().at_items(base, items))));
-            }
+        match each_of_chunk(part, base, items) {
+            Ok(results) => all.extend(results),
             // The pool is gone (or the map was cancelled): no item has a result of its own.
             Err(e @ (Error::Terminated | Error::Cancelled)) => return Err(e),
             Err(e) => {
@@ -388,6 +372,35 @@ pub(crate) fn finish_each<R: DeserializeOwned + 'static>(
         }
     }
     Ok(all)
+}
+
+/// The results of the `items` items of one chunk made by
+/// [`task::chunk_each`](crate::task::chunk_each), the first at input position `base`: each
+/// item's value, or its own error naming its position. `Err` with the chunk's error (not yet
+/// placed with [`Error::at_items`]) if the chunk failed as a whole.
+pub(crate) fn each_of_chunk<R: DeserializeOwned + 'static>(
+    part: Outcome,
+    base: usize,
+    items: usize,
+) -> Result<Vec<Result<R>>> {
+    let bytes = part?;
+    let decode_error = |message| Error::Decode {
+        what: "result",
+        message,
+    };
+    let (len, _) = codec::split_seq(&bytes).map_err(decode_error)?;
+    if len != items as u64 {
+        return Err(decode_error(format!(
+            "a chunk of {items} items came back with {len} results"
+        )));
+    }
+    let mut results = Vec::with_capacity(items);
+    codec::decode_results(bytes, |r| {
+        let index = base + results.len();
+        results.push(r.map_err(|failed| crate::task::failed_item(failed, index)));
+    })
+    .map_err(decode_error)?;
+    Ok(results)
 }
 
 /// The result of a task submitted with [`Pool::apply_async`](crate::Pool::apply_async) or

@@ -1335,6 +1335,14 @@ impl SharedRegion {
         Ok(SharedRegion { ptr, len })
     }
 
+    /// Keeps the mapping out of every child this process forks from now on (`MADV_DONTFORK`):
+    /// a child gets no copy of it, and so cannot read or write it.
+    pub(crate) fn keep_from_forks(&self) -> io::Result<()> {
+        // SAFETY: `ptr` and `len` are exactly a mapping this value owns; the advice changes
+        // only what a fork copies, not this process's view of the memory.
+        syscall!(madvise(self.ptr, self.len, libc::MADV_DONTFORK)).map(drop)
+    }
+
     /// The first byte; `len` bytes from it are mapped until drop.
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.cast()

@@ -410,13 +410,14 @@ unsafe fn call_chunk_each<A: DeserializeOwned + 'static, R: Serialize + 'static>
         if limit.is_some() {
             sys::set_alarm(limit);
         }
-        crate::worker::take_location();
+        // The location of a panic is taken as it is caught (and the worker clears it before
+        // each task), so it is this item's own.
         let result: Each<R> = panic::catch_unwind(AssertUnwindSafe(|| f(a))).map_err(|payload| {
             let location = crate::worker::take_location();
             Ok((crate::worker::panic_message(payload), location))
         });
         let recorded = ledger.push(
-            |buf| codec::encode_to_slice(&result, buf),
+            |buf| codec::encode_result_to_slice(&result, buf),
             || codec::encode_element(&result),
         );
         if let Err(message) = recorded {

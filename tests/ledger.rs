@@ -335,3 +335,151 @@ fn deaths_in_many_chunks_each_fail_their_own_item_and_keep_the_rest() {
         assert_eq!(runs(&path), [4; ITEMS as usize]);
     })
 }
+
+/// `imap_chunked` and `imap_unordered_chunked` of the items of `args` in one chunk, collected.
+fn imaps(pool: &Pool, args: impl Fn() -> Vec<Arg>) -> [Vec<forkpool::Result<Vec<u8>>>; 2] {
+    let chunk = ITEMS as usize;
+    [
+        pool.imap_chunked(item, args(), chunk).unwrap().collect(),
+        // One chunk: its items come in input order, unordered or not.
+        pool.imap_unordered_chunked(item, args(), chunk)
+            .unwrap()
+            .collect(),
+    ]
+}
+
+#[test]
+fn a_death_in_the_middle_of_an_imap_chunk_fails_that_item_alone_and_runs_none_twice() {
+    within(LIMIT, || {
+        let pool = pool(2);
+        // 100 KiB results overflow the ledger into partial frames before the death.
+        for (bad, signal, size) in [
+            (Bad::Abort, libc::SIGABRT, 8),
+            (Bad::Segv, libc::SIGSEGV, 8),
+            (Bad::Abort, libc::SIGABRT, 100 << 10),
+        ] {
+            let path = log_path("imap");
+            for got in imaps(&pool, || args(&path, bad, size)) {
+                assert_only_bad_failed(&got, size, died_of(signal));
+            }
+            let ran = runs(&path);
+            assert_eq!(ran, [2; ITEMS as usize], "each item ran once per imap");
+        }
+    })
+}
+
+#[test]
+fn an_imap_item_past_its_time_limit_fails_alone_with_the_items_limit() {
+    within(LIMIT, || {
+        let limit = Duration::from_millis(300);
+        let pool = Pool::builder()
+            .processes(2)
+            .print_panics(false)
+            .task_timeout(limit)
+            .build()
+            .unwrap();
+        let path = log_path("imap-timeout");
+        for got in imaps(&pool, || args(&path, Bad::Sleep, 8)) {
+            assert_only_bad_failed(
+                &got,
+                8,
+                |e| matches!(e, Error::TimedOut { limit: l, .. } if *l == limit),
+            );
+        }
+        assert_eq!(
+            runs(&path),
+            [2; ITEMS as usize],
+            "each item ran once per imap"
+        );
+    })
+}
+
+#[test]
+fn deaths_in_many_imap_chunks_each_fail_their_own_item() {
+    within(LIMIT, || {
+        let pool = pool(2);
+        // Four chunks of 10, each with item 6 aborting: items 6, 16, 26, 36 fail, in order.
+        let path = log_path("imap-many");
+        let args = move || -> Vec<Arg> {
+            (0..40u64)
+                .map(|x| (path.clone(), x % ITEMS, Bad::Abort, 8))
+                .collect()
+        };
+        let got: Vec<_> = pool.imap_chunked(item, args(), 10).unwrap().collect();
+        for (i, r) in got.iter().enumerate() {
+            if i as u64 % ITEMS == BAD {
+                assert_eq!(r.as_ref().unwrap_err().index(), Some(i), "item {i}");
+            } else {
+                assert!(
+                    *r.as_ref().unwrap() == expected(i as u64 % ITEMS, 8),
+                    "item {i}"
+                );
+            }
+        }
+        let got: Vec<_> = pool
+            .imap_unordered_chunked(item, args(), 10)
+            .unwrap()
+            .collect();
+        let mut failed: Vec<usize> = got
+            .iter()
+            .filter_map(|r| r.as_ref().err()?.index())
+            .collect();
+        failed.sort();
+        assert_eq!(failed, [6, 16, 26, 36]);
+        assert_eq!(got.iter().filter(|r| r.is_ok()).count(), 36);
+        assert_eq!(runs(&args()[0].0), [8; ITEMS as usize]);
+    })
+}
+
+/// How many ledgers this process has mapped.
+fn ledgers_mapped(_: ()) -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .filter(|l| l.contains("forkpool-ledger"))
+        .count()
+}
+
+#[test]
+fn a_worker_maps_its_own_ledger_and_no_other() {
+    within(LIMIT, || {
+        // Pools built one after the other: the parent maps every worker's ledger, and the
+        // fork server of a later pool (a fork of the parent) must not carry the earlier ones
+        // into its workers, where a scribble would land in another worker's ledger.
+        let pools: Vec<Pool> = (0..3).map(|_| pool(2)).collect();
+        for pool in &pools {
+            for mapped in pool.map_chunked(ledgers_mapped, vec![(); 8], 1).unwrap() {
+                assert_eq!(mapped, 1, "a worker's ledgers");
+            }
+        }
+        // Nor does a plain fork of the parent: the ledgers stay the pools' own.
+        assert!(
+            ledgers_mapped(()) >= 6,
+            "the parent maps each worker's ledger"
+        );
+        let mut fds = [0; 2];
+        // SAFETY: a valid array for pipe to fill.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: the child only reads /proc, writes one byte to a pipe and calls _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let n = std::fs::read_to_string("/proc/self/maps")
+                .map(|m| m.lines().filter(|l| l.contains("forkpool-ledger")).count())
+                .unwrap_or(255);
+            let byte = n.min(255) as u8;
+            // SAFETY: writing one byte from a live local to an open pipe, then _exit.
+            unsafe {
+                libc::write(fds[1], (&byte as *const u8).cast(), 1);
+                libc::_exit(0);
+            }
+        }
+        let mut byte = 255u8;
+        // SAFETY: reading one byte into a live local from the pipe's read end.
+        unsafe {
+            libc::close(fds[1]);
+            libc::read(fds[0], (&mut byte as *mut u8).cast(), 1);
+            libc::close(fds[0]);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        assert_eq!(byte, 0, "a fork of the parent maps no ledger");
+    })
+}
