@@ -301,6 +301,13 @@ pub(crate) fn wait_readable(fd: RawFd, limit: Duration) -> bool {
     }
 }
 
+/// Sleeps until `fd` is readable or `limit` passes; true if it is readable (or the wait was
+/// interrupted or failed: the read that follows finds out).
+pub(crate) fn readable_within(fd: RawFd, limit: Duration) -> bool {
+    let mut fds = [PollFd::new(fd, true, false)];
+    !matches!(poll(&mut fds, Some(limit)), Ok(0))
+}
+
 /// How a process ended, as `waitpid` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WaitStatus {

@@ -153,10 +153,18 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: u32) -> i32
                 Ok(None) => {}
                 Err(_) => return EXIT_PROTOCOL,
             }
-            lent.release_read(output);
+            lent.release_read(output, &mut reader);
             // The next task often follows at once: spin a moment before sleeping in read,
             // since waking a sleeping process on the other CPU is slow.
             spin.run(|| sys::wait_readable(input, Duration::ZERO));
+            if let Some(due) = reader.spare_due() {
+                // Sleep no longer than the spare may wait; if no task came by then, give its
+                // memory back before sleeping for good.
+                let wait = due.saturating_duration_since(Instant::now());
+                if !sys::readable_within(input, wait) {
+                    reader.drop_spare();
+                }
+            }
             match reader.fill(input) {
                 // End of file: the pool closed our task pipe, and we are done; unless a task
                 // put something else (say /dev/null) in its place.
@@ -181,7 +189,11 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: u32) -> i32
         }
         still_me(me);
         let status = fit_reply(&mut out, status, config.max_frame);
-        // Billiard's rule: past the memory cap, answer, then make way for a fresh worker.
+        // Billiard's rule: past the memory cap, answer, then make way for a fresh worker. The
+        // cap is the task's memory, not ours: a spare buffer is given back first.
+        if config.max_memory.is_some() {
+            reader.drop_spare();
+        }
         let retiring = config
             .max_memory
             .is_some_and(|cap| sys::resident_bytes() > cap);
@@ -200,7 +212,7 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: u32) -> i32
         if retiring {
             return 0;
         }
-        lent.release_read(output);
+        lent.release_read(output, &mut reader);
         out.tail = Vec::new();
         if out.head.capacity() > KEEP_BUFFER {
             out.head = Vec::new();
@@ -459,14 +471,18 @@ impl Lent {
     }
 
     /// Frees the tails the parent has read: the pipe's unread bytes are the last ones
-    /// written, so every tail that ends before them is read.
-    fn release_read(&mut self, output: RawFd) {
+    /// written, so every tail that ends before them is read. The last one freed is kept by
+    /// `reader` for the next large task's argument (see [`FrameReader::keep_spare`]).
+    fn release_read(&mut self, output: RawFd, reader: &mut FrameReader) {
         if self.tails.is_empty() {
             return;
         }
         if let Some(unread) = sys::pipe_unread(output) {
             let read = self.written.saturating_sub(unread as u64);
-            self.tails.retain(|(end, _)| *end > read);
+            let still_lent = self.tails.partition_point(|(end, _)| *end <= read);
+            for (_, tail) in self.tails.drain(..still_lent) {
+                reader.keep_spare(tail, Instant::now());
+            }
         }
     }
 }

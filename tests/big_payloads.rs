@@ -131,3 +131,97 @@ fn a_worker_dying_with_large_arguments_in_its_pipe_loses_nothing() {
         assert_eq!(pool.apply(die_on_big, vec![7; 10]).unwrap(), 10);
     });
 }
+
+/// Echoes of sizes that grow and shrink, one worker: each large payload may land in the
+/// pages of the one before it (a spare buffer, on both sides), and none shows a byte, or a
+/// length, of another.
+#[test]
+fn payloads_that_land_in_an_earlier_ones_buffer_are_their_own() {
+    within(Duration::from_secs(120), || {
+        let pool = Pool::new(1).unwrap();
+        let sizes = [
+            8 << 20,
+            6 << 20,
+            (4 << 20) + 7,
+            (8 << 20) - 1,
+            5 << 20,
+            3 << 20,
+            (1 << 20) + 1,
+            12 << 20,
+            12 << 20,
+        ];
+        for (i, &size) in sizes.iter().enumerate() {
+            let want = pattern(1000 + i as u64, size);
+            let back = pool.apply(echo, want.clone()).unwrap();
+            assert_eq!(back.len(), size, "echo {i}");
+            assert!(back == want, "echo {i} of {size} bytes changed on the way");
+            // A result made in the worker, into a buffer the parent may have kept.
+            let made = pool.apply(make, (2000 + i as u64, size)).unwrap();
+            assert!(made == pattern(2000 + i as u64, size), "result {i} changed");
+        }
+    });
+}
+
+/// Resident memory of this process or a worker, in KiB.
+fn rss_kib(_: ()) -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+const SPARE_CHILD: &str = "FORKPOOL_BIG_PAYLOADS_SPARE_CHILD";
+
+/// The spare buffers a large payload leaves behind are given back once the pool has been
+/// idle a moment: neither the worker nor the parent keeps 64 MiB for good. Run in a process
+/// of its own (`spare_child`), so that no other test's memory moves the parent's count.
+#[test]
+fn spare_buffers_are_given_back_when_idle() {
+    let out = std::process::Command::new("timeout")
+        .arg("120")
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "spare_child", "--ignored", "--nocapture"])
+        .env(SPARE_CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("SPARE_CHILD_OK"),
+        "the child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+#[ignore = "runs in a child process of spare_buffers_are_given_back_when_idle"]
+fn spare_child() {
+    if std::env::var_os(SPARE_CHILD).is_none() {
+        return;
+    }
+    let pool = Pool::new(1).unwrap();
+    let size = 64 << 20;
+    let worker_before = pool.apply(rss_kib, ()).unwrap();
+    let parent_before = rss_kib(());
+    for seed in 0..3 {
+        let back = pool.apply(echo, pattern(seed, size)).unwrap();
+        assert_eq!(back.len(), size);
+    }
+    let spare_held = pool.apply(rss_kib, ()).unwrap();
+    // A spare waits a second (`frame::SPARE_KEEP`) before it is given back.
+    std::thread::sleep(Duration::from_millis(1800));
+    let worker_after = pool.apply(rss_kib, ()).unwrap();
+    let parent_after = rss_kib(());
+    // While kept, the worker's spare is resident; once idle, it is gone.
+    assert!(
+        spare_held > worker_before + 32 * 1024,
+        "the worker kept a spare: {worker_before} KiB, then {spare_held} KiB"
+    );
+    assert!(
+        worker_after < worker_before + 16 * 1024,
+        "the worker gave its spare back: {worker_before} KiB before, {worker_after} KiB after"
+    );
+    assert!(
+        parent_after < parent_before + 16 * 1024,
+        "the parent gave its spare back: {parent_before} KiB before, {parent_after} KiB after"
+    );
+    println!("SPARE_CHILD_OK");
+}

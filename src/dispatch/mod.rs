@@ -419,6 +419,7 @@ impl<P: Processes> Dispatcher<P> {
                 w.kill_at(),
                 w.backstop().filter(|_| w.end.is_none()),
                 slow_start,
+                w.spare_due(),
             ]
         });
         [respawn]
@@ -493,6 +494,7 @@ impl<P: Processes> Dispatcher<P> {
         let front_limit = self.slow_start_limit();
         for w in &mut self.workers {
             w.note_start(now, self.front.counters());
+            w.drop_idle_spare(now);
             if w.runs_cancelled() {
                 // A task cancelled while it waited in the pipe has started.
                 w.end(Why::Cancelled, Some(now));

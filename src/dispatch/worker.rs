@@ -191,6 +191,16 @@ impl Worker {
         }
     }
 
+    /// When its reader's spare buffer is due to be dropped, if it keeps one.
+    pub(super) fn spare_due(&self) -> Option<Instant> {
+        self.reader.spare_due()
+    }
+
+    /// Drops its reader's spare buffer once it has waited long enough.
+    pub(super) fn drop_idle_spare(&mut self, now: Instant) {
+        self.reader.drop_spare_if_idle(now);
+    }
+
     /// Writes as much of the pending task frames as the pipe takes without blocking.
     pub(super) fn write_some(&mut self) {
         let Some(fd) = self.pipes.task_fd() else {
@@ -385,6 +395,12 @@ impl Worker {
             self.end(Why::Retiring, None);
         }
         self.shrink_task_pipe();
+        // The worker has read the whole task (its pipe holds no reference to a spliced tail
+        // any more): a large argument's pages take the next large reply.
+        if sent.task.frame.tail.len() >= frame::LARGE_PAYLOAD {
+            let tail = std::mem::take(&mut sent.task.frame.tail);
+            self.reader.keep_spare(tail, Instant::now());
+        }
         let outcome = sent.task.outcome_of(reply);
         sent.task.finish(outcome, counters);
         Ok(())
