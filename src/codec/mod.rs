@@ -160,7 +160,9 @@ impl SeqIndex {
         let (&form, mut rest) = bytes.split_first().ok_or("an empty item index")?;
         let len = read_varint(&mut rest)?;
         if len != items as u64 {
-            return Err(format!("an item index of {len} items for a task of {items}"));
+            return Err(format!(
+                "an item index of {len} items for a task of {items}"
+            ));
         }
         match form {
             WIRE_BYTES => {
@@ -990,8 +992,8 @@ mod tests {
     /// The index of `items`, encoded, its wire form, and the encoding's length.
     fn indexed<T: Serialize + 'static>(items: &[T]) -> (SeqIndex, Vec<u8>, usize) {
         let mut encoded = Vec::new();
-        let index = encode_seq_indexed::<T, &T>(&items.iter().collect::<Vec<_>>(), &mut encoded)
-            .unwrap();
+        let index =
+            encode_seq_indexed::<T, &T>(&items.iter().collect::<Vec<_>>(), &mut encoded).unwrap();
         let mut wire = Vec::new();
         index.to_wire(&mut wire);
         assert_eq!(wire.len(), index.wire_len());
@@ -1025,14 +1027,23 @@ mod tests {
         // The right one, then each way of being wrong.
         assert!(SeqIndex::from_wire(&wire, 4, len).is_ok());
         assert!(SeqIndex::from_wire(&wire, 5, len).is_err(), "another count");
-        assert!(SeqIndex::from_wire(&wire, 4, len + 1).is_err(), "ends early");
+        assert!(
+            SeqIndex::from_wire(&wire, 4, len + 1).is_err(),
+            "ends early"
+        );
         assert!(SeqIndex::from_wire(&wire, 4, len - 1).is_err(), "ends late");
         for cut in 0..wire.len() {
-            assert!(SeqIndex::from_wire(&wire[..cut], 4, len).is_err(), "cut at {cut}");
+            assert!(
+                SeqIndex::from_wire(&wire[..cut], 4, len).is_err(),
+                "cut at {cut}"
+            );
         }
         let mut longer = wire.clone();
         longer.push(0);
-        assert!(SeqIndex::from_wire(&longer, 4, len).is_err(), "trailing bytes");
+        assert!(
+            SeqIndex::from_wire(&longer, 4, len).is_err(),
+            "trailing bytes"
+        );
         let mut form = wire.clone();
         form[0] = 7;
         assert!(SeqIndex::from_wire(&form, 4, len).is_err(), "unknown form");
@@ -1040,7 +1051,10 @@ mod tests {
         let mut shifted = wire.clone();
         shifted[2] += 1;
         shifted[3] -= 1;
-        assert!(SeqIndex::from_wire(&shifted, 4, len).is_err(), "first offset");
+        assert!(
+            SeqIndex::from_wire(&shifted, 4, len).is_err(),
+            "first offset"
+        );
         // A delta of 2^64 - 1: the sum overflows; one far past the end.
         let mut huge = vec![WIRE_OFFSETS, 4];
         push_varint(1, &mut huge);
@@ -1048,9 +1062,34 @@ mod tests {
         huge.extend([1, 1, 1]);
         assert!(SeqIndex::from_wire(&huge, 4, len).is_err(), "overflow");
         // Varints too long, or above 64 bits.
-        let long = [WIRE_OFFSETS, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0];
+        let long = [
+            WIRE_OFFSETS,
+            0x80,
+            0x80,
+            0x80,
+            0x80,
+            0x80,
+            0x80,
+            0x80,
+            0x80,
+            0x80,
+            0x80,
+            0,
+        ];
         assert!(SeqIndex::from_wire(&long, 4, len).is_err());
-        let wide = [WIRE_OFFSETS, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        let wide = [
+            WIRE_OFFSETS,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0x02,
+        ];
         assert!(SeqIndex::from_wire(&wide, 4, len).is_err());
         // A count of 2^40 items in a few bytes: refused before any allocation.
         let mut many = vec![WIRE_OFFSETS];

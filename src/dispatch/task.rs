@@ -160,7 +160,14 @@ impl Task {
         counters: &Counters,
     ) -> Option<Task> {
         let error = match (error, &self.host) {
-            (Error::WorkerDied { pid, cause, host: None }, Some(host)) => Error::WorkerDied {
+            (
+                Error::WorkerDied {
+                    pid,
+                    cause,
+                    host: None,
+                },
+                Some(host),
+            ) => Error::WorkerDied {
                 pid,
                 cause,
                 host: Some(host.to_string()),

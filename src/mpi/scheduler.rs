@@ -495,7 +495,12 @@ impl Scheduler {
                     self.image.offset(header.trampoline),
                     self.image.offset(header.function),
                 );
-                wire::push_task(&mut member.batch, items, index.as_ref(), frame.parts_from(0));
+                wire::push_task(
+                    &mut member.batch,
+                    items,
+                    index.as_ref(),
+                    frame.parts_from(0),
+                );
             }
             Link::Local(pool) => {
                 let tx = self.local_tx.clone();

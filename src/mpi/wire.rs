@@ -571,8 +571,8 @@ mod tests {
             msg.len(),
             task_entry_len(frame.len(), Some(index.wire_len()))
         );
-        let task = crate::dispatch::Task::new(frame, crate::result::Sink::then(drop))
-            .each_chunk(index);
+        let task =
+            crate::dispatch::Task::new(frame, crate::result::Sink::then(drop)).each_chunk(index);
         (task, msg)
     }
 
