@@ -425,7 +425,30 @@ fn timeout(pool: &Pool) -> Result<(), String> {
         ranks.insert(r.get().map_err(|e| e.to_string())?);
     }
     println!("timeout: {timed_out} timed out, short tasks ran on ranks {ranks:?}");
+    // In a chunk of map_each, the limit is per item: only the item that overran fails.
+    let each = pool
+        .map_each_chunked(nap_at_2, 0..8u64, 4)
+        .map_err(|e| e.to_string())?;
+    let (mut ok, mut timed_out) = (0, 0);
+    for (x, r) in each.iter().enumerate() {
+        match r {
+            Ok(rank) if x % 4 != 2 && *rank > 0 => ok += 1,
+            Err(e) if x % 4 == 2 && e.index() == Some(x) => match e.cause() {
+                Error::TimedOut { limit, .. } if *limit == Duration::from_millis(500) => {
+                    timed_out += 1
+                }
+                other => return Err(format!("item {x} of map_each failed with {other}")),
+            },
+            other => return Err(format!("item {x} of map_each: {other:?}")),
+        }
+    }
+    println!("timeout each: {ok} ok, {timed_out} timed out");
     Ok(())
+}
+
+/// Naps 20 s (past the pool's limit) for the item at position 2 of a chunk of 4, else 10 ms.
+fn nap_at_2(x: u64) -> i32 {
+    nap(if x % 4 == 2 { 20_000 } else { 10 })
 }
 
 /// CPU time (clock ticks of 10 ms) used so far by every process of this binary whose name

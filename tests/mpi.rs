@@ -254,6 +254,8 @@ fn task_timeout_holds_across_ranks() {
     let (output, text) = probe("timeout");
     assert!(output.status.success(), "{text}");
     assert!(text.contains("timeout: 4 timed out"), "{text}");
+    // Per item in a chunk of map_each, on a serving rank: the others keep their results.
+    assert!(text.contains("timeout each: 6 ok, 2 timed out"), "{text}");
 }
 
 #[test]
