@@ -435,10 +435,18 @@ impl Scheduler {
             // A chunk of `map_each` takes its index along, wherever it runs.
             let index = task.take_each_index();
             let remote = matches!(self.members[i].link, Link::Rank(_));
-            let entry = wire::task_entry_len(
-                task.frame_mut().len(),
-                index.as_ref().filter(|_| remote).map(SeqIndex::wire_len),
+            let frame_len = task.frame_mut().len();
+            let mut entry = wire::task_entry_len(
+                frame_len,
+                index
+                    .as_ref()
+                    .filter(|_| remote)
+                    .map(SeqIndex::wire_len_bound),
             );
+            if remote && entry > wire::MAX_MESSAGE {
+                // The bound was not enough: the exact size (one pass over the items).
+                entry = wire::task_entry_len(frame_len, index.as_ref().map(SeqIndex::wire_len));
+            }
             if remote && entry > wire::MAX_MESSAGE {
                 let message = format!(
                     "an argument frame of {} bytes is above the largest MPI message ({} bytes)",

@@ -102,13 +102,14 @@ pub(crate) struct TaskEntry<'a> {
 }
 
 /// The bytes [`push_task`] appends for a frame of `frame_len` bytes and an index of
-/// `index_len` bytes (if any).
+/// `index_len` bytes (if any; a bound of it gives a bound of the entry).
 pub(crate) fn task_entry_len(frame_len: usize, index_len: Option<usize>) -> usize {
     4 + 1 + index_len.map_or(0, |n| 4 + n) + frame_len
 }
 
 /// Appends one task entry to a TASKS message. The index of a chunk of `map_each` must be
-/// under 4 GiB (it is smaller than the frame, which is under [`MAX_MESSAGE`]).
+/// under 4 GiB (it is about the frame's size at most, and the frame is under
+/// [`MAX_MESSAGE`]).
 pub(crate) fn push_task(
     out: &mut Vec<u8>,
     items: u32,
@@ -120,9 +121,12 @@ pub(crate) fn push_task(
         None => out.push(0),
         Some(index) => {
             out.push(1);
-            let len = u32::try_from(index.wire_len()).expect("an index under 4 GiB");
-            out.extend_from_slice(&len.to_le_bytes());
+            // Its length, written once the index is (one pass over the items, not two).
+            let at = out.len();
+            out.extend_from_slice(&[0; 4]);
             index.to_wire(out);
+            let len = u32::try_from(out.len() - at - 4).expect("an index under 4 GiB");
+            out[at..at + 4].copy_from_slice(&len.to_le_bytes());
         }
     }
     out.extend_from_slice(frame[0]);
