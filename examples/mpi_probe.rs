@@ -92,7 +92,7 @@ fn main() {
     if scenario == "limits" {
         builder = builder.initializer(init).max_tasks_per_child(2);
     }
-    if scenario == "rank0" {
+    if scenario == "rank0" || scenario == "each_rank0" {
         builder = builder.mpi_rank0_workers(true);
     }
     let pool = match builder.build() {
@@ -107,6 +107,7 @@ fn main() {
     let outcome = match scenario.as_str() {
         "map" | "rank0" => map(&pool),
         "crash" => crash(&pool),
+        "each" | "each_rank0" => each(&pool),
         "timeout" => timeout(&pool),
         "spread" => spread(&pool),
         "limits" => limits(&pool),
@@ -305,6 +306,102 @@ fn crash(pool: &Pool) -> Result<(), String> {
     host_stats(pool)
 }
 
+/// Items per chunk in the `each` scenarios, and the position in every chunk of the item that
+/// aborts its worker.
+const EACH_CHUNK: u64 = 10;
+const EACH_BAD: u64 = 6;
+/// Chunks per run: enough that every rank (and rank 0's local pool) gets some.
+const EACH_CHUNKS: u64 = 12;
+
+/// Logs `x` to the file `path` (opened O_APPEND: one line per run, from any rank), then
+/// aborts the worker if `x` is the bad item of its chunk; else `x * x` and the worker's rank.
+fn log_then_abort((path, x): (String, u64)) -> (u64, i32) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .expect("the log");
+    file.write_all(format!("{x}\n").as_bytes())
+        .expect("a log line");
+    if x % EACH_CHUNK == EACH_BAD {
+        std::process::abort();
+    }
+    (x * x, rank_of_worker())
+}
+
+/// A worker's death in the middle of a chunk of `map_each_chunked` and of `imap_chunked`, on
+/// whichever rank runs the chunk: only the item that aborted fails (WorkerDied, naming the
+/// host of a serving rank), every other item has its result, and no item runs twice.
+fn each(pool: &Pool) -> Result<(), String> {
+    let n = EACH_CHUNK * EACH_CHUNKS;
+    for form in ["map_each_chunked", "imap_chunked"] {
+        let path = std::env::temp_dir()
+            .join(format!(
+                "forkpool-mpi-each-{form}-{}.log",
+                std::process::id()
+            ))
+            .to_string_lossy()
+            .into_owned();
+        let _ = std::fs::remove_file(&path);
+        let args = {
+            let path = path.clone();
+            (0..n).map(move |x| (path.clone(), x))
+        };
+        let each: Vec<forkpool::Result<(u64, i32)>> = match form {
+            "map_each_chunked" => pool.map_each_chunked(log_then_abort, args, EACH_CHUNK as usize),
+            _ => pool
+                .imap_chunked(log_then_abort, args, EACH_CHUNK as usize)
+                .map(|imap| imap.collect()),
+        }
+        .map_err(|e| format!("{form}: {e}"))?;
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        let mut runs = vec![0; n as usize];
+        for line in log.lines() {
+            let x: usize = line
+                .parse()
+                .map_err(|_| format!("{form}: log line {line:?}"))?;
+            *runs.get_mut(x).ok_or(format!("{form}: logged item {x}"))? += 1;
+        }
+        let (mut ok, mut died, mut named) = (0, 0, true);
+        let mut died_on = std::collections::BTreeMap::new();
+        for (x, r) in each.iter().enumerate() {
+            let bad = x as u64 % EACH_CHUNK == EACH_BAD;
+            match r {
+                Ok((square, _)) if !bad && *square == (x * x) as u64 => ok += 1,
+                Err(e) if bad && e.index() == Some(x) => {
+                    let Error::WorkerDied { host, .. } = e.cause() else {
+                        return Err(format!("{form}: item {x} failed with {e}"));
+                    };
+                    // The item before it ran in the same worker, just before.
+                    let rank = match &each[x - 1] {
+                        Ok((_, rank)) => *rank,
+                        Err(e) => return Err(format!("{form}: item {} failed with {e}", x - 1)),
+                    };
+                    *died_on.entry(rank).or_insert(0) += 1;
+                    // A serving rank's host is named; rank 0's own workers are local.
+                    named &= host.is_some() == (rank != 0);
+                    if died == 0 {
+                        println!("each {form}: {e}");
+                    }
+                    died += 1;
+                }
+                other => return Err(format!("{form}: item {x}: {other:?}")),
+            }
+        }
+        let once = runs.iter().all(|&r| r == 1);
+        println!(
+            "each {form}: {ok} ok, {died} died, every item ran once {once}, hosts named {named}, \
+             deaths by rank {died_on:?}"
+        );
+        if !once {
+            println!("each {form}: runs {runs:?}");
+        }
+    }
+    Ok(())
+}
+
 fn timeout(pool: &Pool) -> Result<(), String> {
     let long: Vec<_> = (0..4)
         .map(|_| pool.apply_async(nap, 20_000))
@@ -328,7 +425,30 @@ fn timeout(pool: &Pool) -> Result<(), String> {
         ranks.insert(r.get().map_err(|e| e.to_string())?);
     }
     println!("timeout: {timed_out} timed out, short tasks ran on ranks {ranks:?}");
+    // In a chunk of map_each, the limit is per item: only the item that overran fails.
+    let each = pool
+        .map_each_chunked(nap_at_2, 0..8u64, 4)
+        .map_err(|e| e.to_string())?;
+    let (mut ok, mut timed_out) = (0, 0);
+    for (x, r) in each.iter().enumerate() {
+        match r {
+            Ok(rank) if x % 4 != 2 && *rank > 0 => ok += 1,
+            Err(e) if x % 4 == 2 && e.index() == Some(x) => match e.cause() {
+                Error::TimedOut { limit, .. } if *limit == Duration::from_millis(500) => {
+                    timed_out += 1
+                }
+                other => return Err(format!("item {x} of map_each failed with {other}")),
+            },
+            other => return Err(format!("item {x} of map_each: {other:?}")),
+        }
+    }
+    println!("timeout each: {ok} ok, {timed_out} timed out");
     Ok(())
+}
+
+/// Naps 20 s (past the pool's limit) for the item at position 2 of a chunk of 4, else 10 ms.
+fn nap_at_2(x: u64) -> i32 {
+    nap(if x % 4 == 2 { 20_000 } else { 10 })
 }
 
 /// CPU time (clock ticks of 10 ms) used so far by every process of this binary whose name

@@ -109,9 +109,8 @@ pub enum Error {
     ///
     /// `items` is 1 when the failure is pinned to that one item: a panic, and a worker's death
     /// or time limit in a chunk (the worker's ledger says which item it was running). Only when
-    /// that cannot be known (the worker died before it recorded anything of the chunk, or on
-    /// another rank of an MPI pool in `imap`'s chunked forms) is `index` the chunk's first item
-    /// and `items` its length.
+    /// that cannot be known (the worker died before it recorded anything of the chunk) is
+    /// `index` the chunk's first item and `items` its length.
     ///
     /// Errors that concern the pool rather than an item ([`Error::Closed`],
     /// [`Error::Terminated`], [`Error::Cancelled`], [`Error::Io`], [`Error::ForkedProcess`],

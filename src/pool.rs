@@ -856,9 +856,8 @@ impl Pool {
     /// region of memory it shares with the pool (its *ledger*) as each item ends, and the items
     /// not yet started run in another worker. No item is run a second time.
     ///
-    /// # Caveats
-    /// Over MPI (feature `mpi`), a death on another rank still fails every item of its chunk,
-    /// with an error naming the item it was running.
+    /// Over MPI (feature `mpi`) this holds on every rank: a death on another rank fails only
+    /// its item, with an [`Error::WorkerDied`] naming that rank's host.
     ///
     /// # Errors
     /// As [`map`](Pool::map) for the call itself.
@@ -1149,8 +1148,7 @@ impl Pool {
     /// caught item by item, and if a worker dies (or is killed past a time limit, which is per
     /// item) in the middle of a chunk, the items of that chunk that had finished keep their
     /// results, the item it was running fails, and the ones it had not started run on another
-    /// worker. No item runs twice. (Over MPI, a death on another rank fails every item of its
-    /// chunk, each error naming the item that was running.)
+    /// worker. No item runs twice. The same holds over MPI, on every rank.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a chunk size of 0; otherwise as [`imap`](Pool::imap).

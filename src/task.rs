@@ -103,6 +103,21 @@ pub(crate) fn tail(frame: &OutFrame, index: &SeqIndex, from: usize) -> (OutFrame
     (sealed(head, Vec::new()), index)
 }
 
+/// The index of a chunk frame built by [`chunk_each`] (`frame`: its bytes, length prefix
+/// included, as a serving rank of an MPI pool receives it), read from its wire form
+/// ([`SeqIndex::to_wire`]) and checked to fit the frame's `items` arguments.
+///
+/// # Errors
+/// What is wrong with the index, as [`SeqIndex::from_wire`] says.
+#[cfg(feature = "mpi")]
+pub(crate) fn chunk_index(frame: &[u8], items: usize, wire: &[u8]) -> Result<SeqIndex, String> {
+    let encoded = frame
+        .len()
+        .checked_sub(frame::TASK_ARG_START)
+        .ok_or("a task frame too short for its header")?;
+    SeqIndex::from_wire(wire, items, encoded)
+}
+
 /// One item's result in a [`chunk_each`] reply: its value, or why it has none.
 pub(crate) type Each<R> = std::result::Result<R, Failed>;
 
@@ -112,28 +127,33 @@ pub(crate) type Each<R> = std::result::Result<R, Failed>;
 pub(crate) type Failed = std::result::Result<(String, Option<String>), Lost>;
 
 /// A lost item, as the parent records it among the results of a chunk: `(kind, pid, code,
-/// limit in microseconds)`, kind 0 for a worker killed by signal `code`, 1 for one that exited
-/// with status `code`, 2 for a time limit.
-type Lost = (u8, u32, i32, u64);
+/// limit in microseconds, host)`, kind 0 for a worker killed by signal `code`, 1 for one that
+/// exited with status `code`, 2 for a time limit; `host` names the host of a worker that died
+/// on another rank of an MPI pool (the error's own `host`).
+type Lost = (u8, u32, i32, u64, Option<String>);
 
 /// The encoding of a [`chunk_each`] item that failed with `error` because its worker was lost
 /// (it died, or was killed past the item's time limit), to stand among the results of the
 /// items that finished. `None` for any other error.
 pub(crate) fn lost_item(error: &Error) -> Option<Vec<u8>> {
-    let lost: Lost = match *error {
+    let lost: Lost = match error {
         Error::WorkerDied {
             pid,
             cause: ExitCause::Signal(sig),
-            ..
-        } => (0, pid, sig, 0),
+            host,
+        } => (0, *pid, *sig, 0, host.clone()),
         Error::WorkerDied {
             pid,
             cause: ExitCause::Exited(code),
-            ..
-        } => (1, pid, code, 0),
-        Error::TimedOut { pid, limit } => {
-            (2, pid, 0, limit.as_micros().min(u64::MAX as u128) as u64)
-        }
+            host,
+        } => (1, *pid, *code, 0, host.clone()),
+        Error::TimedOut { pid, limit } => (
+            2,
+            *pid,
+            0,
+            limit.as_micros().min(u64::MAX as u128) as u64,
+            None,
+        ),
         _ => return None,
     };
     let item: Each<()> = Err(Err(lost));
@@ -144,17 +164,17 @@ pub(crate) fn lost_item(error: &Error) -> Option<Vec<u8>> {
 pub(crate) fn failed_item(failed: Failed, index: usize) -> Error {
     let source = match failed {
         Ok((message, location)) => Error::TaskPanicked { message, location },
-        Err((0, pid, sig, _)) => Error::WorkerDied {
+        Err((0, pid, sig, _, host)) => Error::WorkerDied {
             pid,
             cause: ExitCause::Signal(sig),
-            host: None,
+            host,
         },
-        Err((1, pid, code, _)) => Error::WorkerDied {
+        Err((1, pid, code, _, host)) => Error::WorkerDied {
             pid,
             cause: ExitCause::Exited(code),
-            host: None,
+            host,
         },
-        Err((_, pid, _, limit_us)) => Error::TimedOut {
+        Err((_, pid, _, limit_us, _)) => Error::TimedOut {
             pid,
             limit: Duration::from_micros(limit_us),
         },

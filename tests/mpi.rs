@@ -182,12 +182,80 @@ fn a_task_that_segfaults_on_rank_2_fails_alone_and_the_next_100_succeed() {
     assert!(text.contains("host stats add up: ranks [1, 2]"), "{text}");
 }
 
+/// The ranks on which the `each` scenario's chunks lost a worker, for `form`, from its line
+/// `each FORM: ... deaths by rank {1: 5, 2: 7}`, after checking the rest of that line: only
+/// the aborting item of each of the 12 chunks failed, every other item has its result, every
+/// item ran exactly once, and a death on a serving rank names its host.
+fn each_deaths(text: &str, form: &str) -> Vec<u32> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("each {form}: 108 ")))
+        .unwrap_or_else(|| panic!("no result line for {form} in:\n{text}"));
+    assert!(
+        line.contains("108 ok, 12 died, every item ran once true, hosts named true,"),
+        "{line} in:\n{text}"
+    );
+    let deaths = line.split("deaths by rank {").nth(1).expect("the deaths");
+    deaths
+        .trim_end_matches('}')
+        .split(", ")
+        .map(|pair| pair.split(':').next().unwrap().parse().expect("a rank"))
+        .collect()
+}
+
+/// A worker's death in the middle of a chunk of `map_each_chunked` or `imap_chunked` on a
+/// serving rank fails only the item it ran (WorkerDied, naming the host); the chunk's finished
+/// items keep their results, and its unstarted ones run, once (they failed with the whole
+/// chunk, and the rest never ran, before the item index went over MPI).
+#[test]
+fn a_death_mid_chunk_on_a_serving_rank_fails_only_that_item() {
+    let _one = lock();
+    let exe = example("mpi_probe");
+    let (output, text) = probe("each");
+    assert!(output.status.success(), "{text}");
+    for form in ["map_each_chunked", "imap_chunked"] {
+        let ranks = each_deaths(&text, form);
+        assert!(
+            !ranks.is_empty() && !ranks.contains(&0),
+            "{form}: {ranks:?} in:\n{text}"
+        );
+    }
+    let here = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let named = format!(" on {} was killed by signal 6 (SIGABRT)", here.trim());
+    assert!(text.contains(&named), "{text}");
+    assert!(text.contains("joined"), "{text}");
+    assert_eq!(
+        leftovers(&exe),
+        Vec::<u32>::new(),
+        "processes left after the job"
+    );
+}
+
+/// The same on rank 0's own local pool (`mpi_rank0_workers`), whose chunks also keep their
+/// item index now.
+#[test]
+fn a_death_mid_chunk_on_rank_0s_local_pool_fails_only_that_item() {
+    let _one = lock();
+    let (output, text) = probe("each_rank0");
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("processes 6"), "{text}");
+    for form in ["map_each_chunked", "imap_chunked"] {
+        let ranks = each_deaths(&text, form);
+        assert!(
+            ranks.contains(&0) && ranks.iter().any(|&r| r > 0),
+            "{form}: deaths on rank 0 and on a serving rank wanted, got {ranks:?} in:\n{text}"
+        );
+    }
+}
+
 #[test]
 fn task_timeout_holds_across_ranks() {
     let _one = lock();
     let (output, text) = probe("timeout");
     assert!(output.status.success(), "{text}");
     assert!(text.contains("timeout: 4 timed out"), "{text}");
+    // Per item in a chunk of map_each, on a serving rank: the others keep their results.
+    assert!(text.contains("timeout each: 6 ok, 2 timed out"), "{text}");
 }
 
 #[test]

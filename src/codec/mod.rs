@@ -100,6 +100,190 @@ pub(crate) struct SeqIndex {
     len: usize,
 }
 
+/// The form byte of a [`SeqIndex`] on the wire: a sequence of bytes (item `i` is byte `i`).
+#[cfg(any(test, feature = "mpi"))]
+const WIRE_BYTES: u8 = 0;
+/// The form byte of a [`SeqIndex`] on the wire: item offsets follow.
+#[cfg(any(test, feature = "mpi"))]
+const WIRE_OFFSETS: u8 = 1;
+
+#[cfg(any(test, feature = "mpi"))]
+impl SeqIndex {
+    /// Appends the index in the form [`from_wire`](SeqIndex::from_wire) reads, for a process
+    /// that has the encoded sequence but not its type (a serving rank of an MPI pool):
+    ///
+    /// ```text
+    /// | form u8: 0 bytes, 1 offsets | items varint | (offset deltas varint, items + 1 of them) |
+    /// ```
+    ///
+    /// Varints are LEB128; the first delta is the first item's offset (the length of the
+    /// sequence's header), each next one the size of an item, so that small items cost a
+    /// byte each.
+    pub(crate) fn to_wire(&self, out: &mut Vec<u8>) {
+        if self.starts.is_empty() {
+            out.push(WIRE_BYTES);
+            push_varint(self.len as u64, out);
+            return;
+        }
+        out.reserve(self.starts.len() + 11);
+        out.push(WIRE_OFFSETS);
+        push_varint(self.len as u64, out);
+        let mut last = 0;
+        for &start in &self.starts {
+            let delta = start - last;
+            if delta < 0x80 {
+                // The usual case, small items: one byte.
+                out.push(delta as u8);
+            } else {
+                push_varint(delta as u64, out);
+            }
+            last = start;
+        }
+    }
+
+    /// At least as many bytes as [`to_wire`](SeqIndex::to_wire) appends (at most 1% more for
+    /// a sequence of large items), without a pass over the items: a delta `d` takes at most
+    /// `1 + d / 128` bytes.
+    pub(crate) fn wire_len_bound(&self) -> usize {
+        let end = self.starts.last().copied().unwrap_or(0);
+        1 + varint_len(self.len as u64) + self.starts.len() + end / 128
+    }
+
+    /// How many bytes [`to_wire`](SeqIndex::to_wire) appends.
+    pub(crate) fn wire_len(&self) -> usize {
+        let mut n = 1 + varint_len(self.len as u64);
+        let mut last = 0;
+        for &start in &self.starts {
+            n += varint_len((start - last) as u64);
+            last = start;
+        }
+        n
+    }
+
+    /// Reads an index written by [`to_wire`](SeqIndex::to_wire) for a sequence of `items`
+    /// items encoded in `encoded_len` bytes, checking it before anything slices with it: every
+    /// byte of `bytes` used, `items` items, the first item right after the sequence's header,
+    /// offsets that never decrease, the last one the sequence's end.
+    ///
+    /// # Errors
+    /// What is wrong with `bytes`; nothing is allocated from a length not yet checked.
+    pub(crate) fn from_wire(
+        bytes: &[u8],
+        items: usize,
+        encoded_len: usize,
+    ) -> Result<SeqIndex, String> {
+        let (&form, mut rest) = bytes.split_first().ok_or("an empty item index")?;
+        let len = read_varint(&mut rest)?;
+        if len != items as u64 {
+            return Err(format!(
+                "an item index of {len} items for a task of {items}"
+            ));
+        }
+        match form {
+            WIRE_BYTES => {
+                if !rest.is_empty() {
+                    return Err("bytes after an index of a sequence of bytes".into());
+                }
+                if items != encoded_len {
+                    return Err(format!(
+                        "an index of {items} bytes for a sequence of {encoded_len} bytes"
+                    ));
+                }
+                Ok(SeqIndex {
+                    starts: Vec::new(),
+                    len: items,
+                })
+            }
+            WIRE_OFFSETS => {
+                // Each offset takes a byte at least: a count the bytes cannot hold is refused
+                // before the allocation it would size.
+                if rest.len() < items.saturating_add(1) {
+                    return Err(format!(
+                        "an index of {items} items in {} bytes of offsets",
+                        rest.len()
+                    ));
+                }
+                let mut header = Vec::new();
+                seq_header(items, &mut header);
+                let mut starts = Vec::with_capacity(items + 1);
+                let mut at = 0usize;
+                for _ in 0..=items {
+                    let delta = match rest.split_first() {
+                        // The usual case, small items: one byte.
+                        Some((&b, tail)) if b < 0x80 => {
+                            rest = tail;
+                            u64::from(b)
+                        }
+                        _ => read_varint(&mut rest)?,
+                    };
+                    at = usize::try_from(delta)
+                        .ok()
+                        .and_then(|d| at.checked_add(d))
+                        .filter(|&at| at <= encoded_len)
+                        .ok_or_else(|| {
+                            format!("an item offset past the sequence's {encoded_len} bytes")
+                        })?;
+                    starts.push(at);
+                }
+                if !rest.is_empty() {
+                    return Err("bytes after the item offsets".into());
+                }
+                if starts[0] != header.len() {
+                    return Err(format!(
+                        "the first item at offset {}, not after the {}-byte header",
+                        starts[0],
+                        header.len()
+                    ));
+                }
+                if starts[items] != encoded_len {
+                    return Err(format!(
+                        "the items end at offset {}, the sequence at {encoded_len}",
+                        starts[items]
+                    ));
+                }
+                Ok(SeqIndex { starts, len: items })
+            }
+            other => Err(format!("an item index of unknown form {other}")),
+        }
+    }
+}
+
+/// Appends `value` as a LEB128 varint.
+#[cfg(any(test, feature = "mpi"))]
+fn push_varint(mut value: u64, out: &mut Vec<u8>) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// The length of `value` as a LEB128 varint.
+#[cfg(any(test, feature = "mpi"))]
+fn varint_len(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Reads a LEB128 varint off the front of `bytes`: at most 10 bytes, none of its bits past
+/// the 64th set.
+#[cfg(any(test, feature = "mpi"))]
+fn read_varint(bytes: &mut &[u8]) -> Result<u64, String> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let (&b, rest) = bytes.split_first().ok_or("an item index cut short")?;
+        *bytes = rest;
+        let bits = u64::from(b & 0x7f);
+        if i == 9 && bits > 1 {
+            return Err("a varint above 64 bits in an item index".into());
+        }
+        value |= bits << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err("a varint longer than 10 bytes in an item index".into())
+}
+
 /// As [`encode_seq`], and returns where each item starts.
 pub(crate) fn encode_seq_indexed<T: Serialize + 'static, B: Borrow<T>>(
     items: &[B],
@@ -825,5 +1009,161 @@ mod tests {
     #[test]
     fn short_input_is_an_error() {
         assert!(decode::<(u64, u64)>(&[1]).is_err());
+    }
+
+    /// The index of `items`, encoded, its wire form, and the encoding's length.
+    fn indexed<T: Serialize + 'static>(items: &[T]) -> (SeqIndex, Vec<u8>, usize) {
+        let mut encoded = Vec::new();
+        let index =
+            encode_seq_indexed::<T, &T>(&items.iter().collect::<Vec<_>>(), &mut encoded).unwrap();
+        let mut wire = Vec::new();
+        index.to_wire(&mut wire);
+        assert_eq!(wire.len(), index.wire_len());
+        assert!(index.wire_len_bound() >= wire.len());
+        (index, wire, encoded.len())
+    }
+
+    #[test]
+    fn an_item_index_round_trips_on_the_wire() {
+        let strings: Vec<String> = (0..300).map(|i| "x".repeat(i % 200)).collect();
+        let (index, wire, len) = indexed(&strings);
+        assert_eq!(SeqIndex::from_wire(&wire, 300, len), Ok(index.clone()));
+        // One byte an item for small items, the header and the count aside.
+        let (small, wire_small, len_small) = indexed(&[1u32, 2, 3, 400_000]);
+        assert_eq!(wire_small.len(), 1 + 1 + 5);
+        assert_eq!(SeqIndex::from_wire(&wire_small, 4, len_small), Ok(small));
+        // Zero-sized items: offsets that stay put are fine.
+        let (units, wire_units, len_units) = indexed(&[(), (), ()]);
+        assert_eq!(SeqIndex::from_wire(&wire_units, 3, len_units), Ok(units));
+        let (bytes, wire_bytes, len_bytes) = indexed(&[7u8, 8, 9]);
+        assert_eq!(wire_bytes, [WIRE_BYTES, 3]);
+        assert_eq!(SeqIndex::from_wire(&wire_bytes, 3, len_bytes), Ok(bytes));
+        let (empty, wire_empty, len_empty) = indexed::<u64>(&[]);
+        assert_eq!(SeqIndex::from_wire(&wire_empty, 0, len_empty), Ok(empty));
+    }
+
+    /// An index drives slicing in `seq_tail`: one that does not fit its sequence must be
+    /// refused, with an error, never a panic or an allocation sized by its claims.
+    #[test]
+    fn an_item_index_that_does_not_fit_its_sequence_is_refused() {
+        let (_, wire, len) = indexed(&[10u64, 20, 300, 4000]);
+        // The right one, then each way of being wrong.
+        assert!(SeqIndex::from_wire(&wire, 4, len).is_ok());
+        assert!(SeqIndex::from_wire(&wire, 5, len).is_err(), "another count");
+        assert!(
+            SeqIndex::from_wire(&wire, 4, len + 1).is_err(),
+            "ends early"
+        );
+        assert!(SeqIndex::from_wire(&wire, 4, len - 1).is_err(), "ends late");
+        for cut in 0..wire.len() {
+            assert!(
+                SeqIndex::from_wire(&wire[..cut], 4, len).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut longer = wire.clone();
+        longer.push(0);
+        assert!(
+            SeqIndex::from_wire(&longer, 4, len).is_err(),
+            "trailing bytes"
+        );
+        let mut form = wire.clone();
+        form[0] = 7;
+        assert!(SeqIndex::from_wire(&form, 4, len).is_err(), "unknown form");
+        // The first item elsewhere than after the header (the offsets still add up).
+        let mut shifted = wire.clone();
+        shifted[2] += 1;
+        shifted[3] -= 1;
+        assert!(
+            SeqIndex::from_wire(&shifted, 4, len).is_err(),
+            "first offset"
+        );
+        // A delta of 2^64 - 1: the sum overflows; one far past the end.
+        let mut huge = vec![WIRE_OFFSETS, 4];
+        push_varint(1, &mut huge);
+        push_varint(u64::MAX, &mut huge);
+        huge.extend([1, 1, 1]);
+        assert!(SeqIndex::from_wire(&huge, 4, len).is_err(), "overflow");
+        // Varints too long, or above 64 bits.
+        let long = [
+            WIRE_OFFSETS,
+            0x80,
+            0x80,
+            0x80,
+            0x80,
+            0x80,
+            0x80,
+            0x80,
+            0x80,
+            0x80,
+            0x80,
+            0,
+        ];
+        assert!(SeqIndex::from_wire(&long, 4, len).is_err());
+        let wide = [
+            WIRE_OFFSETS,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0x02,
+        ];
+        assert!(SeqIndex::from_wire(&wide, 4, len).is_err());
+        // A count of 2^40 items in a few bytes: refused before any allocation.
+        let mut many = vec![WIRE_OFFSETS];
+        push_varint(1 << 40, &mut many);
+        many.extend([1, 1, 1]);
+        assert!(SeqIndex::from_wire(&many, 1 << 40, 1 << 41).is_err());
+        // Bytes: the count must be the sequence's length, and nothing may follow.
+        assert!(SeqIndex::from_wire(&[WIRE_BYTES, 3], 3, 4).is_err());
+        assert!(SeqIndex::from_wire(&[WIRE_BYTES, 3, 0], 3, 3).is_err());
+        assert!(SeqIndex::from_wire(&[], 0, 0).is_err());
+        // Random garbage: errors or indexes that fit, never a panic; those that fit slice.
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+        for _ in 0..20_000 {
+            let n = (next() % 12) as usize;
+            let mut garbage: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+            if let Some(first) = garbage.first_mut() {
+                *first %= 3;
+            }
+            let items = (next() % 6) as usize;
+            let encoded = vec![0u8; (next() % 16) as usize];
+            if let Ok(index) = SeqIndex::from_wire(&garbage, items, encoded.len()) {
+                for from in 0..=items {
+                    seq_tail(&encoded, &index, from, &mut Vec::new());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_bound_of_an_index_covers_its_wire_form_closely() {
+        for size in [0, 1, 100, 127, 128, 129, 1000, 16_383, 16_384, 100_000] {
+            let items: Vec<Vec<u16>> = (0..50).map(|i| vec![7; size + i % 3]).collect();
+            let (index, wire, _) = indexed(&items);
+            let bound = index.wire_len_bound();
+            assert!(bound >= wire.len(), "{size}: {bound} < {}", wire.len());
+            assert!(
+                bound <= wire.len() + 12 + index.starts[50] / 100,
+                "{size}: {bound}"
+            );
+        }
+    }
+
+    #[test]
+    fn varints_round_trip_and_say_their_length() {
+        for value in [0, 1, 127, 128, 300, 1 << 35, u64::MAX - 1, u64::MAX] {
+            let mut out = Vec::new();
+            push_varint(value, &mut out);
+            assert_eq!(out.len(), varint_len(value), "{value}");
+            let mut at = &out[..];
+            assert_eq!(read_varint(&mut at), Ok(value));
+            assert!(at.is_empty());
+        }
     }
 }

@@ -30,6 +30,9 @@ pub(crate) struct Task {
     /// For a chunk of `map_each`: where each item's argument starts in the frame, so that the
     /// items after a lost one can be sent again.
     index: Option<SeqIndex>,
+    /// The host a serving rank of an MPI pool names in the death of a worker that ran this
+    /// task (`None` elsewhere: a local worker has no host in its errors).
+    host: Option<Arc<str>>,
     /// Results that came before this task's final reply: in partial frames, and, for the rest
     /// of a chunk whose worker died, those of the items before it.
     pieces: Option<Box<Pieces>>,
@@ -54,6 +57,7 @@ impl Task {
             items: 1,
             watch: None,
             index: None,
+            host: None,
             pieces: None,
             partial_items: 0,
             partial_bytes: 0,
@@ -155,6 +159,21 @@ impl Task {
         pid: u32,
         counters: &Counters,
     ) -> Option<Task> {
+        let error = match (error, &self.host) {
+            (
+                Error::WorkerDied {
+                    pid,
+                    cause,
+                    host: None,
+                },
+                Some(host),
+            ) => Error::WorkerDied {
+                pid,
+                cause,
+                host: Some(host.to_string()),
+            },
+            (error, _) => error,
+        };
         let committed = match committed {
             Ok(Some(c)) => c,
             Ok(None) => {
@@ -234,6 +253,7 @@ impl Task {
             items: (items - from) as u32,
             watch: self.watch.take(),
             index: Some(index),
+            host: self.host.take(),
             pieces: Some(pieces),
             partial_items: 0,
             partial_bytes: 0,
@@ -263,6 +283,22 @@ impl Task {
     #[cfg(feature = "mpi")]
     pub(crate) fn frame_mut(&mut self) -> &mut OutFrame {
         &mut self.frame
+    }
+
+    /// Takes the task's index as a chunk of `map_each` (see [`each_chunk`](Task::each_chunk)),
+    /// for a scheduler that sends its frame elsewhere (the `mpi` module) and marks the task
+    /// that runs it there.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn take_each_index(&mut self) -> Option<SeqIndex> {
+        self.index.take()
+    }
+
+    /// Names `host` in the death of the worker that runs this task: for a serving rank of an
+    /// MPI pool, whose deaths rank 0's caller reads among the results of a `map_each` chunk.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn on_host(mut self, host: Arc<str>) -> Task {
+        self.host = Some(host);
+        self
     }
 
     /// The time limit of each item, and how many items the frame holds.

@@ -22,7 +22,9 @@
 //!   an offset back into an address only if it falls inside its executable's code.
 //! - Serving ranks never run user code: a task that crashes kills a worker of the rank's local
 //!   pool, which fails that task alone ([`Error::WorkerDied`], with
-//!   the host). The loss of a whole rank ends the job, as MPI does (`mpirun` reports it).
+//!   the host); a chunk of `map_each` (or of a chunked imap) travels with its item index
+//!   ([`wire`]'s TASKS entry), so a crash in its middle fails only the item that was running
+//!   there, as in a local pool. The loss of a whole rank ends the job, as MPI does (`mpirun` reports it).
 //! - Tasks are sent in batches, one message per rank per round, under a credit per rank:
 //!   many tasks per worker while tasks are short, one per worker (and no more than a rank's
 //!   share of the work in hand) while they are long, so no rank idles while another has a

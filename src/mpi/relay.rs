@@ -2,6 +2,7 @@
 //! pool, send the outcomes back in batches, until rank 0 says the pool is closed or terminated.
 //! The rank itself runs no user code; its local pool's workers do.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::mpi::point_to_point::{MatchedReceiveVec, Source};
@@ -16,6 +17,7 @@ use crate::error::Error;
 use crate::frame::{self, OutFrame};
 use crate::pool::Pool;
 use crate::result::{Outcome, Sink};
+use crate::task;
 
 /// The longest sleep between two probes: bounds the latency an idle rank adds to a task, and
 /// keeps an idle rank near 0.1% of a CPU.
@@ -70,7 +72,7 @@ fn run(local: Pool) -> Result<i32, String> {
         drop(universe);
         return Ok(EXIT_REFUSED);
     }
-    let mut relay = Relay::new(local, image);
+    let mut relay = Relay::new(local, image, &host);
     let end = relay.serve(&world, &mut outbox)?;
     relay.end(end);
     outbox.send(&world, 0, wire::BYE, Vec::new());
@@ -97,6 +99,9 @@ fn receive_from_root(world: &SimpleCommunicator, outbox: &mut Outbox, tag: ::mpi
 struct Relay {
     local: Pool,
     image: Image,
+    /// This rank's host, which the local pool names in the deaths it records among the
+    /// results of a `map_each` chunk.
+    host: Arc<str>,
     tx: Sender<(u64, Outcome)>,
     rx: Receiver<(u64, Outcome)>,
     inflight: usize,
@@ -110,11 +115,12 @@ struct Relay {
 }
 
 impl Relay {
-    fn new(local: Pool, image: Image) -> Relay {
+    fn new(local: Pool, image: Image, host: &str) -> Relay {
         let (tx, rx) = crossbeam_channel::unbounded();
         Relay {
             local,
             image,
+            host: host.into(),
             tx,
             rx,
             inflight: 0,
@@ -226,7 +232,8 @@ impl Relay {
     }
 
     /// Hands every task of a TASKS message to the local pool; a task that cannot run (an
-    /// offset outside the executable's code, a malformed frame) fails alone at once.
+    /// offset outside the executable's code, a malformed frame or item index) fails alone at
+    /// once.
     fn on_tasks(&mut self, bytes: &[u8]) -> Result<(), String> {
         if let Some(emptied) = self.emptied_at.take() {
             // A long pause (an idle pool) counts as twice the longest spin, so that quick
@@ -235,12 +242,12 @@ impl Relay {
             self.turnaround = Some(self.turnaround.map_or(took, |avg| (avg * 7 + took) / 8));
         }
         for entry in wire::tasks(bytes, u64::MAX) {
-            let (items, frame) = entry.map_err(|e| format!("a malformed TASKS message: {e}"))?;
+            let entry = entry.map_err(|e| format!("a malformed TASKS message: {e}"))?;
             let header =
-                frame::task_header(frame).ok_or("a task frame too short for its header")?;
+                frame::task_header(entry.frame).ok_or("a task frame too short for its header")?;
             self.inflight += 1;
             self.last_task = Instant::now();
-            match self.task(header, items, frame) {
+            match self.task(header, entry) {
                 // A refused submission (the local pool closed) drops the task, whose sink then
                 // reports Terminated through the channel like any outcome.
                 Ok(task) => drop(self.local.submit_task(task)),
@@ -253,7 +260,19 @@ impl Relay {
         Ok(())
     }
 
-    fn task(&self, header: frame::TaskHeader, items: u32, frame: &[u8]) -> Result<Task, String> {
+    /// The local task of `entry` (whose frame's header is `header`): its code's offsets made
+    /// addresses, and, for a chunk of `map_each`, marked with its item index, checked against
+    /// the frame, so that the local pool fails only the item a worker dies at.
+    fn task(&self, header: frame::TaskHeader, entry: wire::TaskEntry<'_>) -> Result<Task, String> {
+        let wire::TaskEntry {
+            items,
+            index,
+            frame,
+        } = entry;
+        let index = index
+            .map(|wire| task::chunk_index(frame, items as usize, wire))
+            .transpose()
+            .map_err(|e| format!("task {} has a malformed item index: {e}", header.id))?;
         let (Some(trampoline), Some(function)) = (
             self.image.address(header.trampoline),
             self.image.address(header.function),
@@ -272,14 +291,18 @@ impl Relay {
             let _ = tx.send((id, outcome));
         });
         let limit = (header.limit_us > 0).then(|| Duration::from_micros(header.limit_us));
-        Ok(Task::new(
+        let task = Task::new(
             OutFrame {
                 head,
                 tail: Vec::new(),
             },
             sink,
         )
-        .with_limit(limit, items as usize))
+        .with_limit(limit, items as usize);
+        Ok(match index {
+            Some(index) => task.each_chunk(index).on_host(Arc::clone(&self.host)),
+            None => task,
+        })
     }
 
     /// Winds the local pool down: after a close, rank 0 has every outcome already; after a
@@ -303,6 +326,14 @@ mod tests {
         x * x
     }
 
+    fn entry<'a>(items: u32, index: Option<&'a [u8]>, frame: &'a [u8]) -> wire::TaskEntry<'a> {
+        wire::TaskEntry {
+            items,
+            index,
+            frame,
+        }
+    }
+
     /// A task frame as rank 0 sends it: addresses rewritten as offsets.
     fn wire_frame(image: &Image, x: u64) -> Vec<u8> {
         let frame = crate::task::call(square, x).expect("encode");
@@ -320,11 +351,11 @@ mod tests {
     #[test]
     fn a_task_from_offsets_runs_in_the_local_pool() {
         let image = Image::of_self();
-        let relay = Relay::new(Pool::new(1).expect("pool"), image.clone());
+        let relay = Relay::new(Pool::new(1).expect("pool"), image.clone(), "here");
         let bytes = wire_frame(&image, 7);
         let header = frame::task_header(&bytes).expect("header");
         let task = relay
-            .task(header, 1, &bytes)
+            .task(header, entry(1, None, &bytes))
             .expect("offsets inside the code");
         relay.local.submit_task(task).expect("submit");
         let (id, outcome) = relay
@@ -336,10 +367,86 @@ mod tests {
         assert_eq!(codec::decode::<u64>(&bytes), Ok(49));
     }
 
+    fn abort_at_3(x: u64) -> u64 {
+        if x == 3 {
+            std::process::abort();
+        }
+        x * x
+    }
+
+    /// A chunk of `map_each` over `0..6` as rank 0 sends it, and its index's wire form.
+    fn wire_chunk(image: &Image) -> (Vec<u8>, Vec<u8>) {
+        let args: Vec<u64> = (0..6).collect();
+        let (frame, index) = crate::task::chunk_each(abort_at_3, &args).expect("encode");
+        let mut bytes = frame.head;
+        frame::stamp_task(&mut bytes, 43, 0);
+        let h = frame::task_header(&bytes).expect("header");
+        frame::set_task_addresses(
+            &mut bytes,
+            image.offset(h.trampoline),
+            image.offset(h.function),
+        );
+        let mut wire = Vec::new();
+        index.to_wire(&mut wire);
+        (bytes, wire)
+    }
+
+    /// The relay marks a chunk with the index rank 0 sent: its local pool then fails only the
+    /// item a worker died at, naming this rank's host, and runs the rest (real fork, real
+    /// abort).
+    #[test]
+    fn a_death_in_a_chunk_from_rank_0_fails_only_its_item_naming_the_host() {
+        let image = Image::of_self();
+        let relay = Relay::new(Pool::new(1).expect("pool"), image.clone(), "node-9");
+        let (bytes, wire) = wire_chunk(&image);
+        let header = frame::task_header(&bytes).expect("header");
+        let task = relay
+            .task(header, entry(6, Some(&wire), &bytes))
+            .expect("a good index");
+        relay.local.submit_task(task).expect("submit");
+        let (id, outcome) = relay
+            .rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("an outcome");
+        assert_eq!(id, 43);
+        let each = crate::result::each_of_chunk::<u64>(outcome, 0, 6).expect("per-item results");
+        for (x, r) in each.iter().enumerate() {
+            let x = x as u64;
+            match r {
+                Ok(v) => assert!(x != 3 && *v == x * x, "{x}: {v}"),
+                Err(e) => {
+                    assert_eq!(x, 3, "{e}");
+                    assert_eq!(e.index(), Some(3), "{e}");
+                    assert!(
+                        matches!(e.cause(), Error::WorkerDied { host: Some(h), .. } if h == "node-9"),
+                        "{e:?}"
+                    );
+                }
+            }
+        }
+        assert!(each[3].is_err());
+    }
+
+    #[test]
+    fn a_chunk_whose_index_does_not_fit_its_frame_is_refused() {
+        let image = Image::of_self();
+        let relay = Relay::new(Pool::new(1).expect("pool"), image.clone(), "here");
+        let (bytes, wire) = wire_chunk(&image);
+        let header = frame::task_header(&bytes).expect("header");
+        let mut bad = wire.clone();
+        *bad.last_mut().unwrap() += 1;
+        for (items, index) in [(5, &wire), (6, &bad), (6, &wire[..3].to_vec())] {
+            let refused = relay
+                .task(header, entry(items, Some(index), &bytes))
+                .expect_err("refused");
+            assert!(refused.contains("malformed item index"), "{refused}");
+        }
+    }
+
     #[test]
     fn offsets_outside_the_code_are_refused_and_never_called() {
         let image = Image::of_self();
-        let relay = Relay::new(Pool::new(1).expect("pool"), image.clone());
+        let relay = Relay::new(Pool::new(1).expect("pool"), image.clone(), "here");
         let mut bytes = wire_frame(&image, 7);
         let h = frame::task_header(&bytes).expect("header");
         static NOT_CODE: u64 = 0;
@@ -347,7 +454,9 @@ mod tests {
         for (trampoline, function) in [(data, h.function), (h.trampoline, u64::MAX - 7)] {
             frame::set_task_addresses(&mut bytes, trampoline, function);
             let header = frame::task_header(&bytes).expect("header");
-            let refused = relay.task(header, 1, &bytes).expect_err("refused");
+            let refused = relay
+                .task(header, entry(1, None, &bytes))
+                .expect_err("refused");
             assert!(
                 refused.contains("outside this executable's code"),
                 "{refused}"

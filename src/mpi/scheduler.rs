@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::identity::{Identity, Image};
 use super::wire::{self, Hello, Outbox};
+use crate::codec::SeqIndex;
 use crate::dispatch::{Front, Phase, Task};
 use crate::error::{Error, Result};
 use crate::frame;
@@ -431,8 +432,22 @@ impl Scheduler {
                 .map(|(i, _)| i);
             let Some(i) = best else { break };
             let mut task = self.queue.pop_front().expect("queue is not empty");
+            // A chunk of `map_each` takes its index along, wherever it runs.
+            let index = task.take_each_index();
             let remote = matches!(self.members[i].link, Link::Rank(_));
-            if remote && task.frame_mut().len() > wire::MAX_MESSAGE {
+            let frame_len = task.frame_mut().len();
+            let mut entry = wire::task_entry_len(
+                frame_len,
+                index
+                    .as_ref()
+                    .filter(|_| remote)
+                    .map(SeqIndex::wire_len_bound),
+            );
+            if remote && entry > wire::MAX_MESSAGE {
+                // The bound was not enough: the exact size (one pass over the items).
+                entry = wire::task_entry_len(frame_len, index.as_ref().map(SeqIndex::wire_len));
+            }
+            if remote && entry > wire::MAX_MESSAGE {
                 let message = format!(
                     "an argument frame of {} bytes is above the largest MPI message ({} bytes)",
                     task.frame_mut().len(),
@@ -443,12 +458,12 @@ impl Scheduler {
             }
             // A batch stays under MPI's message limit: send it before a frame would overflow it.
             let room = wire::MAX_MESSAGE - self.members[i].batch.len();
-            if remote && task.frame_mut().len() + 4 > room {
+            if remote && entry > room {
                 self.send_batch(i, world, outbox);
             }
             let id = self.next_id;
             self.next_id += 1;
-            self.place(i, id, task, now);
+            self.place(i, id, task, index, now);
             sent = true;
             if self.members[i].batch.len() >= wire::BATCH_BYTES {
                 self.send_batch(i, world, outbox);
@@ -470,8 +485,10 @@ impl Scheduler {
         }
     }
 
-    /// Puts task `id` in member `i`'s batch (or hands it to the local pool).
-    fn place(&mut self, i: usize, id: u64, mut task: Task, now: Instant) {
+    /// Puts task `id` in member `i`'s batch (or hands it to the local pool), with its `index`
+    /// if it is a chunk of `map_each`, so that a death in its middle fails only the item that
+    /// was running there.
+    fn place(&mut self, i: usize, id: u64, mut task: Task, index: Option<SeqIndex>, now: Instant) {
         let (limit, items) = task.limit();
         let limit_us = limit.map_or(0, |l| l.as_micros().clamp(1, u128::from(u64::MAX)) as u64);
         let frame = std::mem::take(task.frame_mut());
@@ -486,7 +503,12 @@ impl Scheduler {
                     self.image.offset(header.trampoline),
                     self.image.offset(header.function),
                 );
-                wire::push_task(&mut member.batch, items, frame.parts_from(0));
+                wire::push_task(
+                    &mut member.batch,
+                    items,
+                    index.as_ref(),
+                    frame.parts_from(0),
+                );
             }
             Link::Local(pool) => {
                 let tx = self.local_tx.clone();
@@ -495,7 +517,10 @@ impl Scheduler {
                     let _ = tx.send((id, outcome));
                     wake();
                 });
-                let local = Task::new(frame, sink).with_limit(limit, items as usize);
+                let mut local = Task::new(frame, sink).with_limit(limit, items as usize);
+                if let Some(index) = index {
+                    local = local.each_chunk(index);
+                }
                 // Refused only once rank 0's local pool is closed, which happens after this
                 // loop ends; the dropped task's sink reports Terminated then.
                 drop(pool.submit_task(local));

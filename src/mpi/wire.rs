@@ -6,7 +6,7 @@
 //! ```text
 //! HELLO   (rank -> 0)  | processes u64 | pid u64 | identity len u64 | identity | host (UTF-8) |
 //! VERDICT (0 -> rank)  | 0 welcome, or 1 refused u8 |
-//! TASKS   (0 -> rank)  ( | items u32 | task frame, its length prefix included | )*
+//! TASKS   (0 -> rank)  ( | items u32 | index flag u8 | [ index len u32 | index ] | task frame, its length prefix included | )*
 //! RESULTS (rank -> 0)  ( | id u64 | kind u8 | a u64 | b u64 | len u64 | bytes | )*
 //! END     (0 -> rank)  | 0 close, or 1 terminate u8 |
 //! BYE     (rank -> 0)  (empty: the rank's local pool is down; it finalizes and exits)
@@ -14,7 +14,11 @@
 //!
 //! A task frame is the crate's own (see `frame.rs`) with rank 0's task id in its id field and,
 //! in its trampoline and function fields, offsets from the executable's load base instead of
-//! addresses (see `identity.rs`). A result's `kind` is 0 for success (`bytes` is the encoded
+//! addresses (see `identity.rs`). A task's index flag is 1 for a chunk of `map_each` (or of a
+//! chunked imap), followed by where each item's argument starts in the frame
+//! (`codec::SeqIndex::to_wire`: LEB128 deltas), so that the rank's local pool can run the
+//! items after a lost one again on their own; 0 for any other task, with nothing after it. A
+//! result's `kind` is 0 for success (`bytes` is the encoded
 //! result) or the error it carries, with `a`, `b` and `bytes` holding its fields.
 //!
 //! Every send is an `MPI_Isend` whose buffer the [`Outbox`] keeps until MPI is done with it,
@@ -85,19 +89,57 @@ impl Hello {
     }
 }
 
-/// Appends one task entry to a TASKS message.
-pub(crate) fn push_task(out: &mut Vec<u8>, items: u32, frame: [&[u8]; 2]) {
+/// One entry of a TASKS message, as [`tasks`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TaskEntry<'a> {
+    /// How many items the frame holds.
+    pub(crate) items: u32,
+    /// For a chunk of `map_each`: its index, in `SeqIndex::to_wire`'s form (unchecked: see
+    /// `task::chunk_index`).
+    pub(crate) index: Option<&'a [u8]>,
+    /// The task frame, its length prefix included.
+    pub(crate) frame: &'a [u8],
+}
+
+/// The bytes [`push_task`] appends for a frame of `frame_len` bytes and an index of
+/// `index_len` bytes (if any; a bound of it gives a bound of the entry).
+pub(crate) fn task_entry_len(frame_len: usize, index_len: Option<usize>) -> usize {
+    4 + 1 + index_len.map_or(0, |n| 4 + n) + frame_len
+}
+
+/// Appends one task entry to a TASKS message. The index of a chunk of `map_each` must be
+/// under 4 GiB (it is about the frame's size at most, and the frame is under
+/// [`MAX_MESSAGE`]).
+pub(crate) fn push_task(
+    out: &mut Vec<u8>,
+    items: u32,
+    index: Option<&crate::codec::SeqIndex>,
+    frame: [&[u8]; 2],
+) {
     out.extend_from_slice(&items.to_le_bytes());
+    match index {
+        None => out.push(0),
+        Some(index) => {
+            out.push(1);
+            // Its length, written once the index is (one pass over the items, not two).
+            let at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            index.to_wire(out);
+            let len = u32::try_from(out.len() - at - 4).expect("an index under 4 GiB");
+            out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        }
+    }
     out.extend_from_slice(frame[0]);
     out.extend_from_slice(frame[1]);
 }
 
-/// Splits a TASKS message into its entries: `(items, frame)`, each frame with its length
-/// prefix. Frames above `max_frame` bytes, or cut short, end the message with an error.
+/// Splits a TASKS message into its entries, each frame with its length prefix. Frames above
+/// `max_frame` bytes, an unknown index flag, or an entry cut short end the message with an
+/// error.
 pub(crate) fn tasks(
     mut bytes: &[u8],
     max_frame: u64,
-) -> impl Iterator<Item = Result<(u32, &[u8]), String>> {
+) -> impl Iterator<Item = Result<TaskEntry<'_>, String>> {
     std::iter::from_fn(move || {
         if bytes.is_empty() {
             return None;
@@ -105,18 +147,35 @@ pub(crate) fn tasks(
         let entry = (|| {
             let mut r = Reader(bytes);
             let items = r.u32()?;
+            let index = match r.u8()? {
+                0 => None,
+                1 => {
+                    let len = r.u32()?;
+                    Some(r.bytes(u64::from(len))?)
+                }
+                flag => return Err(format!("a task entry with index flag {flag}")),
+            };
+            let at = bytes.len() - r.0.len();
             let len = r.u64()?;
             if len > max_frame {
                 return Err(format!(
                     "a task frame of {len} bytes is above the limit of {max_frame}"
                 ));
             }
-            let frame_len = len as usize + 8;
-            let frame = bytes
-                .get(4..4 + frame_len)
+            // The frame's end, its 8-byte length prefix included; past the message (or past
+            // the address space, for a length near 2^64) it is an error.
+            let end = usize::try_from(len)
+                .ok()
+                .and_then(|len| len.checked_add(8 + at))
+                .filter(|&end| end <= bytes.len())
                 .ok_or("a TASKS message ends inside a frame")?;
-            bytes = &bytes[4 + frame_len..];
-            Ok((items, frame))
+            let frame = &bytes[at..end];
+            bytes = &bytes[end..];
+            Ok(TaskEntry {
+                items,
+                index,
+                frame,
+            })
         })();
         if entry.is_err() {
             bytes = &[];
@@ -487,11 +546,111 @@ mod tests {
     fn task_entries_split_and_refuse_bad_lengths() {
         let frame_a = [&[4u8, 0, 0, 0, 0, 0, 0, 0][..], &[1, 2, 3, 4][..]];
         let mut msg = Vec::new();
-        push_task(&mut msg, 1, frame_a);
-        push_task(&mut msg, 5, frame_a);
+        push_task(&mut msg, 1, None, frame_a);
+        push_task(&mut msg, 5, None, frame_a);
         let got: Vec<_> = tasks(&msg, 1 << 20).collect::<Result<_, _>>().unwrap();
-        assert_eq!(got, [(1, &msg[4..16]), (5, &msg[20..32])]);
+        let entry = |items, frame| TaskEntry {
+            items,
+            index: None,
+            frame,
+        };
+        assert_eq!(got, [entry(1, &msg[5..17]), entry(5, &msg[22..34])]);
+        assert_eq!(msg.len(), 2 * task_entry_len(12, None));
         assert!(tasks(&msg, 2).next().unwrap().is_err());
         assert!(tasks(&msg[..10], 1 << 20).next().unwrap().is_err());
+    }
+
+    fn length(s: String) -> usize {
+        s.len()
+    }
+
+    /// A chunk of `map_each` as rank 0 has it (a task marked with its index) and its TASKS
+    /// entry.
+    fn each_entry() -> (crate::dispatch::Task, Vec<u8>) {
+        let args: Vec<String> = (0..20).map(|i| "y".repeat(i * 7)).collect();
+        let (frame, index) = crate::task::chunk_each(length, &args).expect("encode");
+        let mut msg = Vec::new();
+        push_task(&mut msg, 20, Some(&index), frame.parts_from(0));
+        assert_eq!(
+            msg.len(),
+            task_entry_len(frame.len(), Some(index.wire_len()))
+        );
+        let task =
+            crate::dispatch::Task::new(frame, crate::result::Sink::then(drop)).each_chunk(index);
+        (task, msg)
+    }
+
+    #[test]
+    fn a_chunk_index_travels_with_its_task_and_is_checked_against_the_frame() {
+        let (mut task, msg) = each_entry();
+        let index = task.take_each_index().expect("an index");
+        let frame = task.frame_mut();
+        let entries: Vec<_> = tasks(&msg, u64::MAX).collect::<Result<_, _>>().unwrap();
+        let [entry] = entries[..] else {
+            panic!("{entries:?}")
+        };
+        assert_eq!(entry.items, 20);
+        assert_eq!(entry.frame, &frame.head[..]);
+        let wire = entry.index.expect("the index");
+        assert_eq!(
+            crate::task::chunk_index(entry.frame, 20, wire),
+            Ok(index.clone())
+        );
+        // The same tail as rank 0 would build.
+        let (tail, _) = crate::task::tail(frame, &index, 7);
+        let rebuilt = crate::task::chunk_index(entry.frame, 20, wire).unwrap();
+        // As the relay holds a received frame.
+        let received = crate::frame::OutFrame {
+            head: entry.frame.to_vec(),
+            tail: Vec::new(),
+        };
+        assert_eq!(crate::task::tail(&received, &rebuilt, 7).0.head, tail.head);
+        // Another count, a frame cut or grown: refused.
+        assert!(crate::task::chunk_index(entry.frame, 19, wire).is_err());
+        assert!(crate::task::chunk_index(&entry.frame[..entry.frame.len() - 1], 20, wire).is_err());
+        assert!(crate::task::chunk_index(&[entry.frame, &[0]].concat(), 20, wire).is_err());
+        assert!(crate::task::chunk_index(&entry.frame[..16], 20, wire).is_err());
+    }
+
+    #[test]
+    fn garbage_task_entries_are_errors_not_panics() {
+        let (_, msg) = each_entry();
+        // Every cut of a good entry: an error (or, cut at 0, no entry), never a panic.
+        assert!(tasks(&msg[..0], u64::MAX).next().is_none());
+        for cut in 1..msg.len() {
+            let got: Vec<_> = tasks(&msg[..cut], u64::MAX).collect();
+            assert!(got.last().unwrap().is_err(), "cut at {cut}");
+        }
+        // An unknown flag; an index length past the message; a frame length near 2^64.
+        let mut flag = msg.clone();
+        flag[4] = 2;
+        assert!(tasks(&flag, u64::MAX).next().unwrap().is_err());
+        let mut index_len = msg.clone();
+        index_len[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(tasks(&index_len, u64::MAX).next().unwrap().is_err());
+        let mut huge = vec![1, 0, 0, 0, 0];
+        huge.extend_from_slice(&(u64::MAX - 3).to_le_bytes());
+        huge.extend_from_slice(&[0; 16]);
+        assert!(tasks(&huge, u64::MAX).next().unwrap().is_err());
+        // Random bytes: errors, and the entries that parse are inside the message.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            let mut next = || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let n = (next() % 40) as usize;
+            let mut bytes: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+            if n > 4 {
+                bytes[4] %= 3;
+            }
+            for entry in tasks(&bytes, u64::MAX).flatten() {
+                if let Some(index) = entry.index {
+                    let _ = crate::task::chunk_index(entry.frame, entry.items as usize, index);
+                }
+            }
+        }
     }
 }
