@@ -113,6 +113,16 @@ fn pool(processes: usize) -> Pool {
     common::quiet_pool(processes)
 }
 
+/// Two quiet workers, each item limited to `limit`.
+fn timed_pool(limit: Duration) -> Pool {
+    Pool::builder()
+        .processes(2)
+        .print_panics(false)
+        .task_timeout(limit)
+        .build()
+        .unwrap()
+}
+
 /// Every item but [`BAD`] has its result; `BAD` fails as `check` wants, naming index 6 alone.
 fn assert_only_bad_failed(
     each: &[forkpool::Result<Vec<u8>>],
@@ -178,12 +188,7 @@ fn a_sigsegv_in_the_middle_of_a_chunk_fails_that_item_alone_and_runs_none_twice(
 fn an_item_past_its_time_limit_fails_alone_with_the_items_limit() {
     within(LIMIT, || {
         let limit = Duration::from_millis(300);
-        let pool = Pool::builder()
-            .processes(2)
-            .print_panics(false)
-            .task_timeout(limit)
-            .build()
-            .unwrap();
+        let pool = timed_pool(limit);
         let path = log_path("timeout");
         let each = pool
             .map_each_chunked(item, args(&path, Bad::Sleep, 8), ITEMS as usize)
@@ -372,12 +377,7 @@ fn a_death_in_the_middle_of_an_imap_chunk_fails_that_item_alone_and_runs_none_tw
 fn an_imap_item_past_its_time_limit_fails_alone_with_the_items_limit() {
     within(LIMIT, || {
         let limit = Duration::from_millis(300);
-        let pool = Pool::builder()
-            .processes(2)
-            .print_panics(false)
-            .task_timeout(limit)
-            .build()
-            .unwrap();
+        let pool = timed_pool(limit);
         let path = log_path("imap-timeout");
         for got in imaps(&pool, || args(&path, Bad::Sleep, 8)) {
             assert_only_bad_failed(
