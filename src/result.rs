@@ -641,6 +641,10 @@ impl<R> AsyncResult<R> {
     ///
     /// Dropping a handle does not cancel its task; only this does.
     ///
+    /// In a pool over MPI (`PoolBuilder::mpi`, feature `mpi`) the same holds on
+    /// every rank: a task still queued on rank 0 is never sent, and one a serving rank holds is
+    /// cancelled in that rank's local pool.
+    ///
     /// # Caveats
     /// A short task the pool had already written into its worker's pipe, behind the running
     /// one, may run to its end before the cancel reaches it (its result is then discarded); a
