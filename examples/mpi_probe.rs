@@ -624,9 +624,9 @@ fn ticker((path, ms): (String, u64)) -> i32 {
     rank_of_worker()
 }
 
-/// Sleeps 300 ms (a kill as it starts comes first), then leaves a file at `path`.
+/// Sleeps 500 ms (a kill as it starts comes first), then leaves a file at `path`.
 fn late_mark(path: String) -> i32 {
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(500));
     std::fs::write(&path, "ran").expect("write the marker");
     rank_of_worker()
 }
@@ -773,7 +773,9 @@ fn cancel_in(pool: &Pool, dir: &Path) -> Result<(), String> {
     {
         return Err("wrong squares before B".into());
     }
-    let tickers = start_tickers(pool, dir, "short", 1_500)?;
+    // Long enough that none ends before the task behind them is cancelled, even on a loaded
+    // machine where the last starts well after the first.
+    let tickers = start_tickers(pool, dir, "short", 3_000)?;
     let held_path = dir.join("held");
     let held = pool
         .apply_async(late_mark, held_path.to_string_lossy().into_owned())
@@ -800,7 +802,7 @@ fn cancel_in(pool: &Pool, dir: &Path) -> Result<(), String> {
     if after.iter().enumerate().any(|(x, s)| *s != (x * x) as u64) {
         return Err("wrong squares after the cancels".into());
     }
-    std::thread::sleep(Duration::from_millis(1_000));
+    std::thread::sleep(Duration::from_millis(1_500));
     if held_path.exists() {
         return Err("the cancelled task a rank held ran".into());
     }
