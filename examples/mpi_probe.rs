@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use forkpool::{Error, HostStats, Pool};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use forkpool::{AsyncResult, Error, HostStats, Pool};
 
 /// Which build this is: the mismatch test patches this marker in a copy of the binary.
 static VARIANT: &str = "forkpool-mpi-probe-variant-A";
@@ -92,7 +95,7 @@ fn main() {
     if scenario == "limits" {
         builder = builder.initializer(init).max_tasks_per_child(2);
     }
-    if scenario == "rank0" || scenario == "each_rank0" {
+    if scenario == "rank0" || scenario == "each_rank0" || scenario == "cancel_rank0" {
         builder = builder.mpi_rank0_workers(true);
     }
     let pool = match builder.build() {
@@ -117,6 +120,7 @@ fn main() {
             Ok(())
         }
         "long" => long(&pool),
+        "cancel" | "cancel_rank0" => cancel(&pool),
         "yield" => pool
             .apply(yield_setting, ())
             .map(|setting| println!("yield_when_idle {setting}"))
@@ -602,6 +606,211 @@ fn limits(pool: &Pool) -> Result<(), String> {
         "limits: initialized everywhere {all}, recycled {} ({} workers for 24 tasks)",
         pids.len() >= 12,
         pids.len()
+    );
+    Ok(())
+}
+
+/// Writes "pid rank" to `path`, then a line every 50 ms for `ms` milliseconds; returns the
+/// rank it ran on.
+fn ticker((path, ms): (String, u64)) -> i32 {
+    use std::io::Write;
+    let mut file = std::fs::File::create(&path).expect("create the ticker's file");
+    writeln!(file, "{} {}", std::process::id(), rank_of_worker()).expect("write");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(ms) {
+        std::thread::sleep(Duration::from_millis(50));
+        writeln!(file, "tick").expect("write");
+    }
+    rank_of_worker()
+}
+
+/// Sleeps 500 ms (a kill as it starts comes first), then leaves a file at `path`.
+fn late_mark(path: String) -> i32 {
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&path, "ran").expect("write the marker");
+    rank_of_worker()
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+/// The pid and rank a ticker wrote first.
+fn ticker_of(path: &Path) -> Option<(u32, i32)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut first = text.lines().next()?.split(' ');
+    Some((first.next()?.parse().ok()?, first.next()?.parse().ok()?))
+}
+
+/// Whether process `pid` exists and is not a zombie (all ranks run on this host).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+        !state.starts_with('Z')
+    })
+}
+
+/// Waits for `done`, at most `secs` seconds.
+fn wait_until(what: &str, secs: u64, mut done: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        if Instant::now() > deadline {
+            return Err(format!("timed out after {secs} s waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Starts one ticker of `ms` milliseconds per worker and waits until every one runs.
+fn start_tickers(
+    pool: &Pool,
+    dir: &Path,
+    name: &str,
+    ms: u64,
+) -> Result<Vec<(PathBuf, AsyncResult<i32>)>, String> {
+    let tickers: Vec<_> = (0..pool.processes())
+        .map(|i| {
+            let path = dir.join(format!("{name}{i}"));
+            let arg = (path.to_string_lossy().into_owned(), ms);
+            pool.apply_async(ticker, arg).map(|r| (path, r))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    wait_until("every ticker to run", 60, || {
+        tickers.iter().all(|(path, _)| lines(path) >= 2)
+    })?;
+    Ok(tickers)
+}
+
+/// AsyncResult::cancel across ranks. A: with every worker of every member running a long
+/// ticker, a task queued on rank 0 is cancelled and never runs, then each ticker is cancelled:
+/// `cancel` is true, `get` gives Cancelled at once, its worker is gone and it ticks no more,
+/// while the others tick on. B: once tasks are short (several per worker in a member's
+/// hands), a task held by a rank behind running tickers is cancelled and never runs, while the
+/// tickers complete normally; tasks after it run.
+fn cancel(pool: &Pool) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("forkpool-mpi-cancel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let outcome = cancel_in(pool, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
+}
+
+fn cancel_in(pool: &Pool, dir: &Path) -> Result<(), String> {
+    let workers = pool.processes();
+    // A: a fresh pool gives each member one task per worker: the next one waits on rank 0.
+    let tickers = start_tickers(pool, dir, "long", 60_000)?;
+    let queued_path = dir.join("queued");
+    let queued = pool
+        .apply_async(late_mark, queued_path.to_string_lossy().into_owned())
+        .map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(200));
+    if !queued.cancel() {
+        return Err("cancel of the queued task returned false".into());
+    }
+    let pids: Vec<(u32, i32)> = tickers
+        .iter()
+        .map(|(path, _)| ticker_of(path).ok_or(format!("no pid in {}", path.display())))
+        .collect::<Result<_, _>>()?;
+    let mut ranks = std::collections::BTreeSet::new();
+    let mut slowest = Duration::ZERO;
+    for (i, (path, result)) in tickers.into_iter().enumerate() {
+        let (pid, rank) = pids[i];
+        let start = Instant::now();
+        if !result.cancel() {
+            return Err(format!("cancel of ticker {i} returned false"));
+        }
+        match result.get() {
+            Err(Error::Cancelled) => {}
+            other => return Err(format!("ticker {i}: get gave {other:?}")),
+        }
+        slowest = slowest.max(start.elapsed());
+        wait_until(
+            &format!("the worker (pid {pid}) of cancelled ticker {i} to go"),
+            15,
+            || !alive(pid),
+        )?;
+        let n = lines(path.as_path());
+        std::thread::sleep(Duration::from_millis(300));
+        if lines(&path) != n {
+            return Err(format!("ticker {i} still ticks after its cancel"));
+        }
+        // The others were not touched.
+        if let Some(&(next, _)) = pids.get(i + 1) {
+            if !alive(next) {
+                return Err(format!(
+                    "cancelling ticker {i} killed another task's worker"
+                ));
+            }
+        }
+        ranks.insert(rank);
+    }
+    match queued.get() {
+        Err(Error::Cancelled) => {}
+        other => return Err(format!("the queued task: get gave {other:?}")),
+    }
+    // Every worker is free now: a queued task sent anyway would have run by then.
+    std::thread::sleep(Duration::from_millis(1_000));
+    if queued_path.exists() {
+        return Err("the cancelled task queued on rank 0 ran".into());
+    }
+    println!(
+        "cancel running: {} of {workers} stopped on ranks {ranks:?}, get within 5 s {}, the queued one never ran",
+        pids.len(),
+        slowest < Duration::from_secs(5)
+    );
+
+    // B: short tasks deepen every member's credit; then a task beyond the running ones waits
+    // in a rank's hands.
+    let squares = pool
+        .map_chunked(square, 0..400u64, 1)
+        .map_err(|e| e.to_string())?;
+    if squares
+        .iter()
+        .enumerate()
+        .any(|(x, s)| *s != (x * x) as u64)
+    {
+        return Err("wrong squares before B".into());
+    }
+    // Long enough that none ends before the task behind them is cancelled, even on a loaded
+    // machine where the last starts well after the first.
+    let tickers = start_tickers(pool, dir, "short", 3_000)?;
+    let held_path = dir.join("held");
+    let held = pool
+        .apply_async(late_mark, held_path.to_string_lossy().into_owned())
+        .map_err(|e| e.to_string())?;
+    // A task in a member's hands counts as running.
+    wait_until("the task to reach a member", 10, || {
+        pool.stats().running > workers as u64
+    })?;
+    if !held.cancel() {
+        return Err("cancel of the held task returned false".into());
+    }
+    match held.get() {
+        Err(Error::Cancelled) => {}
+        other => return Err(format!("the held task: get gave {other:?}")),
+    }
+    let mut completed = 0;
+    for (i, (_, result)) in tickers.into_iter().enumerate() {
+        match result.get() {
+            Ok(rank) if rank >= 0 => completed += 1,
+            other => return Err(format!("short ticker {i} gave {other:?}")),
+        }
+    }
+    let after = pool.map(square, 0..100u64).map_err(|e| e.to_string())?;
+    if after.iter().enumerate().any(|(x, s)| *s != (x * x) as u64) {
+        return Err("wrong squares after the cancels".into());
+    }
+    std::thread::sleep(Duration::from_millis(1_500));
+    if held_path.exists() {
+        return Err("the cancelled task a rank held ran".into());
+    }
+    println!("cancel held: never ran, {completed} of {workers} tickers around it completed");
+    let stats = pool.stats();
+    println!(
+        "cancel stats: cancelled={} running={}",
+        stats.cancelled, stats.running
     );
     Ok(())
 }

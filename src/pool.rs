@@ -545,6 +545,13 @@ impl Pool {
         self.submitter.submit([task])
     }
 
+    /// Tells the pool that tasks it holds were cancelled through their slots (the `mpi`
+    /// module's relay and rank 0's scheduler, for the tasks they hand to a local pool).
+    #[cfg(feature = "mpi")]
+    pub(crate) fn canceller(&self) -> crate::dispatch::Canceller {
+        self.submitter.canceller()
+    }
+
     /// Forks `processes` workers; the same as `Pool::builder().processes(processes).build()`.
     ///
     /// # Errors

@@ -174,10 +174,11 @@ impl Slot {
     }
 
     /// Fills part `index`, unless it is filled already (a cancel came first): the first outcome
-    /// of a part is the one that stays.
+    /// of a part is the one that stays. A slot complete already (cancelled, its parts perhaps
+    /// taken by the caller since) takes no more.
     pub(crate) fn fill(&self, index: usize, outcome: Outcome) {
         let mut state = self.lock();
-        if state.parts[index].is_some() {
+        if state.missing == 0 || state.parts[index].is_some() {
             return;
         }
         state.parts[index] = Some(outcome);
@@ -640,6 +641,10 @@ impl<R> AsyncResult<R> {
     ///
     /// Dropping a handle does not cancel its task; only this does.
     ///
+    /// In a pool over MPI (`PoolBuilder::mpi`, feature `mpi`) the same holds on
+    /// every rank: a task still queued on rank 0 is never sent, and one a serving rank holds is
+    /// cancelled in that rank's local pool.
+    ///
     /// # Caveats
     /// A short task the pool had already written into its worker's pipe, behind the running
     /// one, may run to its end before the cancel reaches it (its result is then discarded); a
@@ -770,6 +775,23 @@ mod tests {
         let parts = slot.take();
         assert!(matches!(parts[0], Err(Error::Terminated)));
         assert!(parts[1].is_ok());
+    }
+
+    /// The outcome of a cancelled task that comes after the caller took the cancel (an MPI
+    /// rank's Cancelled, or a result that crossed the cancel) is dropped: it underflowed the
+    /// missing count (a panic in a debug build) when the parts had been taken.
+    #[test]
+    fn a_late_fill_after_a_cancel_was_taken_is_ignored() {
+        let slot = Slot::new(2);
+        assert!(slot.cancel());
+        assert!(slot
+            .take()
+            .iter()
+            .all(|p| matches!(p, Err(Error::Cancelled))));
+        Sink::slot(&slot, 0).deliver(Err(Error::Cancelled));
+        Sink::slot(&slot, 1).deliver(Ok(Bytes::default()));
+        assert!(slot.is_ready());
+        assert_eq!(slot.lock().missing, 0);
     }
 
     #[test]

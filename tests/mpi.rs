@@ -248,6 +248,45 @@ fn a_death_mid_chunk_on_rank_0s_local_pool_fails_only_that_item() {
     }
 }
 
+/// `AsyncResult::cancel` over MPI (issues 10 and 11): a task running on a serving rank (or on
+/// rank 0's local pool) stops, its worker killed and replaced, `get` gives Cancelled at once,
+/// the other tasks run on; a task cancelled while queued on rank 0, or while a rank holds it
+/// behind running tasks, never runs. Before CANCEL crossed ranks, a cancelled task ran to its
+/// end on its rank (the probe's tickers kept ticking) and a queued one was sent anyway.
+fn check_cancel(scenario: &str, workers: usize, ranks: &str) {
+    let _one = lock();
+    let exe = example("mpi_probe");
+    let (output, text) = probe(scenario);
+    assert!(output.status.success(), "{text}");
+    for line in [
+        format!(
+            "cancel running: {workers} of {workers} stopped on ranks {ranks}, get within 5 s true, the queued one never ran"
+        ),
+        format!("cancel held: never ran, {workers} of {workers} tickers around it completed"),
+        // Every ticker, the queued task and the held one; nothing left in a rank's hands.
+        format!("cancel stats: cancelled={} running=0", workers + 2),
+        "joined".into(),
+    ] {
+        assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+    }
+    assert!(!text.contains("panicked"), "{text}");
+    assert_eq!(
+        leftovers(&exe),
+        Vec::<u32>::new(),
+        "processes left after the job"
+    );
+}
+
+#[test]
+fn cancel_stops_a_task_on_a_serving_rank_and_a_cancelled_queued_task_never_runs() {
+    check_cancel("cancel", 4, "{1, 2}");
+}
+
+#[test]
+fn cancel_reaches_rank_0s_local_pool_too() {
+    check_cancel("cancel_rank0", 6, "{0, 1, 2}");
+}
+
 #[test]
 fn task_timeout_holds_across_ranks() {
     let _one = lock();

@@ -361,6 +361,12 @@ impl Front {
         }
     }
 
+    /// Cancels requested so far: when the count changes, some task the scheduler holds may
+    /// have been cancelled.
+    pub(crate) fn cancels(&self) -> usize {
+        self.shared.cancels.load(SeqCst)
+    }
+
     /// The tasks submitted since the last call.
     pub(crate) fn tasks(&self) -> impl Iterator<Item = Task> + '_ {
         self.take()

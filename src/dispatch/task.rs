@@ -272,6 +272,14 @@ impl Task {
         self.watch.as_ref().is_some_and(|slot| slot.is_cancelled())
     }
 
+    /// The slot whose cancel cancels this task, if any: for a scheduler that hands the task's
+    /// frame to another pool (the `mpi` module's, to rank 0's local pool), whose task is then
+    /// made [`cancellable`](Task::cancellable) through the same slot.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn cancel_watch(&self) -> Option<&Arc<Slot>> {
+        self.watch.as_ref()
+    }
+
     /// Gives each of the task's `items` the time limit `limit`.
     pub(crate) fn with_limit(mut self, limit: Option<Duration>, items: usize) -> Task {
         self.limit = limit;

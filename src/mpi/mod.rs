@@ -25,6 +25,11 @@
 //!   the host); a chunk of `map_each` (or of a chunked imap) travels with its item index
 //!   ([`wire`]'s TASKS entry), so a crash in its middle fails only the item that was running
 //!   there, as in a local pool. The loss of a whole rank ends the job, as MPI does (`mpirun` reports it).
+//! - [`AsyncResult::cancel`](crate::AsyncResult::cancel) reaches whichever rank holds the
+//!   task: rank 0 never sends a cancelled task it still queues, and sends the rank holding one
+//!   a CANCEL ([`wire`]), on which the relay cancels it in its local pool (never run if it
+//!   waits there, its worker killed and replaced if it runs); rank 0's own local pool watches
+//!   the caller's slot.
 //! - Tasks are sent in batches, one message per rank per round, under a credit per rank:
 //!   many tasks per worker while tasks are short, one per worker (and no more than a rank's
 //!   share of the work in hand) while they are long, so no rank idles while another has a

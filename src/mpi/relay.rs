@@ -1,7 +1,9 @@
 //! A serving rank's loop: receive batches of task frames from rank 0, hand each to the local
 //! pool, send the outcomes back in batches, until rank 0 says the pool is closed or terminated.
-//! The rank itself runs no user code; its local pool's workers do.
+//! The rank itself runs no user code; its local pool's workers do. Each task it holds watches a
+//! slot of the relay's own, through which a CANCEL from rank 0 cancels it in the local pool.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,11 +14,11 @@ use crossbeam_channel::{Receiver, Sender};
 use super::identity::Image;
 use super::scheduler;
 use super::wire::{self, Hello, Outbox};
-use crate::dispatch::Task;
+use crate::dispatch::{Canceller, Task};
 use crate::error::Error;
 use crate::frame::{self, OutFrame};
 use crate::pool::Pool;
-use crate::result::{Outcome, Sink};
+use crate::result::{Outcome, Sink, Slot};
 use crate::task;
 
 /// The longest sleep between two probes: bounds the latency an idle rank adds to a task, and
@@ -105,6 +107,11 @@ struct Relay {
     tx: Sender<(u64, Outcome)>,
     rx: Receiver<(u64, Outcome)>,
     inflight: usize,
+    /// The slot each task in the local pool's hands watches, by rank 0's task id: cancelling
+    /// it cancels the task there (see [`Relay::on_cancel`]). Removed with the task's outcome.
+    watches: HashMap<u64, Arc<Slot>>,
+    /// Tells the local pool to look for cancelled tasks.
+    canceller: Canceller,
     /// When the latest task came from rank 0.
     last_task: Instant,
     /// When this relay last sent results and had nothing left in hand (cleared by the next
@@ -117,6 +124,7 @@ struct Relay {
 impl Relay {
     fn new(local: Pool, image: Image, host: &str) -> Relay {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let canceller = local.canceller();
         Relay {
             local,
             image,
@@ -124,6 +132,8 @@ impl Relay {
             tx,
             rx,
             inflight: 0,
+            watches: HashMap::new(),
+            canceller,
             last_task: Instant::now(),
             emptied_at: None,
             turnaround: None,
@@ -143,6 +153,7 @@ impl Relay {
                 let (bytes, status) = probed.matched_receive_vec::<u8>();
                 match status.tag() {
                     wire::TASKS => self.on_tasks(&bytes)?,
+                    wire::CANCEL => self.on_cancel(&bytes)?,
                     wire::END => {
                         end = Some(bytes.first().copied().unwrap_or(wire::TERMINATE));
                         break;
@@ -206,7 +217,7 @@ impl Relay {
         world: &SimpleCommunicator,
         outbox: &mut Outbox,
     ) {
-        self.inflight -= 1;
+        self.settle(id);
         let size = outcome.as_ref().map_or(0, |payload| payload.len()) + 64;
         if self.batch.len() + size.min(wire::MAX_MESSAGE) > wire::MAX_MESSAGE {
             outbox.send(world, 0, wire::RESULTS, std::mem::take(&mut self.batch));
@@ -215,6 +226,12 @@ impl Relay {
         if self.batch.len() >= wire::BATCH_BYTES {
             outbox.send(world, 0, wire::RESULTS, std::mem::take(&mut self.batch));
         }
+    }
+
+    /// Task `id` has its outcome: the relay no longer holds it.
+    fn settle(&mut self, id: u64) {
+        self.inflight -= 1;
+        self.watches.remove(&id);
     }
 
     fn push_one(&mut self, id: u64, outcome: &Outcome) {
@@ -250,12 +267,35 @@ impl Relay {
             match self.task(header, entry) {
                 // A refused submission (the local pool closed) drops the task, whose sink then
                 // reports Terminated through the channel like any outcome.
-                Ok(task) => drop(self.local.submit_task(task)),
+                Ok(task) => {
+                    let slot = Slot::new(1);
+                    let task = task.cancellable(&slot);
+                    self.watches.insert(header.id, slot);
+                    drop(self.local.submit_task(task));
+                }
                 Err(message) => {
                     self.inflight -= 1;
                     wire::push_outcome(&mut self.batch, header.id, &Err(Error::Mpi { message }));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Cancels, in the local pool, the tasks a CANCEL message names: one still queued there
+    /// never runs, one running has its worker killed and replaced; either way its outcome,
+    /// [`Error::Cancelled`], goes back to rank 0 as any other. An id no longer held (its
+    /// outcome was sent before the CANCEL came) is ignored.
+    fn on_cancel(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let ids = wire::cancelled_ids(bytes).map_err(|e| format!("a malformed CANCEL: {e}"))?;
+        let mut any = false;
+        for id in ids {
+            if let Some(slot) = self.watches.get(&id) {
+                any |= slot.cancel();
+            }
+        }
+        if any {
+            self.canceller.notify();
         }
         Ok(())
     }
@@ -319,6 +359,8 @@ impl Relay {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::codec;
 
@@ -346,6 +388,143 @@ mod tests {
             image.offset(h.function),
         );
         bytes
+    }
+
+    /// Writes its pid to `path`, then sleeps for a minute: a task still running when cancelled.
+    fn pid_then_sleep(path: String) -> u32 {
+        let pid = std::process::id();
+        std::fs::write(&path, pid.to_string()).expect("write the pid");
+        std::thread::sleep(Duration::from_secs(60));
+        pid
+    }
+
+    /// Leaves a file at `path`: a task that must never run.
+    fn mark(path: String) -> u32 {
+        std::fs::write(&path, "ran").expect("write the marker");
+        0
+    }
+
+    /// A TASKS message of one task, `f(arg)` as rank 0 sends it with id `id`.
+    fn tasks_message<A, R>(image: &Image, f: fn(A) -> R, arg: A, id: u64) -> Vec<u8>
+    where
+        A: serde::Serialize + serde::de::DeserializeOwned + 'static,
+        R: serde::Serialize + serde::de::DeserializeOwned + 'static,
+    {
+        let frame = crate::task::call(f, arg).expect("encode");
+        let mut bytes = [frame.head.as_slice(), frame.tail.as_slice()].concat();
+        frame::stamp_task(&mut bytes, id, 0);
+        let h = frame::task_header(&bytes).expect("header");
+        frame::set_task_addresses(
+            &mut bytes,
+            image.offset(h.trampoline),
+            image.offset(h.function),
+        );
+        let mut msg = Vec::new();
+        wire::push_task(&mut msg, 1, None, [&bytes, &[]]);
+        msg
+    }
+
+    /// Whether process `pid` exists and is not a zombie.
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A CANCEL from rank 0 reaches the local pool (real fork, real kill): the task queued
+    /// there never runs, the running one's worker is killed (and replaced: a task after it
+    /// runs), both outcomes are `Cancelled`, and an id no longer held or a malformed message
+    /// changes nothing. Without the relay's cancel handles the outcomes never come.
+    #[test]
+    fn a_cancel_from_rank_0_stops_the_task_in_the_local_pool() {
+        let image = Image::of_self();
+        let mut relay = Relay::new(Pool::new(1).expect("pool"), image.clone(), "here");
+        let dir =
+            std::env::temp_dir().join(format!("forkpool-relay-cancel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let pid_file = dir.join("pid").to_string_lossy().into_owned();
+        let marker = dir.join("marker").to_string_lossy().into_owned();
+        let _ = std::fs::remove_file(&pid_file);
+        let _ = std::fs::remove_file(&marker);
+        relay
+            .on_tasks(&tasks_message(&image, pid_then_sleep, pid_file.clone(), 1))
+            .expect("tasks");
+        relay
+            .on_tasks(&tasks_message(&image, mark, marker.clone(), 2))
+            .expect("tasks");
+        assert_eq!(relay.inflight, 2);
+        wait_for("the long task to start", || {
+            std::fs::read_to_string(&pid_file).is_ok_and(|p| p.parse::<u32>().is_ok())
+        });
+        let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+        // The queued one first: it must not run, even once its worker is free.
+        relay
+            .on_cancel(&wire::cancel_message(&[2]))
+            .expect("cancel");
+        let (id, outcome) = relay
+            .rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("an outcome");
+        assert_eq!(id, 2);
+        assert!(matches!(outcome, Err(Error::Cancelled)), "{outcome:?}");
+        assert!(
+            alive(pid),
+            "cancelling a queued task killed the running one"
+        );
+        let started = Instant::now();
+        relay
+            .on_cancel(&wire::cancel_message(&[1, 77]))
+            .expect("cancel");
+        let (id, outcome) = relay
+            .rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("an outcome");
+        assert_eq!(id, 1);
+        assert!(matches!(outcome, Err(Error::Cancelled)), "{outcome:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        wait_for("the cancelled task's worker to be gone", || !alive(pid));
+        // The outcomes went out: their ids are no longer held, so a late CANCEL is ignored.
+        relay.settle(1);
+        relay.settle(2);
+        assert!(relay.watches.is_empty());
+        relay
+            .on_cancel(&wire::cancel_message(&[1, 2]))
+            .expect("ignored");
+        assert!(relay.on_cancel(&[1, 0, 0]).is_err());
+        // The worker was replaced: the next task runs.
+        relay
+            .on_tasks(&tasks_message(&image, square, 5, 3))
+            .expect("tasks");
+        let (id, outcome) = relay
+            .rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("an outcome");
+        assert_eq!(id, 3);
+        assert_eq!(codec::decode::<u64>(&outcome.expect("ran")), Ok(25));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !Path::new(&marker).exists(),
+            "the cancelled queued task ran"
+        );
+        assert_eq!(relay.local.stats().cancelled, 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -47,7 +47,7 @@ struct Member {
     link: Link,
     host: String,
     processes: usize,
-    inflight: HashMap<u64, (Task, Instant)>,
+    inflight: HashMap<u64, Out>,
     /// Outcomes received, and their average time from sending.
     served: u64,
     avg: Duration,
@@ -58,6 +58,15 @@ struct Member {
 enum Link {
     Rank(i32),
     Local(Pool),
+}
+
+/// A task in a member's hands.
+struct Out {
+    task: Task,
+    /// When it was sent (or handed to the local pool).
+    sent: Instant,
+    /// Its cancel was passed on to the member (a CANCEL sent, or the local pool told).
+    cancel_passed: bool,
 }
 
 /// What rank 0's MPI thread reports once the pool runs: its total worker count, and the
@@ -105,6 +114,7 @@ pub(super) fn run(front: Front, local: Option<Pool>, ready: Sender<Result<Starte
         hosts: Arc::new([]),
         queue: VecDeque::new(),
         next_id: 0,
+        cancels: 0,
         last_sent: Instant::now(),
         local_tx,
         local_rx,
@@ -273,6 +283,8 @@ struct Scheduler {
     hosts: Arc<[HostCounters]>,
     queue: VecDeque<Task>,
     next_id: u64,
+    /// The front's cancel count when the tasks held were last searched for cancelled ones.
+    cancels: usize,
     /// When the latest task was sent (or handed to the local pool).
     last_sent: Instant,
     /// Outcomes of the tasks run by rank 0's own local pool.
@@ -289,8 +301,20 @@ impl Scheduler {
                 return self.end(world, outbox, wire::TERMINATE);
             }
             let before = self.queue.len();
-            self.queue.extend(self.front.tasks());
+            let cancels = self.front.cancels();
+            for task in self.front.tasks() {
+                if task.is_cancelled() {
+                    self.front.finish(task, Err(Error::Cancelled));
+                } else {
+                    self.queue.push_back(task);
+                }
+            }
             let mut active = self.queue.len() != before;
+            if cancels != self.cancels {
+                self.cancels = cancels;
+                self.pass_cancels(world, outbox);
+                active = true;
+            }
             match self.receive(world) {
                 Ok(got) => active |= got,
                 Err(message) => {
@@ -328,13 +352,18 @@ impl Scheduler {
                 std::thread::yield_now();
             } else if remote {
                 let nap = (idle / 8).clamp(Duration::from_micros(20), self.busy_nap(now));
-                self.front.wait(phase, nap, || !self.local_rx.is_empty());
+                self.front.wait(phase, nap, || self.pending());
             } else {
                 // Nothing can come from the ranks; a submission or a local outcome wakes this.
-                self.front
-                    .wait(phase, IDLE_NAP, || !self.local_rx.is_empty());
+                self.front.wait(phase, IDLE_NAP, || self.pending());
             }
         }
+    }
+
+    /// Whether work came in that the front's wake pipe may not announce: a local outcome, or
+    /// a cancel published before the scheduler got ready to sleep.
+    fn pending(&self) -> bool {
+        !self.local_rx.is_empty() || self.front.cancels() != self.cancels
     }
 
     /// The longest nap between two probes while tasks are out: [`MAX_BUSY_NAP`], or up to
@@ -390,7 +419,7 @@ impl Scheduler {
         let member = &mut self.members[i];
         // An id not in flight there (a rank's bug) is dropped: nothing a rank sends may panic
         // rank 0.
-        let Some((task, sent)) = member.inflight.remove(&id) else {
+        let Some(Out { task, sent, .. }) = member.inflight.remove(&id) else {
             return;
         };
         member.served += 1;
@@ -432,6 +461,11 @@ impl Scheduler {
                 .map(|(i, _)| i);
             let Some(i) = best else { break };
             let mut task = self.queue.pop_front().expect("queue is not empty");
+            if task.is_cancelled() {
+                // Cancelled while it waited here: it is never sent.
+                self.front.finish(task, Err(Error::Cancelled));
+                continue;
+            }
             // A chunk of `map_each` takes its index along, wherever it runs.
             let index = task.take_each_index();
             let remote = matches!(self.members[i].link, Link::Rank(_));
@@ -521,16 +555,60 @@ impl Scheduler {
                 if let Some(index) = index {
                     local = local.each_chunk(index);
                 }
+                // The caller's cancel reaches the local pool's dispatcher through the same
+                // slot, once `pass_cancels` tells it to look.
+                if let Some(slot) = task.cancel_watch() {
+                    local = local.cancellable(slot);
+                }
                 // Refused only once rank 0's local pool is closed, which happens after this
                 // loop ends; the dropped task's sink reports Terminated then.
                 drop(pool.submit_task(local));
             }
         }
-        member.inflight.insert(id, (task, now));
+        member.inflight.insert(
+            id,
+            Out {
+                task,
+                sent: now,
+                cancel_passed: false,
+            },
+        );
         self.last_sent = now;
         self.hosts[i].sent();
         // A task in a rank's hands counts as running, whether it runs or waits there.
         self.front.running(true);
+    }
+
+    /// After a cancel: resolves the cancelled tasks still queued here as cancelled (they are
+    /// never sent), and passes the cancel of each one in a member's hands on to it: a CANCEL
+    /// naming them to a serving rank, a word to rank 0's local pool (whose task watches the
+    /// same slot). Their outcome (`Error::Cancelled`, unless the result crossed the cancel)
+    /// then comes back as any other.
+    fn pass_cancels(&mut self, world: &SimpleCommunicator, outbox: &mut Outbox) {
+        let (cancelled, kept): (VecDeque<Task>, VecDeque<Task>) =
+            self.queue.drain(..).partition(Task::is_cancelled);
+        self.queue = kept;
+        for task in cancelled {
+            self.front.finish(task, Err(Error::Cancelled));
+        }
+        for member in &mut self.members {
+            let mut ids = Vec::new();
+            for (id, out) in &mut member.inflight {
+                if !out.cancel_passed && out.task.is_cancelled() {
+                    out.cancel_passed = true;
+                    ids.push(*id);
+                }
+            }
+            if ids.is_empty() {
+                continue;
+            }
+            match &member.link {
+                Link::Rank(rank) => {
+                    outbox.send(world, *rank, wire::CANCEL, wire::cancel_message(&ids));
+                }
+                Link::Local(pool) => pool.canceller().notify(),
+            }
+        }
     }
 
     /// Tells every rank the pool is closed (all outcomes are in) or terminated, waits for their
@@ -569,7 +647,7 @@ impl Scheduler {
             }
         }
         for (member, host) in self.members.iter_mut().zip(self.hosts.iter()) {
-            for (_, (task, _)) in member.inflight.drain() {
+            for (_, Out { task, .. }) in member.inflight.drain() {
                 self.front.running(false);
                 let outcome = Err(Error::Terminated);
                 host.completed(&outcome);

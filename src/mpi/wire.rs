@@ -10,6 +10,7 @@
 //! RESULTS (rank -> 0)  ( | id u64 | kind u8 | a u64 | b u64 | len u64 | bytes | )*
 //! END     (0 -> rank)  | 0 close, or 1 terminate u8 |
 //! BYE     (rank -> 0)  (empty: the rank's local pool is down; it finalizes and exits)
+//! CANCEL  (0 -> rank)  | count u32 | ( | id u64 | ){count}, count >= 1 |
 //! ```
 //!
 //! A task frame is the crate's own (see `frame.rs`) with rank 0's task id in its id field and,
@@ -20,6 +21,11 @@
 //! items after a lost one again on their own; 0 for any other task, with nothing after it. A
 //! result's `kind` is 0 for success (`bytes` is the encoded
 //! result) or the error it carries, with `a`, `b` and `bytes` holding its fields.
+//!
+//! CANCEL names tasks rank 0 sent that rank and whose result handle was cancelled: the rank
+//! cancels them in its local pool (a queued one never runs, a running one has its worker
+//! killed and replaced), and their outcome, `Error::Cancelled` (kind 12), comes back in
+//! RESULTS. An id the rank no longer holds (its result crossed the CANCEL) is ignored.
 //!
 //! Every send is an `MPI_Isend` whose buffer the [`Outbox`] keeps until MPI is done with it,
 //! so that neither side ever blocks sending a large message while the other one blocks sending
@@ -41,6 +47,7 @@ pub(crate) const TASKS: Tag = 3;
 pub(crate) const RESULTS: Tag = 4;
 pub(crate) const END: Tag = 5;
 pub(crate) const BYE: Tag = 6;
+pub(crate) const CANCEL: Tag = 7;
 
 /// The largest message MPI carries (its counts are `int`s), less room for the fields around
 /// a frame or a payload.
@@ -182,6 +189,35 @@ pub(crate) fn tasks(
         }
         Some(entry)
     })
+}
+
+/// A CANCEL message naming the tasks `ids` (at least one).
+pub(crate) fn cancel_message(ids: &[u64]) -> Vec<u8> {
+    debug_assert!(!ids.is_empty(), "a CANCEL names at least one task");
+    let count = u32::try_from(ids.len()).expect("fewer than 2^32 tasks in a rank's hands");
+    let mut out = Vec::with_capacity(4 + 8 * ids.len());
+    out.extend_from_slice(&count.to_le_bytes());
+    for id in ids {
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    out
+}
+
+/// The task ids of a CANCEL message. A count of 0, or a message longer or shorter than its
+/// count says, is an error.
+pub(crate) fn cancelled_ids(bytes: &[u8]) -> Result<Vec<u64>, String> {
+    let mut r = Reader(bytes);
+    let count = r.u32()?;
+    if count == 0 {
+        return Err("a CANCEL message that names no task".into());
+    }
+    if r.0.len() as u64 != u64::from(count) * 8 {
+        return Err(format!(
+            "a CANCEL message of {count} ids in {} bytes",
+            bytes.len()
+        ));
+    }
+    (0..count).map(|_| r.u64()).collect()
 }
 
 /// Appends one outcome to a RESULTS message.
@@ -472,6 +508,54 @@ mod tests {
         };
         assert_eq!(Hello::decode(&hello.encode()), Ok(hello));
         assert!(Hello::decode(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn cancel_messages_round_trip() {
+        for ids in [&[7u64][..], &[0, u64::MAX, 42, 42]] {
+            let msg = cancel_message(ids);
+            assert_eq!(msg.len(), 4 + 8 * ids.len());
+            assert_eq!(cancelled_ids(&msg).as_deref(), Ok(ids));
+        }
+    }
+
+    #[test]
+    fn malformed_cancel_messages_are_errors_not_panics() {
+        let msg = cancel_message(&[1, 2, 3]);
+        // Every cut, and a byte too many: refused.
+        for cut in 0..msg.len() {
+            assert!(cancelled_ids(&msg[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(cancelled_ids(&[msg.as_slice(), &[0]].concat()).is_err());
+        // A count of 0 (alone or with ids after it); a count that the bytes do not hold.
+        assert!(cancelled_ids(&[0, 0, 0, 0]).is_err());
+        assert!(cancelled_ids(&[&[0u8, 0, 0, 0][..], &7u64.to_le_bytes()].concat()).is_err());
+        let mut big = msg.clone();
+        big[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(cancelled_ids(&big).is_err());
+        let mut fewer = msg;
+        fewer[..4].copy_from_slice(&2u32.to_le_bytes());
+        assert!(cancelled_ids(&fewer).is_err());
+        // Random bytes: an error, or ids that fill the message exactly.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let mut next = || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let n = (next() % 40) as usize;
+            let mut bytes: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+            if n >= 4 {
+                bytes[1..4].fill(0);
+                bytes[0] %= 5;
+            }
+            if let Ok(ids) = cancelled_ids(&bytes) {
+                assert_eq!(4 + 8 * ids.len(), bytes.len());
+                assert!(!ids.is_empty());
+            }
+        }
     }
 
     #[test]
