@@ -102,6 +102,10 @@ pub(crate) enum Status {
     /// the first item within the task (`u64`), the number of items (`u64`), and their encoded
     /// results back to back; the task's final reply carries the items after them.
     Partial = 6,
+    /// The task was not run: the parent cancelled it while it waited in the worker's pipe and
+    /// asked, through the worker's ledger, that it be skipped (see [`crate::ledger`]). No
+    /// payload.
+    Skipped = 7,
 }
 
 impl Status {
@@ -114,6 +118,7 @@ impl Status {
             4 => Status::InitializerPanicked,
             5 => Status::Ready,
             6 => Status::Partial,
+            7 => Status::Skipped,
             _ => return None,
         })
     }

@@ -7,7 +7,7 @@
 //! and one release store, no system call, so it costs a chunk of tiny items almost nothing.
 //!
 //! ```text
-//! | task u64 | first u64 | commit u64 | (padding to 64) | data ... |
+//! | task u64 | first u64 | commit u64 | skip u64 x 4 | (padding to 64) | data ... |
 //! ```
 //!
 //! - `task` is the running task's id plus one (0: no task yet), written when a task starts;
@@ -16,6 +16,10 @@
 //! - `commit` is `count << 32 | bytes`: `count` items are finished, and for a chunk of
 //!   [`Pool::map_each`](crate::Pool::map_each) their encoded results are the first `bytes` bytes
 //!   of `data`, back to back. It is stored last, with release ordering, after the data.
+//!
+//! - each `skip` word is 0, or the id plus one of a task the parent cancelled while it waited in
+//!   the worker's pipe: the worker answers it with [`Status::Skipped`] instead of running it
+//!   ([`Ledger::skip`], [`begin`]).
 //!
 //! A chunk of `map` records only the count (its results go out whole at the end, as before).
 //! A chunk of `map_each` records each item's encoded `Each<R>`; when the next one does not fit,
@@ -41,6 +45,9 @@ const DATA: usize = 64;
 const TASK: usize = 0;
 const FIRST: usize = 8;
 const COMMIT: usize = 16;
+const SKIPS: usize = 24;
+/// How many tasks waiting in a worker's pipe can be marked to be skipped at once.
+pub(crate) const SKIP_SLOTS: usize = 4;
 /// Bytes of a partial frame's payload before the items: `first` and `count`, as `u64`s.
 pub(crate) const PARTIAL_HEADER: usize = 16;
 
@@ -118,6 +125,31 @@ impl Ledger {
         }))
     }
 
+    /// Asks the worker not to run task `id`, which waits in its pipe, through skip slot `slot`
+    /// (below [`SKIP_SLOTS`]). True if it will not run it; false if it may already have begun
+    /// it, and then the task must be treated as running (clear the slot).
+    ///
+    /// The parent stores the slot and then loads the worker's `task` word; the worker stores
+    /// `task` as it begins a task and then loads the slots ([`begin`]). Both sequentially
+    /// consistent, so at least one of the two loads sees the other's store: if the parent's
+    /// does not see the task begun, the worker's sees the slot and skips it.
+    pub(crate) fn skip(&self, slot: usize, id: u64) -> bool {
+        assert!(slot < SKIP_SLOTS, "skip slot {slot} of {SKIP_SLOTS}");
+        let base = self.region.as_ptr();
+        // SAFETY: the region is LEDGER_BYTES (> DATA) long, page-aligned, and lives with self;
+        // the slot's offset is below DATA.
+        let (skip, task) = unsafe { (word(base, SKIPS + 8 * slot), word(base, TASK)) };
+        skip.store(id.wrapping_add(1), Ordering::SeqCst);
+        task.load(Ordering::SeqCst) != id.wrapping_add(1)
+    }
+
+    /// Frees skip slot `slot`.
+    pub(crate) fn clear_skip(&self, slot: usize) {
+        assert!(slot < SKIP_SLOTS, "skip slot {slot} of {SKIP_SLOTS}");
+        // SAFETY: as in `skip`.
+        unsafe { word(self.region.as_ptr(), SKIPS + 8 * slot) }.store(0, Ordering::SeqCst);
+    }
+
     /// Writes a ledger as a worker would, for tests of the parent's checks.
     #[cfg(test)]
     pub(crate) fn forge(&self, task: u64, first: u64, commit: u64, data: &[u8]) {
@@ -174,17 +206,21 @@ fn installed() -> Option<(*mut u8, usize)> {
     (!base.is_null()).then(|| (base, LEN.load(Ordering::Relaxed)))
 }
 
-/// In a worker, as task `id` starts: an empty ledger for it.
-pub(crate) fn begin(id: u64) {
+/// In a worker, as task `id` starts: an empty ledger for it. False if the parent asked, in a
+/// skip slot, that it not run (see [`Ledger::skip`]).
+pub(crate) fn begin(id: u64) -> bool {
     CURRENT.store(id, Ordering::Relaxed);
-    if let Some((base, _)) = installed() {
-        // SAFETY: `install` set a mapping (or buffer) of LEN > DATA bytes, aligned, that lives
-        // for the rest of the process.
-        unsafe {
-            word(base, COMMIT).store(0, Ordering::Relaxed);
-            word(base, FIRST).store(0, Ordering::Relaxed);
-            word(base, TASK).store(id.wrapping_add(1), Ordering::Release);
-        }
+    let Some((base, _)) = installed() else {
+        return true;
+    };
+    let marked = id.wrapping_add(1);
+    // SAFETY: `install` set a mapping (or buffer) of LEN > DATA bytes, aligned, that lives
+    // for the rest of the process; every offset used is below DATA.
+    unsafe {
+        word(base, COMMIT).store(0, Ordering::Relaxed);
+        word(base, FIRST).store(0, Ordering::Relaxed);
+        word(base, TASK).store(marked, Ordering::SeqCst);
+        (0..SKIP_SLOTS).all(|slot| word(base, SKIPS + 8 * slot).load(Ordering::SeqCst) != marked)
     }
 }
 
@@ -372,6 +408,31 @@ pub(crate) fn parse_partial(payload: &[u8]) -> Result<(u64, u64, &[u8]), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The handshake of a skip, as the worker's side sees it through the same shared memory:
+    /// a task marked before it begins is skipped; one begun before it is marked is reported
+    /// begun to the parent; a cleared slot skips nothing.
+    #[test]
+    fn a_task_is_skipped_if_marked_before_it_begins_and_reported_begun_otherwise() {
+        let (ledger, fd) = Ledger::create().unwrap();
+        // The worker's view: the same memfd mapped again, as the fork server maps it.
+        let region = SharedRegion::map(&fd, LEDGER_BYTES).unwrap();
+        let base = region.as_ptr();
+        let worker_begins = |id: u64| {
+            // SAFETY: a mapping of LEDGER_BYTES, alive for the closure's uses; offsets < DATA.
+            unsafe {
+                word(base, TASK).store(id + 1, Ordering::SeqCst);
+                (0..SKIP_SLOTS).all(|s| word(base, SKIPS + 8 * s).load(Ordering::SeqCst) != id + 1)
+            }
+        };
+        assert!(ledger.skip(2, 41), "task 41 has not begun");
+        assert!(!worker_begins(41), "the worker skips task 41");
+        assert!(worker_begins(42), "task 42 was not marked");
+        assert!(!ledger.skip(3, 42), "task 42 had begun");
+        ledger.clear_skip(3);
+        ledger.clear_skip(2);
+        assert!(worker_begins(41), "a cleared slot skips nothing");
+    }
 
     #[test]
     fn a_ledger_never_written_is_no_task_and_garbage_is_an_error() {

@@ -178,9 +178,12 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: u32) -> i32
             return EXIT_PROTOCOL;
         };
         let started = Instant::now();
-        ledger::begin(header.id);
+        let run = ledger::begin(header.id);
         frame::begin_reply(&mut out.head, header.id, Status::Ok);
         let status = match &init_failure {
+            // Cancelled while it waited in our pipe: answered, not run (it still counts
+            // against max_tasks_per_child, as the pool counted it when it sent it).
+            _ if !run => Status::Skipped,
             Some(message) => task::error_reply(&mut out, Status::InitializerPanicked, message),
             None => run_caught(header, arg, &mut out),
         };

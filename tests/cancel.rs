@@ -232,3 +232,38 @@ fn an_awaited_result_that_is_cancelled_gives_cancelled() {
         assert!(matches!(block_on(r), Err(Error::Cancelled)));
     })
 }
+
+/// A task cancelled while it waits in a worker's pipe, behind the task the worker runs, is
+/// answered unrun: the pool asks the worker, through its ledger, to skip it. It never runs,
+/// even for a moment, and its worker is not killed for it.
+#[test]
+fn a_cancelled_task_waiting_in_a_workers_pipe_never_runs_and_costs_no_worker() {
+    within(LIMIT * 2, || {
+        let pool = Pool::new(1).unwrap();
+        // Short tasks first: the worker then holds several tasks at once, so the next ones
+        // are written into its pipe behind the one it runs.
+        for _ in 0..20 {
+            pool.apply(nap, 0).unwrap();
+        }
+        let worker = pool.apply(pid, ()).unwrap();
+        for round in 0..5 {
+            let marker = scratch(&format!("skipped-{round}"));
+            let long = pool.apply_async(nap, 300).unwrap();
+            let waiting = pool.apply_async(touch, marker.clone()).unwrap();
+            let after = pool.apply_async(pid, ()).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(waiting.cancel());
+            assert!(matches!(waiting.get(), Err(Error::Cancelled)));
+            assert_eq!(long.get().unwrap(), 300);
+            assert_eq!(
+                after.get().unwrap(),
+                worker,
+                "round {round}: the worker was replaced"
+            );
+            assert!(!marker.exists(), "round {round}: the cancelled task ran");
+        }
+        let stats = pool.stats();
+        assert_eq!(stats.workers_replaced, 0, "{stats:?}");
+        assert_eq!(stats.cancelled, 5, "{stats:?}");
+    })
+}

@@ -282,7 +282,9 @@ impl<P: Processes> Dispatcher<P> {
     /// cancelled, and has every worker running a cancelled task killed (the task then fails
     /// with [`Error::Cancelled`] in [`retire`](Self::retire), and the tasks behind it go back
     /// to the queue). A cancelled task already written to a pipe behind the running one is
-    /// dealt with when it starts ([`tick`](Self::tick)), if it has not finished by then.
+    /// marked in the worker's ledger to be skipped, not run; if the ledger has no room, or the
+    /// worker may have begun it, it is dealt with when it starts ([`tick`](Self::tick)), if
+    /// it has not finished by then.
     fn drop_cancelled(&mut self, now: Instant) {
         let counters = self.front.counters();
         let mut kept = VecDeque::with_capacity(self.queue.len());
@@ -298,6 +300,7 @@ impl<P: Processes> Dispatcher<P> {
             for sent in w.take_cancelled_unwritten() {
                 sent.task.finish(Err(Error::Cancelled), counters);
             }
+            w.skip_cancelled_written();
             if w.runs_cancelled() {
                 w.end(Why::Cancelled, Some(now));
             }
@@ -390,7 +393,11 @@ impl<P: Processes> Dispatcher<P> {
                 .limit
                 .map_or(0, |l| l.as_micros().clamp(1, u64::MAX as u128) as u64);
             frame::stamp_task(&mut task.frame.head, id, limit_us);
-            worker.work.inflight.push_back(Sent { id, task });
+            worker.work.inflight.push_back(Sent {
+                id,
+                task,
+                skip: None,
+            });
             worker.work.assigned += 1;
         }
         for w in &mut self.workers {

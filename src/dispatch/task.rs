@@ -357,6 +357,9 @@ pub(super) fn deadline(start: Instant, limit: Duration) -> Option<Instant> {
 pub(super) struct Sent {
     pub(super) id: u64,
     pub(super) task: Task,
+    /// The skip slot of the worker's ledger that asks the worker not to run it (it was
+    /// cancelled while it waited in the pipe; see [`Ledger::skip`](crate::ledger::Ledger::skip)).
+    pub(super) skip: Option<usize>,
 }
 
 /// What a reply means for its caller.
@@ -390,6 +393,7 @@ pub(super) fn outcome(reply: Reply) -> Outcome {
             message,
         },
         Status::InitializerPanicked => Error::InitializerPanicked { message },
+        Status::Skipped => Error::Cancelled,
         Status::Ready | Status::Partial => {
             unreachable!("Ready and Partial frames are handled by the worker's reader")
         }

@@ -10,8 +10,9 @@ use std::collections::VecDeque;
 use std::io;
 use std::time::{Duration, Instant};
 
-use crate::error::ExitCause;
+use crate::error::{Error, ExitCause};
 use crate::frame::{self, FrameReader, Reply, Status};
+use crate::ledger;
 use crate::spawn::{Pipes, Token};
 use crate::stats::Counters;
 use crate::sys::{self, Pid};
@@ -380,11 +381,28 @@ impl Worker {
             let front = work.inflight.front_mut().expect("checked above");
             return front.task.take_partial(&reply.payload);
         }
+        let skipped = reply.status == Status::Skipped;
+        let front_skip = work.inflight.front().and_then(|s| s.skip);
+        if skipped && front_skip.is_none() {
+            return Err(format!(
+                "task {} skipped, though it was not asked to be",
+                reply.id
+            ));
+        }
         let mut sent = work.inflight.pop_front().expect("checked above");
         work.written -= 1;
         work.served += 1;
         if work.running_since.take().is_some() {
             counters.running(false);
+        }
+        if let (Some(slot), Some(ledger)) = (sent.skip, self.pipes.ledger.as_ref()) {
+            ledger.clear_skip(slot);
+        }
+        if skipped {
+            // Cancelled while it waited in the pipe, and not run: its run time says nothing
+            // about the worker's tasks.
+            sent.task.finish(Err(Error::Cancelled), counters);
+            return Ok(());
         }
         // An average over the last few tasks (weight 1/8 for the newest), of their run times as
         // the worker measured them: the time from writing a task to reading its reply also
@@ -452,8 +470,37 @@ impl Worker {
         taken
     }
 
+    /// Marks, in its ledger's skip slots, the cancelled tasks that wait in its pipe behind the
+    /// running one (written, or being written), so that it answers them unrun
+    /// ([`Status::Skipped`]) rather than being killed when it reaches them. A task it may
+    /// already have begun, or one for which no slot is free, is left to [`runs_cancelled`].
+    ///
+    /// [`runs_cancelled`]: Self::runs_cancelled
+    pub(super) fn skip_cancelled_written(&mut self) {
+        let Some(ledger) = self.pipes.ledger.as_ref() else {
+            return;
+        };
+        let work = &mut self.work;
+        let in_pipe = (work.written + usize::from(work.offset > 0)).min(work.inflight.len());
+        for i in 1..in_pipe {
+            let sent = &work.inflight[i];
+            if sent.skip.is_some() || !sent.task.is_cancelled() {
+                continue;
+            }
+            let used: Vec<usize> = work.inflight.iter().filter_map(|s| s.skip).collect();
+            let Some(slot) = (0..ledger::SKIP_SLOTS).find(|slot| !used.contains(slot)) else {
+                return;
+            };
+            if ledger.skip(slot, sent.id) {
+                work.inflight[i].skip = Some(slot);
+            } else {
+                ledger.clear_skip(slot);
+            }
+        }
+    }
+
     /// True if the task it runs now was cancelled and it is not already leaving for that (or
-    /// a stronger reason).
+    /// a stronger reason), nor going to skip it.
     pub(super) fn runs_cancelled(&self) -> bool {
         matches!(self.life, Life::Serving { .. })
             && self.work.written > 0
@@ -462,7 +509,7 @@ impl Worker {
                 .work
                 .inflight
                 .front()
-                .is_some_and(|s| s.task.is_cancelled())
+                .is_some_and(|s| s.task.is_cancelled() && s.skip.is_none())
     }
 
     /// When the running task's time limit, with slack, runs out.
