@@ -141,9 +141,9 @@ pub(crate) struct ForkServer {
     outbox: VecDeque<Outgoing>,
     events: VecDeque<Event>,
     next_token: Token,
-    /// FINISH was sent: end of file on the socket is the server's planned exit, not a loss.
+    /// FINISH was sent (once is enough).
     finishing: bool,
-    /// The zygote could not fork the server: end of file is no news either.
+    /// The zygote could not fork the server: end of file is no news.
     start_failed: bool,
     reaped: bool,
 }
@@ -224,14 +224,11 @@ impl ForkServer {
             match sys::read(sock, &mut buf) {
                 Ok(n) if n > 0 => self.inbuf.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // End of file, or a reset: the server is gone.
+                // End of file, or a reset: the server is gone (after FINISH, as asked; the
+                // dispatcher, which asked, then replaces nothing).
                 _ => {
                     self.parse_events();
-                    return if self.finishing || self.start_failed {
-                        self.reap() // as asked, or already reported: not a loss
-                    } else {
-                        self.mark_lost()
-                    };
+                    return self.mark_lost();
                 }
             }
         }
@@ -272,12 +269,15 @@ impl ForkServer {
         self.inbuf.drain(..whole);
     }
 
-    /// The server is gone: close our end, reap it, and tell the dispatcher.
+    /// The server is gone: close our end, reap it, and tell the dispatcher (unless the zygote
+    /// said it never forked it: StartFailed told already).
     fn mark_lost(&mut self) {
         if self.sock.is_some() {
             self.outbox.clear();
             self.reap();
-            self.events.push_back(Event::Lost);
+            if !self.start_failed {
+                self.events.push_back(Event::Lost);
+            }
         }
     }
 
@@ -562,6 +562,8 @@ mod tests {
             }
         }
         assert!(pipes.is_none());
+        // End of file says the server is gone, as it would if it died: the dispatcher, which
+        // asked it to finish, replaces nothing then.
         assert!(
             matches!(
                 events[..],
@@ -570,7 +572,8 @@ mod tests {
                     Event::Exited {
                         cause: ExitCause::Exited(0),
                         ..
-                    }
+                    },
+                    Event::Lost
                 ]
             ),
             "{events:?}"

@@ -150,6 +150,9 @@ pub(crate) struct Dispatcher<P: Processes> {
     spawn_failed: Option<i32>,
     /// The front's cancel count when the held tasks were last searched for cancelled ones.
     cancels: usize,
+    /// The process layer was told that no worker will be asked for again
+    /// ([`Processes::finish`]): its end is then no loss to repair.
+    finishing: bool,
 }
 
 impl Dispatcher<ForkServer> {
@@ -193,6 +196,7 @@ impl<P: Processes> Dispatcher<P> {
             lost: None,
             spawn_failed: None,
             cancels: 0,
+            finishing: false,
         }
     }
 
@@ -278,12 +282,13 @@ impl<P: Processes> Dispatcher<P> {
                 if self.workers.is_empty() {
                     return;
                 }
-                if idle == self.workers.len() {
+                if idle == self.workers.len() && !self.finishing {
                     // No task is left anywhere, so none can come back to the queue and need a
                     // new worker: the fork server may exit as soon as its last worker is
                     // reaped, and its end of file arrives with the last exit (no round trip
                     // after it, which on a busy machine costs a wake-up or two).
                     self.procs.finish();
+                    self.finishing = true;
                 }
             }
             let timeout = self.sleep_timeout(winding_down, Instant::now());
@@ -586,7 +591,11 @@ impl<P: Processes> Dispatcher<P> {
                 for w in &mut self.workers {
                     w.reaped(ExitCause::Signal(libc::SIGKILL), self.front.counters());
                 }
-                if let Err(e) = self.procs.recreate() {
+                if self.finishing {
+                    // The server exited after its last worker, as asked (or died then): no
+                    // worker is wanted any more.
+                    self.lost = Some("the pool's fork server has ended".into());
+                } else if let Err(e) = self.procs.recreate() {
                     self.lost = Some(e.to_string());
                 }
             }
@@ -717,6 +726,7 @@ impl<P: Processes> Dispatcher<P> {
         }
         // The killed workers are the last: the server exits once it has reaped them.
         self.procs.finish();
+        self.finishing = true;
         let deadline = Instant::now() + TERMINATE_WAIT;
         loop {
             let waiting = self
