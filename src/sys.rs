@@ -1504,8 +1504,9 @@ const SHORT_SLICE_NS: u64 = 100_000;
 
 /// Asks the scheduler for a short time slice for the calling thread (EEVDF's custom slice,
 /// Linux 6.12 and later, `sched_attr.sched_runtime` of a fair-class thread). For the pool's
-/// helpers, which run in bursts of microseconds and then sleep: the dispatcher thread, the
-/// zygote and the fork servers (never the workers, which run the caller's code). On a CPU
+/// helpers, which run in bursts of microseconds and then sleep: the zygote, the fork servers,
+/// and the dispatcher thread while its pool starts and once it is closed (never the workers,
+/// which run the caller's code). On a CPU
 /// that a busy program holds, a woken helper otherwise often waits for that program's slice
 /// to end, a scheduler tick (4 ms at HZ=250), and a pool's start or `join` is a chain of such
 /// wake-ups (issue 9, W8d). A shorter slice changes how soon a thread runs, not its share of

@@ -93,6 +93,9 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
         .name("forkpool-dispatch".into())
         .stack_size(DISPATCHER_STACK)
         .spawn(move || {
+            // Short slices while the pool starts and ends, chains of wake-ups between
+            // processes; the default one while it serves tasks (the spins of a round trip
+            // fared worse with a short one: W3's median doubled).
             sys::prefer_short_slice();
             let mut dispatcher = match dispatcher.start() {
                 Ok(d) => d,
@@ -102,6 +105,7 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
                     return;
                 }
             };
+            sys::default_slice();
             let _ = ready_tx.send(Ok(()));
             let outcome = panic::catch_unwind(AssertUnwindSafe(|| dispatcher.run()));
             if outcome.is_err() {
@@ -153,6 +157,9 @@ pub(crate) struct Dispatcher<P: Processes> {
     /// The process layer was told that no worker will be asked for again
     /// ([`Processes::finish`]): its end is then no loss to repair.
     finishing: bool,
+    /// The pool was closed or terminated, and this thread took a short time slice for the
+    /// rest of its life.
+    ending: bool,
 }
 
 impl Dispatcher<ForkServer> {
@@ -197,6 +204,7 @@ impl<P: Processes> Dispatcher<P> {
             spawn_failed: None,
             cancels: 0,
             finishing: false,
+            ending: false,
         }
     }
 
@@ -244,6 +252,13 @@ impl<P: Processes> Dispatcher<P> {
             // Step D1 of the wake-up protocol (DESIGN.md): read what callers published, then
             // take the tasks.
             let seen = self.front.seen();
+            if seen.gate != Gate::Open && !self.ending {
+                // From here on the pool's life is hand-offs again (workers exit, the server
+                // reaps and reports, join returns): see DESIGN.md, *A pool's start and end on
+                // a busy machine*.
+                self.ending = true;
+                sys::prefer_short_slice();
+            }
             if seen.gate == Gate::Terminated {
                 return self.terminate();
             }
