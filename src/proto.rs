@@ -5,6 +5,10 @@
 //! A [`SPAWN`] request carries the new worker's two pipe ends as SCM_RIGHTS descriptors attached
 //! to its first byte. Requests are keyed by a token the parent chooses, never by a pid, so an
 //! answer can come back at any time, between other reports, and still find its request.
+//!
+//! The parent may send requests before the server exists: a server forked by the zygote finds
+//! them waiting in its socket, and its first message, [`HELLO`], travels with the answers to
+//! them (the zygote writes [`START_FAILED`] there instead if it could not fork the server).
 
 use crate::error::ExitCause;
 use crate::sys::WaitStatus;
@@ -16,6 +20,17 @@ pub(crate) const MESSAGE: usize = 24;
 pub(crate) const SPAWN: u64 = 1;
 /// Parent to server: SIGKILL this worker if it has not been reaped. `[KILL, pid, 0]`.
 pub(crate) const KILL: u64 = 2;
+/// Parent to server: the pool is winding down and asks for no more workers; exit once every
+/// worker has ended and been reaped (KILL requests are still served). `[FINISH, 0, 0]`. The
+/// parent learns of the exit by end of file on the socket, right behind the last [`EXITED`],
+/// so `join` needs no round trip of its own to end the server (issue 9, W8d).
+pub(crate) const FINISH: u64 = 3;
+/// Server to parent, first, once: the server runs, as `pid`. `[HELLO, pid, 0]`. (A server
+/// forked by the zygote is not the pool's child: this is how the pool learns its pid.)
+pub(crate) const HELLO: u64 = 10;
+/// Zygote to parent, on the server's socket, instead of a [`HELLO`]: the server could not be
+/// forked, with `errno`. `[START_FAILED, errno, 0]`.
+pub(crate) const START_FAILED: u64 = 14;
 /// Server to parent: the worker for `token` is `pid`. `[SPAWNED, token, pid]`.
 pub(crate) const SPAWNED: u64 = 11;
 /// Server to parent: fork failed with `errno`. `[SPAWN_FAILED, token, errno]`.

@@ -3,7 +3,8 @@
 //! It loops on `poll` over its socket to the parent and a self-pipe that SIGCHLD writes to. It
 //! forks a worker on each spawn request (on the two pipe ends that came with it), reaps workers
 //! as they end and reports their exit statuses, and SIGKILLs a worker when asked, if that worker
-//! is still unreaped. When the parent closes the socket (the pool is done, or the parent died)
+//! is still unreaped. Asked to [`FINISH`](proto::FINISH), it exits once its last worker is
+//! reaped. When the parent closes the socket (the pool is done, or the parent died)
 //! it kills and reaps whatever workers remain and exits. It never returns or unwinds into the
 //! code that forked it: [`serve`] ends the process with `_exit`. See [`crate::proto`] for the
 //! protocol.
@@ -12,7 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 
-use crate::proto::{self, EXITED, KILL, MESSAGE, SPAWN, SPAWNED, SPAWN_FAILED};
+use crate::proto::{self, EXITED, FINISH, HELLO, KILL, MESSAGE, SPAWN, SPAWNED, SPAWN_FAILED};
 use crate::sys::{self, Pid, PollFd};
 use crate::worker::{self, WorkerConfig};
 
@@ -22,6 +23,7 @@ const EXIT_BROKEN: i32 = 124;
 /// Serves spawn and kill requests on `sock` until the parent closes it, then ends the process.
 pub(crate) fn serve(sock: RawFd, worker_mask: libc::sigset_t, config: WorkerConfig) -> ! {
     sys::set_process_name(c"forkpool-server");
+    sys::prefer_short_slice();
     let code = panic::catch_unwind(AssertUnwindSafe(|| {
         match serve_loop(sock, &worker_mask, config) {
             Ok(()) => 0,
@@ -39,9 +41,15 @@ fn serve_loop(sock: RawFd, worker_mask: &libc::sigset_t, config: WorkerConfig) -
     // The parent's death wakes the loop below, which then kills the workers' groups.
     sys::catch_parent_death()?;
     let me = sys::getpid();
+    send(sock, HELLO, me as u64, 0)?;
     let mut live: Vec<Pid> = Vec::new();
+    // After FINISH: exit as soon as the last worker is reaped.
+    let mut finishing = false;
     loop {
         reap(sock, &mut live)?;
+        if finishing && live.is_empty() {
+            return Ok(()); // exiting closes the socket: the parent sees end of file
+        }
         let mut fds = [
             PollFd::new(sock, true, false),
             PollFd::new(sigchld_r.as_raw_fd(), true, false),
@@ -92,6 +100,8 @@ fn serve_loop(sock: RawFd, worker_mask: &libc::sigset_t, config: WorkerConfig) -
                         let [input, output] = unsafe {
                             sys::child_setup(me, worker_mask, [task.as_raw_fd(), reply.as_raw_fd()])
                         };
+                        // The server's short slice is for its own bursts, not the tasks'.
+                        sys::default_slice();
                         worker::serve(input, output, Some(region), config);
                     }
                     Ok(pid) => {
@@ -109,6 +119,7 @@ fn serve_loop(sock: RawFd, worker_mask: &libc::sigset_t, config: WorkerConfig) -
                 drop(region);
                 // `task`, `reply` and `ledger` drop here: only the worker holds them now.
             }
+            FINISH => finishing = true,
             KILL => {
                 let pid = a as Pid;
                 // Only a live, unreaped child: its pid cannot have been reused.

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::ExitCause;
 use crate::ledger::Ledger;
-use crate::proto::{self, EXITED, KILL, MESSAGE, SPAWN, SPAWNED, SPAWN_FAILED};
+use crate::proto::{
+    self, EXITED, FINISH, HELLO, KILL, MESSAGE, SPAWN, SPAWNED, SPAWN_FAILED, START_FAILED,
+};
 use crate::sys::{self, Pid, SignalSet};
 use crate::worker::WorkerConfig;
 use crate::zygote::{self, Launched, Origin};
@@ -46,6 +48,8 @@ pub(crate) enum Event {
     Exited { pid: Pid, cause: ExitCause },
     /// The server itself is gone (killed from outside): its workers died with it.
     Lost,
+    /// The server could not be forked (`errno`): no spawn request will be answered.
+    StartFailed { errno: i32 },
 }
 
 /// The parent's ends of one worker's pipes, both non-blocking.
@@ -108,6 +112,9 @@ pub(crate) trait Processes {
     fn next_event(&mut self) -> Option<Event>;
     /// Re-creates a lost layer. See [`ForkServer::recreate`].
     fn recreate(&mut self) -> io::Result<()>;
+    /// Says that no worker will be asked for any more: the layer ends itself once its workers
+    /// have ended (their exits are still reported), instead of waiting to be told to.
+    fn finish(&mut self);
 }
 
 /// A message waiting to be sent, with the descriptors that go with its first byte.
@@ -121,7 +128,8 @@ struct Outgoing {
 /// The parent's handle on its fork server.
 #[derive(Debug)]
 pub(crate) struct ForkServer {
-    pid: Pid,
+    /// Known once the server has said it (a server the zygote forked is not our child).
+    pid: Option<Pid>,
     /// Who forked it: we reap our own child; the zygote reaps its own.
     origin: Origin,
     /// What a server re-created by the zygote is started with (see [`ForkServer::recreate`]).
@@ -133,6 +141,10 @@ pub(crate) struct ForkServer {
     outbox: VecDeque<Outgoing>,
     events: VecDeque<Event>,
     next_token: Token,
+    /// FINISH was sent (once is enough).
+    finishing: bool,
+    /// The zygote could not fork the server: end of file is no news.
+    start_failed: bool,
     reaped: bool,
 }
 
@@ -161,6 +173,8 @@ impl ForkServer {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             next_token: 0,
+            finishing: false,
+            start_failed: false,
             reaped: false,
         }
     }
@@ -208,13 +222,11 @@ impl ForkServer {
         let mut buf = [0u8; 4096];
         loop {
             match sys::read(sock, &mut buf) {
-                Ok(0) => {
-                    self.parse_events();
-                    return self.mark_lost();
-                }
-                Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
+                Ok(n) if n > 0 => self.inbuf.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
+                // End of file, or a reset: the server is gone (after FINISH, as asked; the
+                // dispatcher, which asked, then replaces nothing).
+                _ => {
                     self.parse_events();
                     return self.mark_lost();
                 }
@@ -240,6 +252,15 @@ impl ForkServer {
                     pid: a as Pid,
                     cause: proto::decode_status(b),
                 },
+                HELLO => {
+                    self.pid = Some(a as Pid);
+                    continue;
+                }
+                START_FAILED => {
+                    // The zygote's answer: there is no server, and its socket closes next.
+                    self.start_failed = true;
+                    Event::StartFailed { errno: a as i32 }
+                }
                 // The server speaks no other kind; ignore rather than guess.
                 _ => continue,
             };
@@ -248,12 +269,15 @@ impl ForkServer {
         self.inbuf.drain(..whole);
     }
 
-    /// The server is gone: close our end, reap it, and tell the dispatcher.
+    /// The server is gone: close our end, reap it, and tell the dispatcher (unless the zygote
+    /// said it never forked it: StartFailed told already).
     fn mark_lost(&mut self) {
         if self.sock.is_some() {
             self.outbox.clear();
             self.reap();
-            self.events.push_back(Event::Lost);
+            if !self.start_failed {
+                self.events.push_back(Event::Lost);
+            }
         }
     }
 
@@ -264,32 +288,24 @@ impl ForkServer {
         if self.reaped {
             return;
         }
-        if self.origin == Origin::Zygote {
+        let Some(pid) = self.pid.filter(|_| self.origin == Origin::Forked) else {
             if let Some(sock) = sock {
                 zygote::retire_server(self.pid, sock);
             }
             self.reaped = true;
             return;
+        };
+        // Our own child: it has exited, or is exiting, once its socket reaches end of file;
+        // then a blocking wait takes microseconds. One that does not get there in time is
+        // killed.
+        let exited = sock.is_none_or(|sock| {
+            sys::shutdown_write(sock.as_raw_fd()).is_err()
+                || zygote::wait_for_eof(sock.as_raw_fd(), Instant::now() + SHUTDOWN_GRACE)
+        });
+        if !exited {
+            sys::kill(pid);
         }
-        drop(sock);
-        let deadline = Instant::now() + SHUTDOWN_GRACE;
-        // It exits within microseconds of seeing the socket close: look again soon, then less
-        // and less often.
-        let mut pause = Duration::from_micros(20);
-        loop {
-            match sys::try_wait(self.pid) {
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(5));
-                }
-                Ok(None) => {
-                    sys::kill(self.pid);
-                    let _ = sys::wait_blocking(self.pid);
-                    break;
-                }
-                _ => break,
-            }
-        }
+        let _ = sys::wait_blocking(pid);
         self.reaped = true;
     }
 
@@ -349,6 +365,13 @@ impl Processes for ForkServer {
     fn recreate(&mut self) -> io::Result<()> {
         ForkServer::recreate(self)
     }
+
+    fn finish(&mut self) {
+        if !self.finishing && self.sock.is_some() {
+            self.finishing = true;
+            self.send(FINISH, 0, Vec::new());
+        }
+    }
 }
 
 impl Drop for ForkServer {
@@ -376,7 +399,7 @@ mod tests {
         sys::set_nonblocking(&ours).unwrap();
         let mut server = ForkServer::on_socket(
             Launched {
-                pid: sys::getpid(),
+                pid: Some(sys::getpid()),
                 sock: ours,
                 origin: Origin::Forked,
             },
@@ -460,6 +483,102 @@ mod tests {
         }
         assert!(server.outbox.is_empty());
         assert_eq!(server.next_event(), None);
+    }
+
+    /// The server's first message names it: a server the zygote forked is not our child, and
+    /// this is how the pool learns the pid it may have to have killed.
+    #[test]
+    fn the_servers_first_message_gives_its_pid() {
+        let (mut server, theirs) = fake_server();
+        server.pid = None;
+        sys::send_with_fds(theirs.as_raw_fd(), &proto::message(HELLO, 4242, 0), &[]).unwrap();
+        assert!(sys::wait_readable(
+            server.fd().unwrap(),
+            Duration::from_secs(10)
+        ));
+        server.service(true, false);
+        assert_eq!(server.pid, Some(4242));
+        assert_eq!(server.next_event(), None, "a HELLO is no event");
+    }
+
+    /// The zygote's answer when it could not fork the server comes on the server's socket,
+    /// which then closes: that is one StartFailed (for `Pool::new` to report as a failed
+    /// fork), not a lost server to re-create.
+    #[test]
+    fn a_server_the_zygote_could_not_fork_is_a_start_failure_not_a_loss() {
+        let (mut server, theirs) = fake_server();
+        let failed = proto::message(START_FAILED, libc::EAGAIN as u64, 0);
+        sys::send_with_fds(theirs.as_raw_fd(), &failed, &[]).unwrap();
+        drop(theirs);
+        assert!(sys::wait_readable(
+            server.fd().unwrap(),
+            Duration::from_secs(10)
+        ));
+        server.service(true, false);
+        assert_eq!(
+            server.next_event(),
+            Some(Event::StartFailed {
+                errno: libc::EAGAIN
+            })
+        );
+        assert_eq!(server.next_event(), None);
+        assert!(server.poll_fd().is_none());
+    }
+
+    /// Issue 9, W8d: asked to finish, a real fork server exits by itself once its last worker
+    /// has ended, right behind that worker's exit report, without the pool closing the socket
+    /// (which cost `join` a round trip to the server, two wake-ups on a busy machine). Fails
+    /// if the server ignores FINISH: it then waits for the socket to close, and the bounded
+    /// wait here runs out.
+    #[test]
+    fn a_finishing_server_exits_after_its_last_worker_by_itself() {
+        let config = WorkerConfig {
+            initializer: None,
+            max_tasks: None,
+            max_memory: None,
+            print_panics: false,
+            max_frame: u64::MAX,
+        };
+        let mut server = ForkServer::start(SignalSet::current().unwrap(), config).unwrap();
+        let (token, pipes) = server.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut events = Vec::new();
+        let mut pipes = Some(pipes);
+        while let Some((fd, write)) = server.poll_fd() {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit: {events:?}"
+            );
+            let mut fds = [sys::PollFd::new(fd, true, write)];
+            let _ = sys::poll(&mut fds, Some(Duration::from_millis(100)));
+            server.service(fds[0].readable(), fds[0].writable());
+            while let Some(event) = server.next_event() {
+                if matches!(event, Event::Spawned { token: t, .. } if t == token) {
+                    // Our pipe ends close: the worker reads end of file and exits.
+                    pipes = None;
+                    server.finish();
+                }
+                events.push(event);
+            }
+        }
+        assert!(pipes.is_none());
+        // End of file says the server is gone, as it would if it died: the dispatcher, which
+        // asked it to finish, replaces nothing then.
+        assert!(
+            matches!(
+                events[..],
+                [
+                    Event::Spawned { .. },
+                    Event::Exited {
+                        cause: ExitCause::Exited(0),
+                        ..
+                    },
+                    Event::Lost
+                ]
+            ),
+            "{events:?}"
+        );
+        assert!(server.reaped, "reaped as it exited");
     }
 
     #[test]

@@ -1482,3 +1482,76 @@ pub(crate) fn watch_forks() {
 pub(crate) fn cached_pid() -> u32 {
     CACHED_PID.load(std::sync::atomic::Ordering::Relaxed)
 }
+
+/// `struct sched_attr` of `sched_setattr(2)`, its first version (48 bytes).
+#[cfg(target_os = "linux")]
+#[repr(C)]
+#[derive(Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+}
+
+/// The time slice [`prefer_short_slice`] asks for: the shortest the kernel grants.
+#[cfg(target_os = "linux")]
+const SHORT_SLICE_NS: u64 = 100_000;
+
+/// Asks the scheduler for a short time slice for the calling thread (EEVDF's custom slice,
+/// Linux 6.12 and later, `sched_attr.sched_runtime` of a fair-class thread). For the pool's
+/// helpers, which run in bursts of microseconds and then sleep: the zygote, the fork servers,
+/// and the dispatcher thread while its pool starts and once it is closed (never the workers,
+/// which run the caller's code). On a CPU
+/// that a busy program holds, a woken helper otherwise often waits for that program's slice
+/// to end, a scheduler tick (4 ms at HZ=250), and a pool's start or `join` is a chain of such
+/// wake-ups (issue 9, W8d). A shorter slice changes how soon a thread runs, not its share of
+/// the CPU. Keeps the policy and nice value; does nothing under other policies (real-time,
+/// idle), and an older kernel ignores or refuses it, which is harmless. Async-signal-safe
+/// (two raw system calls), so a freshly forked child may call it.
+pub(crate) fn prefer_short_slice() {
+    #[cfg(target_os = "linux")]
+    set_slice(SHORT_SLICE_NS);
+}
+
+/// Gives the calling thread the kernel's default time slice back, undoing an inherited
+/// [`prefer_short_slice`]: a worker, forked by a fork server, runs the caller's code at the
+/// slice any thread of the machine has. Async-signal-safe.
+pub(crate) fn default_slice() {
+    #[cfg(target_os = "linux")]
+    set_slice(0);
+}
+
+/// Sets the calling thread's custom slice (`runtime_ns`; 0 for the default) if it runs under
+/// a fair policy.
+#[cfg(target_os = "linux")]
+fn set_slice(runtime_ns: u64) {
+    let mut attr = SchedAttr::default();
+    let size = std::mem::size_of::<SchedAttr>() as u32;
+    // SAFETY: sched_getattr writes at most `size` bytes into `attr`, which has that size.
+    let got = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            0,
+            &mut attr as *mut SchedAttr,
+            size,
+            0,
+        )
+    };
+    if got != 0 || !matches!(attr.policy as i32, libc::SCHED_OTHER | libc::SCHED_BATCH) {
+        return;
+    }
+    attr.size = size;
+    attr.flags = 0;
+    if attr.runtime == runtime_ns {
+        return; // already so: spare the second call
+    }
+    attr.runtime = runtime_ns;
+    // SAFETY: `attr` is a valid sched_attr of the size it says; it changes only this
+    // thread's slice (policy and nice stay as they were).
+    unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+}

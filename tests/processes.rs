@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{eventually, within, LIMIT};
+use common::{eventually, state, within, LIMIT};
 use forkpool::{Error, Pool};
 
 fn square(x: u64) -> u64 {
@@ -480,5 +480,38 @@ fn workers_and_the_fork_server_are_named_in_ps() {
         assert_eq!(comm_of(server), "forkpool-server");
         pool.close();
         pool.join().unwrap();
+    })
+}
+
+fn worker_and_server(_: ()) -> (u32, u32) {
+    (std::process::id(), std::os::unix::process::parent_id())
+}
+
+/// Issue 9, W8d: after `close`, the fork server is told it will fork no more (FINISH) and
+/// exits by itself after its last worker. Killed from outside while it still waits for a
+/// worker (stopped, so it does not exit when its task pipe closes), its end is a loss as
+/// before: the worker died with it, and `join` returns instead of waiting for an exit report
+/// that cannot come (it waited forever when that end of file was taken for the planned exit).
+#[test]
+fn a_fork_server_killed_while_it_finishes_still_lets_join_return() {
+    within(LIMIT, || {
+        let pool = Pool::new(1).unwrap();
+        let (worker, server) = pool.apply(worker_and_server, ()).unwrap();
+        assert_eq!(comm_of(server), "forkpool-server");
+        // SAFETY: kill(2) on our pool's worker and its fork server, both alive (the pool holds
+        // them), so neither pid can have been reused.
+        unsafe { libc::kill(worker as i32, libc::SIGSTOP) };
+        pool.close();
+        // Long enough for the dispatcher to close the task pipe and send FINISH, well short of
+        // the second after which it would have the stopped worker killed.
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: as above.
+        unsafe { libc::kill(server as i32, libc::SIGKILL) };
+        pool.join().unwrap();
+        assert!(
+            eventually(Duration::from_secs(10), || state(worker)
+                .is_none_or(|s| s == 'Z')),
+            "the worker died with its server"
+        );
     })
 }

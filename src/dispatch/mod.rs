@@ -82,12 +82,22 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
     // with the caller's signal mask.
     let worker_mask = SignalSet::current().map_err(Error::io("pthread_sigmask"))?;
     let server = ForkServer::start(worker_mask, config.worker).map_err(Error::io("fork"))?;
+    // The first workers are asked for here too, so that the fork server finds the requests
+    // waiting when it starts, and forks the workers while the dispatcher thread starts: on a
+    // busy machine each of these steps may wait a scheduler tick for a CPU, and done one
+    // after the other they added up (issue 9, W8d).
+    let mut dispatcher = Dispatcher::new(config, server, front);
+    dispatcher.replace_workers(Instant::now());
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
     let handle = thread::Builder::new()
         .name("forkpool-dispatch".into())
         .stack_size(DISPATCHER_STACK)
         .spawn(move || {
-            let mut dispatcher = match Dispatcher::start(config, server, front) {
+            // Short slices while the pool starts and ends, chains of wake-ups between
+            // processes; the default one while it serves tasks (the spins of a round trip
+            // fared worse with a short one: W3's median doubled).
+            sys::prefer_short_slice();
+            let mut dispatcher = match dispatcher.start() {
                 Ok(d) => d,
                 Err((e, front)) => {
                     front.close_wake();
@@ -95,6 +105,7 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
                     return;
                 }
             };
+            sys::default_slice();
             let _ = ready_tx.send(Ok(()));
             let outcome = panic::catch_unwind(AssertUnwindSafe(|| dispatcher.run()));
             if outcome.is_err() {
@@ -143,29 +154,32 @@ pub(crate) struct Dispatcher<P: Processes> {
     spawn_failed: Option<i32>,
     /// The front's cancel count when the held tasks were last searched for cancelled ones.
     cancels: usize,
+    /// The process layer was told that no worker will be asked for again
+    /// ([`Processes::finish`]): its end is then no loss to repair.
+    finishing: bool,
+    /// The pool was closed or terminated, and this thread took a short time slice for the
+    /// rest of its life.
+    ending: bool,
 }
 
 impl Dispatcher<ForkServer> {
-    /// Has the fork server (started on the building thread) fork the first workers, and waits,
-    /// on the event loop and bounded, until they are.
+    /// On the dispatcher thread: waits, on the event loop and bounded, until the fork server
+    /// (started on the building thread, which also asked for the first workers) has forked the
+    /// first workers.
     #[allow(clippy::result_large_err)]
-    fn start(
-        config: Config,
-        server: ForkServer,
-        front: Front,
-    ) -> std::result::Result<Self, (Error, Front)> {
+    fn start(mut self) -> std::result::Result<Self, (Error, Front)> {
         // This thread writes to workers' pipes: a dead reader must give EPIPE, not kill the
         // program.
         if let Err(e) = sys::block_sigpipe() {
+            let Dispatcher { front, .. } = self;
             return Err((Error::io("pthread_sigmask")(e), front));
         }
-        let mut dispatcher = Dispatcher::new(config, server, front);
-        match dispatcher.start_workers(Instant::now() + START_WAIT) {
-            Ok(()) => Ok(dispatcher),
+        match self.start_workers(Instant::now() + START_WAIT) {
+            Ok(()) => Ok(self),
             Err(e) => {
                 // Dropping the server closes its socket; it kills and reaps the workers
                 // already forked.
-                let Dispatcher { front, .. } = dispatcher;
+                let Dispatcher { front, .. } = self;
                 Err((e, front))
             }
         }
@@ -189,6 +203,8 @@ impl<P: Processes> Dispatcher<P> {
             lost: None,
             spawn_failed: None,
             cancels: 0,
+            finishing: false,
+            ending: false,
         }
     }
 
@@ -236,6 +252,13 @@ impl<P: Processes> Dispatcher<P> {
             // Step D1 of the wake-up protocol (DESIGN.md): read what callers published, then
             // take the tasks.
             let seen = self.front.seen();
+            if seen.gate != Gate::Open && !self.ending {
+                // From here on the pool's life is hand-offs again (workers exit, the server
+                // reaps and reports, join returns): see DESIGN.md, *A pool's start and end on
+                // a busy machine*.
+                self.ending = true;
+                sys::prefer_short_slice();
+            }
             if seen.gate == Gate::Terminated {
                 return self.terminate();
             }
@@ -259,6 +282,7 @@ impl<P: Processes> Dispatcher<P> {
             }
             self.assign(now);
             if winding_down {
+                let mut idle = 0;
                 for w in &mut self.workers {
                     if w.work.written == w.work.inflight.len() {
                         w.pipes.close_tasks();
@@ -267,10 +291,19 @@ impl<P: Processes> Dispatcher<P> {
                         // Nothing left for it to do: it exits at once, unless it is stopped or
                         // stuck in its initializer; then it is killed after a grace period.
                         w.end(Why::Closing, Some(now + EXIT_GRACE));
+                        idle += 1;
                     }
                 }
                 if self.workers.is_empty() {
                     return;
+                }
+                if idle == self.workers.len() && !self.finishing {
+                    // No task is left anywhere, so none can come back to the queue and need a
+                    // new worker: the fork server may exit as soon as its last worker is
+                    // reaped, and its end of file arrives with the last exit (no round trip
+                    // after it, which on a busy machine costs a wake-up or two).
+                    self.procs.finish();
+                    self.finishing = true;
                 }
             }
             let timeout = self.sleep_timeout(winding_down, Instant::now());
@@ -580,9 +613,24 @@ impl<P: Processes> Dispatcher<P> {
                 for w in &mut self.workers {
                     w.reaped(ExitCause::Signal(libc::SIGKILL), self.front.counters());
                 }
-                if let Err(e) = self.procs.recreate() {
+                if self.finishing {
+                    // The server exited after its last worker, as asked (or died then): no
+                    // worker is wanted any more.
+                    self.lost = Some("the pool's fork server has ended".into());
+                } else if let Err(e) = self.procs.recreate() {
                     self.lost = Some(e.to_string());
                 }
+            }
+            Event::StartFailed { errno } => {
+                // No server, so no worker will come: `Pool::new` reports the errno, and a
+                // running pool (whose server was being re-created) fails its tasks.
+                self.workers
+                    .retain(|w| !matches!(w.life, Life::Starting { .. }));
+                let error = io::Error::from_raw_os_error(errno);
+                self.lost = Some(format!(
+                    "the pool's fork server could not be forked: {error}"
+                ));
+                self.spawn_failed = Some(errno);
             }
         }
     }
@@ -698,6 +746,9 @@ impl<P: Processes> Dispatcher<P> {
                 self.procs.kill(pid);
             }
         }
+        // The killed workers are the last: the server exits once it has reaped them.
+        self.procs.finish();
+        self.finishing = true;
         let deadline = Instant::now() + TERMINATE_WAIT;
         loop {
             let waiting = self

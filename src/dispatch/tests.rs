@@ -25,6 +25,10 @@ struct Fake {
     spawned: Vec<(OwnedFd, OwnedFd)>,
     kills: Vec<Pid>,
     events: VecDeque<Event>,
+    /// How many times the dispatcher said it would ask for no more workers.
+    finished: usize,
+    /// What `poll_fd` offers, if anything: a pipe the test makes readable to wake the loop.
+    socket: Option<OwnedFd>,
 }
 
 impl Processes for Fake {
@@ -39,7 +43,7 @@ impl Processes for Fake {
         self.kills.push(pid);
     }
     fn poll_fd(&self) -> Option<(RawFd, bool)> {
-        None
+        Some((self.socket.as_ref()?.as_raw_fd(), false))
     }
     fn service(&mut self, _: bool, _: bool) {}
     fn next_event(&mut self) -> Option<Event> {
@@ -47,6 +51,9 @@ impl Processes for Fake {
     }
     fn recreate(&mut self) -> io::Result<()> {
         Err(crate::spawn::server_lost())
+    }
+    fn finish(&mut self) {
+        self.finished += 1;
     }
 }
 
@@ -698,4 +705,44 @@ fn a_death_mid_chunk_keeps_what_the_partial_frames_and_the_ledger_hold() {
             ..
         } if *pid == PID as u32
     ));
+}
+
+/// The pool's fork server is asked for without waiting for the zygote's answer (issue 9,
+/// W8d); a server the zygote could not fork still fails `Pool::new` as a failed fork, with its
+/// errno, rather than as a lost server or a timeout.
+#[test]
+fn a_server_that_could_not_be_forked_fails_the_start_with_its_errno() {
+    let config = Config {
+        processes: 2,
+        worker: WorkerConfig {
+            initializer: None,
+            max_tasks: None,
+            max_memory: None,
+            print_panics: false,
+            max_frame: 1 << 20,
+        },
+        max_frame: 1 << 20,
+    };
+    let (_submitter, front) = front().unwrap();
+    let mut d = Dispatcher::new(config, Fake::default(), front);
+    d.procs.events.push_back(Event::StartFailed {
+        errno: libc::EAGAIN,
+    });
+    // The answer wakes the loop as the server's socket would.
+    let (r, w) = sys::pipe().unwrap();
+    assert_eq!(sys::write(w.as_raw_fd(), b"x").unwrap(), 1);
+    d.procs.socket = Some(r);
+    let started = Instant::now();
+    match d.start_workers(started + Duration::from_secs(10)) {
+        Err(Error::Io { op: "fork", source }) => {
+            assert_eq!(source.raw_os_error(), Some(libc::EAGAIN))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "not by the deadline"
+    );
+    assert!(d.workers.is_empty());
+    assert!(d.lost.is_some(), "no worker can come any more");
 }

@@ -2,8 +2,8 @@
 //! a fork server for each pool built later, and nothing else.
 //!
 //! It loops on `poll` over its socket to the program and a self-pipe that SIGCHLD writes to. On
-//! each [`START`] it forks a fork server on the attached socket ([`crate::server::serve`]) and
-//! answers with its pid; it reaps every server that ends (so none stays a zombie) and SIGKILLs
+//! each [`START`] it forks a fork server on the attached socket ([`crate::server::serve`]),
+//! which announces itself on that socket (or the zygote writes there why it could not fork it); it reaps every server that ends (so none stays a zombie) and SIGKILLs
 //! one when asked, only while that server is still unreaped, so a kill never hits a reused
 //! pid. When the socket reaches end of file (the program ended, or died) it exits; the servers
 //! it forked die with it (PR_SET_PDEATHSIG), and their workers with them. It never returns or
@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 
-use super::proto::{self, KILL, MESSAGE, START, STARTED, START_FAILED};
+use super::proto::{self, KILL, MESSAGE, START};
 use crate::server;
 use crate::sys::{self, Pid, PollFd};
 
@@ -30,6 +30,7 @@ pub(super) fn serve(sock: RawFd) -> ! {
 }
 
 fn serve_loop(sock: RawFd) -> io::Result<()> {
+    sys::prefer_short_slice();
     let (sigchld_r, sigchld_w) = sys::pipe()?;
     sys::set_nonblocking(&sigchld_r)?;
     sys::set_nonblocking(&sigchld_w)?;
@@ -62,7 +63,10 @@ fn serve_loop(sock: RawFd) -> io::Result<()> {
         match words[0] {
             START => {
                 let Ok([server_sock]) = <[_; 1]>::try_from(attached) else {
-                    send(sock, START_FAILED, libc::EBADF as u64)?;
+                    // No socket to answer on (our parent always sends one): ignore it, after
+                    // taking the argument bytes that follow it.
+                    let mut arg = vec![0u8; proto::start_arg_len(&words) as usize];
+                    sys::read_exact(sock, &mut arg)?;
                     continue;
                 };
                 // The initializer's argument follows the message; it lives as long as this
@@ -83,15 +87,15 @@ fn serve_loop(sock: RawFd) -> io::Result<()> {
                         let [s] = unsafe { sys::child_setup(me, &mask, [server_sock.as_raw_fd()]) };
                         server::serve(s, spec.worker_mask.to_sigset(), spec.config);
                     }
-                    Ok(pid) => {
-                        live.push(pid);
-                        send(sock, STARTED, pid as u64)?;
+                    // The server says its pid itself, on its own socket (crate::proto::HELLO).
+                    Ok(pid) => live.push(pid),
+                    Err(e) => {
+                        // Answered on the server's socket, where the pool waits for its HELLO;
+                        // a pool already gone makes this fail, which is no concern of ours.
+                        let errno = e.raw_os_error().unwrap_or(libc::EAGAIN) as u64;
+                        let failed = crate::proto::message(crate::proto::START_FAILED, errno, 0);
+                        let _ = sys::send_with_fds(server_sock.as_raw_fd(), &failed, &[]);
                     }
-                    Err(e) => send(
-                        sock,
-                        START_FAILED,
-                        e.raw_os_error().unwrap_or(libc::EAGAIN) as u64,
-                    )?,
                 }
                 // `server_sock` drops here: only the server holds it now.
             }
@@ -105,8 +109,4 @@ fn serve_loop(sock: RawFd) -> io::Result<()> {
             _ => {}
         }
     }
-}
-
-fn send(sock: RawFd, kind: u64, arg: u64) -> io::Result<()> {
-    sys::send_with_fds(sock, &proto::short(kind, arg), &[])
 }

@@ -84,7 +84,7 @@ pub(crate) fn fork_server(
     };
     drop(theirs);
     Ok(super::Launched {
-        pid,
+        pid: Some(pid),
         sock: ours,
         origin: super::Origin::Forked,
     })

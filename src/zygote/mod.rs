@@ -31,9 +31,9 @@ use crate::error::{Error, Result};
 use crate::sys::{self, Pid, PollFd, SignalSet};
 use crate::worker::WorkerConfig;
 use fork::Side;
-use proto::{ServerSpec, KILL, MESSAGE, READY, STARTED, START_FAILED};
+use proto::{ServerSpec, KILL, MESSAGE, READY};
 
-/// How long a pool waits for the zygote to answer a start request.
+/// How long `init` waits for the zygote to say it is ready.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a zygote's fork server may take to exit once asked, before the zygote kills it, and
 /// then how long to wait for that.
@@ -197,7 +197,8 @@ pub(crate) enum Origin {
 /// A fork server just started: its pid, the pool's end of its socket, and who forked it.
 #[derive(Debug)]
 pub(crate) struct Launched {
-    pub(crate) pid: Pid,
+    /// Known at once for a server we forked; for the zygote's, from its first message.
+    pub(crate) pid: Option<Pid>,
     pub(crate) sock: OwnedFd,
     pub(crate) origin: Origin,
 }
@@ -240,43 +241,43 @@ pub(crate) fn relaunch_server(
     })
 }
 
-/// Has the zygote fork a server; `None` if there is no zygote (any more).
+/// Asks the zygote to fork a server, and returns at once with the pool's end of the server's
+/// socket: the server says its pid there first thing, or the zygote writes why it could not
+/// fork it (see [`proto`]). `None` if there is no zygote (any more).
 fn from_zygote(spec: ServerSpec) -> Option<io::Result<Launched>> {
     let zygote = slot()?;
     let mut sock = zygote.sock.lock().unwrap_or_else(PoisonError::into_inner);
     let fd = sock.as_ref()?.as_raw_fd();
-    let answer = (|| -> io::Result<_> {
-        let (ours, theirs) = sys::socketpair()?;
-        sys::send_with_fds(fd, &proto::start_request(spec), &[theirs.as_raw_fd()])?;
-        if let Some(init) = spec.config.initializer {
-            sys::send_with_fds(fd, init.parts().2, &[])?;
-        }
-        drop(theirs); // the zygote has its own copy; the server will own it
-        let words = read_answer(fd, Instant::now() + START_TIMEOUT)?;
-        Ok((words, ours))
-    })();
-    match answer {
-        Ok((words, ours)) if words[0] == STARTED => Some(Ok(Launched {
-            pid: proto::pid(words[1]),
+    let (ours, theirs) = match sys::socketpair() {
+        Ok(pair) => pair,
+        Err(e) => return Some(Err(e)),
+    };
+    let sent =
+        sys::send_with_fds(fd, &proto::start_request(spec), &[theirs.as_raw_fd()]).and_then(|()| {
+            match spec.config.initializer {
+                Some(init) => sys::send_with_fds(fd, init.parts().2, &[]),
+                None => Ok(()),
+            }
+        });
+    // The zygote has its own copy (or none, if the send failed); the server will own it.
+    drop(theirs);
+    if sent.is_ok() {
+        return Some(Ok(Launched {
+            pid: None,
             sock: ours,
             origin: Origin::Zygote,
-        })),
-        Ok((words, _)) if words[0] == START_FAILED => {
-            Some(Err(io::Error::from_raw_os_error(words[1] as i32)))
-        }
-        // A garbled answer, a dead socket, or no answer in time: the zygote is unusable. It is
-        // our child: make sure it is dead, reap it, and go on without it.
-        _ => {
-            *sock = None;
-            // Only while it is our unreaped child (a program's own `waitpid(-1)` may have
-            // reaped it already) can its pid not have been reused.
-            if matches!(sys::try_wait(zygote.pid), Ok(None)) {
-                sys::kill(zygote.pid);
-                let _ = sys::wait_blocking(zygote.pid);
-            }
-            None
-        }
+        }));
     }
+    // A dead socket: the zygote is unusable. It is our child: make sure it is dead, reap it,
+    // and go on without it.
+    *sock = None;
+    // Only while it is our unreaped child (a program's own `waitpid(-1)` may have reaped it
+    // already) can its pid not have been reused.
+    if matches!(sys::try_wait(zygote.pid), Ok(None)) {
+        sys::kill(zygote.pid);
+        let _ = sys::wait_blocking(zygote.pid);
+    }
+    None
 }
 
 /// Reads one whole message from the blocking socket `fd`, by `deadline`.
@@ -303,7 +304,7 @@ fn read_answer(fd: std::os::fd::RawFd, deadline: Instant) -> io::Result<[u64; pr
 /// Ends a fork server that the zygote forked: tells it to finish (end of file on its socket),
 /// waits until it has exited (its end of the socket closes when it does, after it has killed
 /// and reaped its workers), and has the zygote kill it if it takes longer than a grace period.
-pub(crate) fn retire_server(pid: Pid, sock: OwnedFd) {
+pub(crate) fn retire_server(pid: Option<Pid>, sock: OwnedFd) {
     let fd = sock.as_raw_fd();
     if sys::shutdown_write(fd).is_err() {
         return; // not connected any more: it is gone
@@ -311,6 +312,9 @@ pub(crate) fn retire_server(pid: Pid, sock: OwnedFd) {
     if wait_for_eof(fd, Instant::now() + EXIT_GRACE) {
         return;
     }
+    // A server that never said its pid: the zygote never forked it, or it hangs before its
+    // first message; nothing to ask the zygote to kill.
+    let Some(pid) = pid else { return };
     if let Some(zygote) = slot() {
         let sock = zygote.sock.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(z) = sock.as_ref() {
@@ -320,8 +324,10 @@ pub(crate) fn retire_server(pid: Pid, sock: OwnedFd) {
     wait_for_eof(fd, Instant::now() + EXIT_GRACE);
 }
 
-/// Reads and discards until end of file or `deadline`; true at end of file.
-fn wait_for_eof(fd: std::os::fd::RawFd, deadline: Instant) -> bool {
+/// Reads and discards what arrives on the socket `fd` until end of file or `deadline`; true at
+/// end of file (or a reset: the peer is gone). A fork server's socket reaches end of file as
+/// the server exits.
+pub(crate) fn wait_for_eof(fd: std::os::fd::RawFd, deadline: Instant) -> bool {
     let mut buf = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

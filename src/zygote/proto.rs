@@ -6,11 +6,14 @@
 //! |---|---|---|---|
 //! | [`START`] | parent to zygote | a [`ServerSpec`] (see [`start_request`]), then the initializer's argument bytes | the new server's end of its socket |
 //! | [`KILL`] | parent to zygote | the pid of a fork server that would not exit | |
-//! | [`STARTED`] | zygote to parent | the new server's pid | |
-//! | [`START_FAILED`] | zygote to parent | `errno` of the failed fork | |
 //! | [`READY`] | zygote to parent, once, first | | |
 //!
-//! The parent sends one [`START`] at a time and waits for its answer; [`KILL`] has none.
+//! Neither [`START`] nor [`KILL`] is answered on this socket: the new server says its pid
+//! itself, first thing on its own socket ([`crate::proto::HELLO`]), or the zygote writes the
+//! failed fork's `errno` there ([`crate::proto::START_FAILED`]). So the pool asks for its
+//! server and goes on at once: it queues its first spawn requests on the server's socket,
+//! and starts its dispatcher thread, while the zygote forks the server (on a busy machine
+//! each wait for another process to run can cost a scheduler tick, 4 ms; issue 9, W8d).
 
 use crate::sys::{Pid, SignalSet};
 use crate::task::Initializer;
@@ -25,10 +28,6 @@ pub(crate) const MESSAGE: usize = WORDS * 8;
 pub(crate) const START: u64 = 1;
 /// Parent to zygote: SIGKILL this fork server if it is still an unreaped child.
 pub(crate) const KILL: u64 = 2;
-/// Zygote to parent: the server is forked; its pid.
-pub(crate) const STARTED: u64 = 11;
-/// Zygote to parent: the fork failed; the errno.
-pub(crate) const START_FAILED: u64 = 12;
 /// Zygote to parent, once, first: its setup is done (in particular, its death signal is
 /// cleared when the thread that forked it may end before the program).
 pub(crate) const READY: u64 = 13;
