@@ -192,6 +192,8 @@ mod spin;
 mod stats;
 mod sys;
 mod task;
+#[cfg(test)]
+mod testing;
 mod worker;
 mod zygote;
 

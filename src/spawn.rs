@@ -416,6 +416,15 @@ mod tests {
         (server, theirs)
     }
 
+    /// Waits (bounded) for what the fake server side sent, and lets the handle read it.
+    fn read_all_sent(server: &mut ForkServer) {
+        assert!(sys::wait_readable(
+            server.fd().unwrap(),
+            Duration::from_secs(10)
+        ));
+        server.service(true, false);
+    }
+
     /// Regression: a report that arrived in the same read as a spawn's answer was left in the
     /// buffer, unparsed, until the socket next woke the dispatcher, which could be never; the
     /// pool then waited forever on a dead worker.
@@ -430,11 +439,7 @@ mod tests {
         let mut answer = proto::message(SPAWNED, token, 4242).to_vec();
         answer.extend_from_slice(&proto::message(EXITED, 99, 1 << 32 | 9));
         sys::send_with_fds(theirs.as_raw_fd(), &answer, &[]).unwrap();
-        assert!(sys::wait_readable(
-            server.fd().unwrap(),
-            Duration::from_secs(10)
-        ));
-        server.service(true, false);
+        read_all_sent(&mut server);
         assert_eq!(
             server.next_event(),
             Some(Event::Spawned { token, pid: 4242 })
@@ -492,11 +497,7 @@ mod tests {
         let (mut server, theirs) = fake_server();
         server.pid = None;
         sys::send_with_fds(theirs.as_raw_fd(), &proto::message(HELLO, 4242, 0), &[]).unwrap();
-        assert!(sys::wait_readable(
-            server.fd().unwrap(),
-            Duration::from_secs(10)
-        ));
-        server.service(true, false);
+        read_all_sent(&mut server);
         assert_eq!(server.pid, Some(4242));
         assert_eq!(server.next_event(), None, "a HELLO is no event");
     }
@@ -510,11 +511,7 @@ mod tests {
         let failed = proto::message(START_FAILED, libc::EAGAIN as u64, 0);
         sys::send_with_fds(theirs.as_raw_fd(), &failed, &[]).unwrap();
         drop(theirs);
-        assert!(sys::wait_readable(
-            server.fd().unwrap(),
-            Duration::from_secs(10)
-        ));
-        server.service(true, false);
+        read_all_sent(&mut server);
         assert_eq!(
             server.next_event(),
             Some(Event::StartFailed {
@@ -544,6 +541,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut events = Vec::new();
         let mut pipes = Some(pipes);
+        let mut closed = false;
         while let Some((fd, write)) = server.poll_fd() {
             assert!(
                 Instant::now() < deadline,
@@ -554,14 +552,19 @@ mod tests {
             server.service(fds[0].readable(), fds[0].writable());
             while let Some(event) = server.next_event() {
                 if matches!(event, Event::Spawned { token: t, .. } if t == token) {
-                    // Our pipe ends close: the worker reads end of file and exits.
-                    pipes = None;
+                    // Our end of its task pipe closes: the worker reads end of file and exits
+                    // (its reply pipe stays open, so its Ready frame cannot fail with EPIPE).
+                    if let Some(pipes) = pipes.as_mut() {
+                        pipes.close_tasks();
+                    }
+                    closed = true;
                     server.finish();
                 }
                 events.push(event);
             }
         }
-        assert!(pipes.is_none());
+        assert!(closed);
+        drop(pipes);
         // End of file says the server is gone, as it would if it died: the dispatcher, which
         // asked it to finish, replaces nothing then.
         assert!(

@@ -581,6 +581,7 @@ fn as_bytes<T: ?Sized + 'static>(value: &T) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::xorshift;
 
     #[test]
     fn round_trip() {
@@ -623,15 +624,6 @@ mod tests {
     }
 
     /// xorshift64 from `seed`: garbage inputs that are the same on every run.
-    fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
-        move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        }
-    }
-
     /// A worker's reply payload is untrusted: garbage, or a length prefix claiming far more
     /// than the bytes at hand, must give an error, never a panic or a huge allocation.
     #[test]

@@ -59,8 +59,8 @@ impl Processes for Fake {
 
 const PID: Pid = 4242;
 
-/// A dispatcher for `processes` fake workers, all forked (Booting) at `now`.
-fn dispatcher(processes: usize, now: Instant) -> (Submitter, Dispatcher<Fake>) {
+/// A dispatcher for `processes` fake workers, none asked for yet.
+fn unstarted(processes: usize) -> (Submitter, Dispatcher<Fake>) {
     let config = Config {
         processes,
         worker: WorkerConfig {
@@ -73,7 +73,12 @@ fn dispatcher(processes: usize, now: Instant) -> (Submitter, Dispatcher<Fake>) {
         max_frame: 1 << 20,
     };
     let (submitter, front) = front().unwrap();
-    let mut d = Dispatcher::new(config, Fake::default(), front);
+    (submitter, Dispatcher::new(config, Fake::default(), front))
+}
+
+/// A dispatcher for `processes` fake workers, all forked (Booting) at `now`.
+fn dispatcher(processes: usize, now: Instant) -> (Submitter, Dispatcher<Fake>) {
+    let (submitter, mut d) = unstarted(processes);
     d.replace_workers(now);
     for token in 0..processes as Token {
         d.procs.events.push_back(Event::Spawned {
@@ -712,19 +717,7 @@ fn a_death_mid_chunk_keeps_what_the_partial_frames_and_the_ledger_hold() {
 /// errno, rather than as a lost server or a timeout.
 #[test]
 fn a_server_that_could_not_be_forked_fails_the_start_with_its_errno() {
-    let config = Config {
-        processes: 2,
-        worker: WorkerConfig {
-            initializer: None,
-            max_tasks: None,
-            max_memory: None,
-            print_panics: false,
-            max_frame: 1 << 20,
-        },
-        max_frame: 1 << 20,
-    };
-    let (_submitter, front) = front().unwrap();
-    let mut d = Dispatcher::new(config, Fake::default(), front);
+    let (_submitter, mut d) = unstarted(2);
     d.procs.events.push_back(Event::StartFailed {
         errno: libc::EAGAIN,
     });

@@ -537,14 +537,8 @@ mod tests {
         fewer[..4].copy_from_slice(&2u32.to_le_bytes());
         assert!(cancelled_ids(&fewer).is_err());
         // Random bytes: an error, or ids that fill the message exactly.
-        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = crate::testing::xorshift(0x2545_f491_4f6c_dd1du64);
         for _ in 0..20_000 {
-            let mut next = || {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x
-            };
             let n = (next() % 40) as usize;
             let mut bytes: Vec<u8> = (0..n).map(|_| next() as u8).collect();
             if n >= 4 {
@@ -717,14 +711,8 @@ mod tests {
         huge.extend_from_slice(&[0; 16]);
         assert!(tasks(&huge, u64::MAX).next().unwrap().is_err());
         // Random bytes: errors, and the entries that parse are inside the message.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15u64);
         for _ in 0..20_000 {
-            let mut next = || {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x
-            };
             let n = (next() % 40) as usize;
             let mut bytes: Vec<u8> = (0..n).map(|_| next() as u8).collect();
             if n > 4 {
