@@ -646,9 +646,11 @@ impl<R> AsyncResult<R> {
     /// cancelled in that rank's local pool.
     ///
     /// # Caveats
-    /// A short task the pool had already written into its worker's pipe, behind the running
-    /// one, may run to its end before the cancel reaches it (its result is then discarded); a
-    /// task is never stopped halfway without its worker being killed. For
+    /// A task the pool had already written into its worker's pipe, behind the running one, is
+    /// marked in the worker's ledger and skipped unrun; only if the worker had just begun it
+    /// (or four such tasks wait at once) may a short one run to its end before the cancel
+    /// reaches it (its result is then discarded). A task is never stopped halfway without its
+    /// worker being killed. For
     /// [`apply_async_with`](crate::Pool::apply_async_with), the callback runs with
     /// `Err(Error::Cancelled)` when the task is dropped or killed, but with the task's value if
     /// that was already on its way to the callback.
