@@ -474,16 +474,18 @@ impl Lent {
     }
 
     /// Frees the tails the parent has read: the pipe's unread bytes are the last ones
-    /// written, so every tail that ends before them is read. The last one freed is kept by
-    /// `reader` for the next large task's argument (see [`FrameReader::keep_spare`]).
+    /// written, so every tail that ends before them is read. A freed tail is offered to
+    /// `reader` as its spare, for the next large task's argument (see
+    /// [`FrameReader::keep_spare`]).
     fn release_read(&mut self, output: RawFd, reader: &mut FrameReader) {
         if self.tails.is_empty() {
             return;
         }
         if let Some(unread) = sys::pipe_unread(output) {
             let read = self.written.saturating_sub(unread as u64);
-            let still_lent = self.tails.partition_point(|(end, _)| *end <= read);
-            for (_, tail) in self.tails.drain(..still_lent) {
+            // Kept in the order written, so the read ones are a prefix.
+            let read_ones = self.tails.partition_point(|(end, _)| *end <= read);
+            for (_, tail) in self.tails.drain(..read_ones) {
                 reader.keep_spare(tail, Instant::now());
             }
         }
