@@ -20,6 +20,9 @@
 //!   (`decode_owned`, the usual "header, then payload" value) takes the input buffer itself.
 //!
 //! A plain `Vec<u8>` field still goes through serde one byte at a time, at bincode's speed.
+//!
+//! A `Vec` of `u64`, `i64`, `u32`, `i32` or `usize` (a result of `map`, a chunk of its
+//! arguments) is written and read by a loop of its own, in bincode's bytes ([`ints`]).
 
 use std::any::{Any, TypeId};
 use std::borrow::Borrow;
@@ -31,6 +34,7 @@ use serde::Serialize;
 use crate::frame::Bytes;
 
 mod byte_fields;
+mod ints;
 use byte_fields::Source;
 
 const CONFIG: bincode::config::Configuration = bincode::config::standard();
@@ -61,7 +65,10 @@ pub(crate) fn encode_owned<T: Serialize + 'static, B: Borrow<T> + 'static>(
             return Ok(bytes.take().expect("just set"));
         }
     }
-    encode_into(value.as_ref().expect("still set").borrow(), head)?;
+    let value = value.as_ref().expect("still set").borrow();
+    if !ints::encode_vec(value, head) {
+        encode_into(value, head)?;
+    }
     Ok(Vec::new())
 }
 
@@ -83,6 +90,9 @@ pub(crate) fn encode_seq<T: Serialize + 'static, B: Borrow<T>>(
             let item: &dyn Any = b.borrow();
             item.downcast_ref::<u8>().copied()
         }));
+        return Ok(());
+    }
+    if ints::encode_seq::<T, B>(items, out) {
         return Ok(());
     }
     bincode::serde::encode_into_writer(Seq::<T, B>(items, PhantomData), VecWriter(out), CONFIG)
@@ -433,6 +443,9 @@ pub(crate) fn decode_owned<T: DeserializeOwned + 'static>(bytes: Bytes) -> Resul
         let boxed: Box<dyn Any> = Box::new(bytes.into_vec());
         return Ok(*boxed.downcast::<T>().expect("T is Vec<u8>"));
     }
+    if let Some(value) = ints::decode_vec::<T>(&bytes) {
+        return Ok(value);
+    }
     let (buf, start) = bytes.into_parts();
     let source = Source::owning(buf, start);
     decode_from(source.owned_input(), &source)
@@ -449,6 +462,9 @@ pub(crate) fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, S
     if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
         let boxed: Box<dyn Any> = Box::new(bytes.to_vec());
         return Ok(*boxed.downcast::<T>().expect("T is Vec<u8>"));
+    }
+    if let Some(value) = ints::decode_vec::<T>(bytes) {
+        return Ok(value);
     }
     decode_from(bytes, &Source::borrowed(bytes))
 }
