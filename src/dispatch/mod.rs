@@ -6,10 +6,11 @@
 //! - [`worker`]: one worker's life, the tasks it holds, its pipes;
 //! - this module: the event loop over all of them.
 //!
-//! The dispatcher sends a worker whose tasks are short up to
-//! [`PIPELINE_DEPTH`](worker::PIPELINE_DEPTH) tasks at once,
-//! so it finds its next task waiting when it finishes one; a worker whose tasks take longer than
-//! [`SHORT_TASK`] gets one at a time, so that no task waits behind a long one while another
+//! The dispatcher sends a worker whose tasks are short as many tasks at once as make
+//! [`PIPELINE_WORK`](worker::PIPELINE_WORK) by their average run time (at most
+//! [`PIPELINE_DEPTH`](worker::PIPELINE_DEPTH)), so it finds its next task waiting when it
+//! finishes one; a worker whose tasks take longer than
+//! [`SHORT_TASK`](worker::SHORT_TASK) gets one at a time, so that no task waits behind a long one while another
 //! worker idles. All pipes on this side are non-blocking and watched by one `poll`, together
 //! with the wake pipe and the fork server's socket: spawning is events on the same loop
 //! ([`Processes`]), so nothing here ever blocks on one process.
@@ -43,7 +44,7 @@ pub(crate) use task::Task;
 
 use submit::{Gate, Seen};
 use task::Sent;
-use worker::{Life, Why, Worker, SHORT_TASK};
+use worker::{Life, Why, Worker};
 
 /// Stack of the dispatcher thread, which is also the stack every worker's tasks run on.
 const DISPATCHER_STACK: usize = 8 << 20;
@@ -401,16 +402,18 @@ impl<P: Processes> Dispatcher<P> {
                 .sum::<usize>();
         let fair = in_hand.div_ceil(self.workers.len().max(1)).max(1);
         // A fresh worker's tasks are likely as short as its siblings' have been.
-        let short = self
+        let siblings = self
             .workers
             .iter()
-            .any(|w| w.work.served > 0 && w.work.avg_service < SHORT_TASK);
+            .filter(|w| w.work.served > 0)
+            .map(|w| w.work.avg_service)
+            .min();
         while !self.queue.is_empty() {
             let best = self
                 .workers
                 .iter_mut()
                 .filter(|w| {
-                    w.takes_tasks(max_tasks) && w.work.inflight.len() < w.depth(short).min(fair)
+                    w.takes_tasks(max_tasks) && w.work.inflight.len() < w.depth(siblings).min(fair)
                 })
                 .min_by_key(|w| w.work.inflight.len());
             let Some(worker) = best else { break };

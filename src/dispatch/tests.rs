@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::task::BACKSTOP_SLACK;
+use super::worker::{PIPELINE_WORK, SHORT_TASK};
 use super::*;
 use crate::frame::{OutFrame, Status};
 use crate::result::{Outcome, Sink, Slot};
@@ -578,7 +579,8 @@ fn tasks_short_in_the_worker_keep_the_pipeline_deep_however_late_their_replies()
     let (submitter, mut d) = dispatcher(1, then);
     say_ready(&d, 0);
     d.poll_once(None, Duration::from_secs(10));
-    let (tasks, outcomes): (Vec<_>, Vec<_>) = (0..20).map(|_| task(None)).unzip();
+    let n = worker::PIPELINE_DEPTH + 20;
+    let (tasks, outcomes): (Vec<_>, Vec<_>) = (0..n).map(|_| task(None)).unzip();
     submitter.submit(tasks).unwrap();
     take_queued(&mut d);
     d.assign(then);
@@ -596,6 +598,48 @@ fn tasks_short_in_the_worker_keep_the_pipeline_deep_however_late_their_replies()
         worker::PIPELINE_DEPTH,
         "a 5 µs task is short, whatever the wall time"
     );
+}
+
+/// A worker holds as many short tasks as make [`PIPELINE_WORK`] by their run time: tasks of
+/// microseconds fill the pipeline, tasks near a millisecond get a handful, so no task waits
+/// long in one worker's pipe while another could run it.
+#[test]
+fn short_tasks_fill_the_pipeline_as_far_as_their_run_time_allows() {
+    for (run, expected) in [
+        (Duration::from_micros(2), worker::PIPELINE_DEPTH),
+        (Duration::from_micros(250), 16),
+        (Duration::from_micros(900), 4),
+        (SHORT_TASK * 2, 1),
+    ] {
+        let now = Instant::now();
+        let (submitter, mut d) = dispatcher(1, now);
+        say_ready(&d, 0);
+        d.poll_once(None, Duration::from_secs(10));
+        let (tasks, _outcomes): (Vec<_>, Vec<_>) =
+            (0..worker::PIPELINE_DEPTH * 4).map(|_| task(None)).unzip();
+        submitter.submit(tasks).unwrap();
+        take_queued(&mut d);
+        d.assign(now);
+        // Eight answers make the average (which weighs each new sample 1/8) close to `run`.
+        for _ in 0..40 {
+            let id = d.workers[0].work.inflight[0].id;
+            answer(&d, 0, id, run);
+            d.poll_once(None, Duration::from_secs(10));
+            d.assign(now);
+        }
+        // What it holds now was sent while the average was still lower: answer it all first.
+        while let Some(sent) = d.workers[0].work.inflight.front() {
+            answer(&d, 0, sent.id, run);
+            d.poll_once(None, Duration::from_secs(10));
+        }
+        d.assign(now);
+        let held = d.workers[0].work.inflight.len();
+        let average = d.workers[0].work.avg_service;
+        assert_eq!(
+            held, expected,
+            "tasks of {run:?} (average {average:?}, budget {PIPELINE_WORK:?})"
+        );
+    }
 }
 
 /// The other side of the same judgement: a task that ran long in the worker gets its worker

@@ -19,8 +19,12 @@ use crate::sys::{self, Pid};
 
 use super::task::Sent;
 
-/// How many tasks a worker may hold at once: the one it runs and the ones waiting in its pipe.
-pub(super) const PIPELINE_DEPTH: usize = 8;
+/// The most tasks a worker may hold at once: the one it runs and the ones waiting in its pipe.
+pub(super) const PIPELINE_DEPTH: usize = 128;
+/// How much work a worker with short tasks may hold, by their average run time: tasks of a
+/// few microseconds fill [`PIPELINE_DEPTH`], tasks near [`SHORT_TASK`] a handful, so a task
+/// never waits more than about this long in a worker's pipe while another worker could take it.
+pub(super) const PIPELINE_WORK: Duration = Duration::from_millis(4);
 /// Below this average service time a worker's tasks count as short (see [`PIPELINE_DEPTH`]);
 /// above it, one task at a time costs a worker at most a few percent of idle time.
 pub(super) const SHORT_TASK: Duration = Duration::from_millis(1);
@@ -437,18 +441,21 @@ impl Worker {
         }
     }
 
-    /// How many tasks it may hold: many while its tasks are short, else one. Until it has served
-    /// a task, it goes by its siblings' (one in a fresh pool).
-    pub(super) fn depth(&self, siblings_short: bool) -> usize {
-        let short = if self.work.served > 0 {
-            self.work.avg_service < SHORT_TASK
+    /// How many tasks it may hold: while its tasks are short, as many as make
+    /// [`PIPELINE_WORK`] (at most [`PIPELINE_DEPTH`]), else one. Until it has served a task, it
+    /// goes by `siblings`, the average run time of its siblings' tasks (one in a fresh pool).
+    pub(super) fn depth(&self, siblings: Option<Duration>) -> usize {
+        let average = if self.work.served > 0 {
+            Some(self.work.avg_service)
         } else {
-            siblings_short
+            siblings
         };
-        if short {
-            PIPELINE_DEPTH
-        } else {
-            1
+        match average {
+            Some(run) if run < SHORT_TASK => {
+                let fits = PIPELINE_WORK.as_nanos() / run.as_nanos().max(1);
+                fits.clamp(1, PIPELINE_DEPTH as u128) as usize
+            }
+            _ => 1,
         }
     }
 
