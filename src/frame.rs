@@ -302,6 +302,23 @@ pub(crate) fn parse_reply(mut body: Bytes) -> Result<Reply, String> {
     })
 }
 
+/// Cuts whole frames laid back to back (a worker's held replies: `ledger`) into their bodies.
+/// `Err` if the last one is cut short.
+pub(crate) fn split_frames(mut bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut bodies = Vec::new();
+    while !bytes.is_empty() {
+        let len = bytes
+            .get(..LEN)
+            .map(|prefix| u64::from_le_bytes(prefix.try_into().expect("LEN bytes")))
+            .and_then(|len| usize::try_from(len).ok())
+            .filter(|len| *len <= bytes.len() - LEN)
+            .ok_or_else(|| format!("a frame cut short in {} bytes", bytes.len()))?;
+        bodies.push(&bytes[LEN..LEN + len]);
+        bytes = &bytes[LEN + len..];
+    }
+    Ok(bodies)
+}
+
 /// An owned byte buffer viewed from an offset: a frame body handed on without copying.
 ///
 /// A large frame's body comes in two parts: its fixed fields in `fixed`, and its payload alone
@@ -719,6 +736,23 @@ pub(crate) fn parse_reply_stream(input: &[u8], max: u64) -> Result<usize, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_back_to_back_split_into_bodies_and_a_cut_one_is_an_error() {
+        let mut bytes = Vec::new();
+        for body in [&b"abc"[..], b"", b"defgh"] {
+            bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(body);
+        }
+        assert_eq!(
+            split_frames(&bytes).unwrap(),
+            vec![&b"abc"[..], b"", b"defgh"]
+        );
+        assert!(split_frames(&bytes[..bytes.len() - 1]).is_err());
+        assert!(split_frames(&bytes[..3]).is_err());
+        assert!(split_frames(&u64::MAX.to_le_bytes()).is_err());
+        assert_eq!(split_frames(&[]).unwrap(), Vec::<&[u8]>::new());
+    }
     use std::os::fd::AsRawFd;
 
     #[test]

@@ -7,7 +7,7 @@
 //! and one release store, no system call, so it costs a chunk of tiny items almost nothing.
 //!
 //! ```text
-//! | task u64 | first u64 | commit u64 | skip u64 x 4 | (padding to 64) | data ... |
+//! | task u64 | first u64 | commit u64 | skip u64 x 4 | held u64 | data ... | held replies |
 //! ```
 //!
 //! - `task` is the running task's id plus one (0: no task yet), written when a task starts;
@@ -20,6 +20,12 @@
 //! - each `skip` word is 0, or the id plus one of a task the parent cancelled while it waited in
 //!   the worker's pipe: the worker answers it with [`Status::Skipped`] instead of running it
 //!   ([`Ledger::skip`], [`begin`]).
+//! - `held` is `generation << 32 | bytes`: the worker's finished replies that it holds back
+//!   while it runs the tasks already waiting in its pipe (one `write` for many replies), whole
+//!   reply frames back to back in the last [`HELD_BYTES`] of the ledger ([`hold`],
+//!   [`flush_held`]). They are in shared memory so that they survive the worker: after its
+//!   death the parent delivers them; and the parent may take them while it lives, if they wait
+//!   too long ([`Ledger::held`], a seqlock on the generation).
 //!
 //! A chunk of `map` records only the count (its results go out whole at the end, as before).
 //! A chunk of `map_each` records each item's encoded `Each<R>`; when the next one does not fit,
@@ -32,7 +38,9 @@
 
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{
+    fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
+};
 
 use crate::frame::{self, Status};
 use crate::sys::{self, SharedRegion};
@@ -41,11 +49,14 @@ use crate::sys::{self, SharedRegion};
 pub(crate) const LEDGER_BYTES: usize = 256 << 10;
 /// Where the data starts.
 const DATA: usize = 64;
+/// Bytes at the end of a ledger for the replies a worker holds back.
+pub(crate) const HELD_BYTES: usize = 16 << 10;
 /// Offsets of the header's words.
 const TASK: usize = 0;
 const FIRST: usize = 8;
 const COMMIT: usize = 16;
 const SKIPS: usize = 24;
+const HELD: usize = 56;
 /// How many tasks waiting in a worker's pipe can be marked to be skipped at once.
 pub(crate) const SKIP_SLOTS: usize = 4;
 /// Bytes of a partial frame's payload before the items: `first` and `count`, as `u64`s.
@@ -103,10 +114,10 @@ impl Ledger {
         }
         let count = (commit >> 32) as usize;
         let bytes = (commit & u32::MAX as u64) as usize;
-        if bytes > self.region.len() - DATA {
+        if bytes > data_room(self.region.len()) {
             return Err(format!(
                 "its ledger claims {bytes} bytes of results, more than the {} it holds",
-                self.region.len() - DATA
+                data_room(self.region.len())
             ));
         }
         if bytes > 0 && count == 0 {
@@ -123,6 +134,50 @@ impl Ledger {
             count,
             bytes: copy,
         }))
+    }
+
+    /// The held-replies word (`generation << 32 | bytes`): non-zero bytes mean the worker holds
+    /// replies back. A plain load, for the dispatcher's every turn.
+    pub(crate) fn held_word(&self) -> u64 {
+        // SAFETY: the region is LEDGER_BYTES (> DATA) long, page-aligned, and lives with self.
+        unsafe { word(self.region.as_ptr(), HELD) }.load(Ordering::Acquire)
+    }
+
+    /// A copy of the replies the worker holds back (whole frames, back to back), as they were
+    /// at one moment: `Ok(None)` if the worker changed them meanwhile (it is flushing them to
+    /// the pipe: they arrive there), `Err` if the word makes no sense. Once the worker is dead
+    /// the copy is always consistent.
+    ///
+    /// A seqlock: the worker writes frames only past the published length, and before it
+    /// reuses the area it bumps the generation (then a release fence); so if the generation
+    /// is the same before and after the copy, the copied bytes were not being written.
+    pub(crate) fn held(&self) -> Result<Option<Vec<u8>>, String> {
+        let base = self.region.as_ptr();
+        let room = held_room(self.region.len());
+        // SAFETY: as in `held_word`.
+        let held = unsafe { word(base, HELD) };
+        let before = held.load(Ordering::Acquire);
+        let bytes = (before & u32::MAX as u64) as usize;
+        if bytes > room.len() {
+            return Err(format!(
+                "its ledger claims {bytes} bytes of held replies, more than the {} it holds",
+                room.len()
+            ));
+        }
+        let mut copy = vec![0u8; bytes];
+        // SAFETY: `bytes` fits in the held area (checked above), which lies inside the
+        // mapping; `copy` is a distinct buffer. The worker may be writing the area at the same
+        // time (only past `bytes` unless it started a new generation): volatile reads, and the
+        // generation check below throws away a copy that may be torn.
+        unsafe {
+            let from = base.add(room.start);
+            for (i, byte) in copy.iter_mut().enumerate() {
+                *byte = std::ptr::read_volatile(from.add(i));
+            }
+        }
+        std::sync::atomic::fence(Ordering::Acquire);
+        let after = held.load(Ordering::Relaxed);
+        Ok((before >> 32 == after >> 32).then_some(copy))
     }
 
     /// Asks the worker not to run task `id`, which waits in its pipe, through skip slot `slot`
@@ -150,6 +205,19 @@ impl Ledger {
         unsafe { word(self.region.as_ptr(), SKIPS + 8 * slot) }.store(0, Ordering::SeqCst);
     }
 
+    /// Writes the held-replies word and area as a worker would, for tests.
+    #[cfg(test)]
+    pub(crate) fn forge_held(&self, word_value: u64, data: &[u8]) {
+        let base = self.region.as_ptr();
+        let room = held_room(self.region.len());
+        // SAFETY: as in `held`; `data` is cut to fit the held area.
+        unsafe {
+            let n = data.len().min(room.len());
+            std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(room.start), n);
+            word(base, HELD).store(word_value, Ordering::Release);
+        }
+    }
+
     /// Writes a ledger as a worker would, for tests of the parent's checks.
     #[cfg(test)]
     pub(crate) fn forge(&self, task: u64, first: u64, commit: u64, data: &[u8]) {
@@ -159,10 +227,20 @@ impl Ledger {
             word(base, TASK).store(task, Ordering::Relaxed);
             word(base, FIRST).store(first, Ordering::Relaxed);
             word(base, COMMIT).store(commit, Ordering::Relaxed);
-            let n = data.len().min(self.region.len() - DATA);
+            let n = data.len().min(data_room(self.region.len()));
             std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(DATA), n);
         }
     }
+}
+
+/// Bytes of the data area of a ledger of `len` bytes (chunks' results).
+fn data_room(len: usize) -> usize {
+    len - DATA - HELD_BYTES
+}
+
+/// Where the held replies live in a ledger of `len` bytes.
+fn held_room(len: usize) -> std::ops::Range<usize> {
+    len - HELD_BYTES..len
 }
 
 // ----- The worker's end --------------------------------------------------------------------
@@ -176,16 +254,20 @@ static OUTPUT: AtomicI32 = AtomicI32::new(-1);
 static MAX_FRAME: AtomicU64 = AtomicU64::new(u64::MAX);
 /// In a worker: the id of the task it runs (set by [`begin`]).
 static CURRENT: AtomicU64 = AtomicU64::new(0);
+/// In a worker: the ledger is shared with the parent. Without that, no reply is held back
+/// ([`hold`]): nobody could deliver it if the worker died.
+static SHARED: AtomicBool = AtomicBool::new(false);
 
 /// In a worker, before its first task: records into `region` (kept mapped for the rest of the
 /// process), or, without one, into a private buffer that nobody else reads, and sends partial
 /// frames to `output`.
 pub(crate) fn install(region: Option<SharedRegion>, output: RawFd, max_frame: u64) {
     let (base, len) = match region {
-        Some(region) if region.len() > DATA => {
+        Some(region) if region.len() == LEDGER_BYTES => {
             let (base, len) = (region.as_ptr(), region.len());
             // The worker ends in _exit: the mapping is simply never unmapped.
             std::mem::forget(region);
+            SHARED.store(true, Ordering::Relaxed);
             (base, len)
         }
         _ => {
@@ -224,6 +306,95 @@ pub(crate) fn begin(id: u64) -> bool {
     }
 }
 
+/// In a worker: holds a finished reply frame (`parts`, back to back) in the ledger instead of
+/// writing it now; [`flush_held`] writes every held frame in one go. False, and nothing held,
+/// if the ledger is not shared with the parent or has no room for it: write it now.
+pub(crate) fn hold(parts: [&[u8]; 2]) -> bool {
+    if !SHARED.load(Ordering::Relaxed) {
+        return false;
+    }
+    match installed() {
+        // SAFETY: `install` set a mapping of `len` bytes, aligned, alive for the process.
+        Some((base, len)) => unsafe { hold_in(base, len, parts) },
+        None => false,
+    }
+}
+
+/// [`hold`] in the ledger at `base`.
+///
+/// # Safety
+/// `base` must point to a ledger mapping of `len` bytes (aligned, alive), which only this
+/// thread writes.
+unsafe fn hold_in(base: *mut u8, len: usize, parts: [&[u8]; 2]) -> bool {
+    let room = held_room(len);
+    // SAFETY: per the contract (HELD < DATA).
+    let held = unsafe { word(base, HELD) };
+    let current = held.load(Ordering::Relaxed);
+    let bytes = (current & u32::MAX as u64) as usize;
+    let n = parts[0].len() + parts[1].len();
+    if bytes + n > room.len() {
+        return false;
+    }
+    // SAFETY: `bytes + n` fits in the held area, which lies inside the mapping; only this
+    // thread writes it, past the length it has published (the parent only reads).
+    unsafe {
+        let to = base.add(room.start + bytes);
+        std::ptr::copy_nonoverlapping(parts[0].as_ptr(), to, parts[0].len());
+        std::ptr::copy_nonoverlapping(parts[1].as_ptr(), to.add(parts[0].len()), parts[1].len());
+    }
+    held.store(current + n as u64, Ordering::Release);
+    true
+}
+
+/// In a worker: how many bytes of replies it holds back.
+pub(crate) fn held_bytes() -> usize {
+    match installed() {
+        // SAFETY: as in `begin`.
+        Some((base, _)) => {
+            (unsafe { word(base, HELD) }.load(Ordering::Relaxed) & u32::MAX as u64) as usize
+        }
+        None => 0,
+    }
+}
+
+/// In a worker: writes the replies it holds back to `output` (blocking until they are in),
+/// then empties the held area under a new generation. Returns the bytes written.
+pub(crate) fn flush_held(output: RawFd) -> io::Result<usize> {
+    match installed() {
+        // SAFETY: as in `hold`.
+        Some((base, len)) => unsafe { flush_in(base, len, output) },
+        None => Ok(0),
+    }
+}
+
+/// [`flush_held`] from the ledger at `base`.
+///
+/// # Safety
+/// As for [`hold_in`].
+unsafe fn flush_in(base: *mut u8, len: usize, output: RawFd) -> io::Result<usize> {
+    // SAFETY: per the contract.
+    let held = unsafe { word(base, HELD) };
+    let current = held.load(Ordering::Relaxed);
+    let bytes = (current & u32::MAX as u64) as usize;
+    if bytes == 0 {
+        return Ok(0);
+    }
+    // SAFETY: the first `bytes` bytes of the held area were written by `hold_in`; nothing
+    // writes them while the slice lives (this thread is the only writer).
+    let frames = unsafe { std::slice::from_raw_parts(base.add(held_room(len).start), bytes) };
+    let mut done = 0;
+    while done < bytes {
+        done += sys::write(output, &frames[done..])?;
+    }
+    // The replies are in the pipe: a new generation, and only then (the fence orders the store
+    // before the writes that follow) new frames over the old ones. A parent copying the old
+    // ones meanwhile sees the generation change and throws its copy away.
+    let generation = (current >> 32).wrapping_add(1) & u32::MAX as u64;
+    held.store(generation << 32, Ordering::Release);
+    fence(Ordering::Release);
+    Ok(bytes)
+}
+
 /// In a worker running a chunk of `map`: `done` items of it are finished.
 pub(crate) fn finished(done: usize) {
     if let Some((base, _)) = installed() {
@@ -260,7 +431,7 @@ impl Recorder {
         });
         Recorder {
             base,
-            room: len - DATA,
+            room: data_room(len),
             id,
             first: 0,
             count: 0,
@@ -373,6 +544,8 @@ impl Recorder {
         if output < 0 {
             return Err("no reply pipe to send a partial result to".into());
         }
+        // The replies held back answer the tasks before this one: they go first.
+        flush_held(output).map_err(|e| format!("could not send the held replies: {e}"))?;
         let total = head.len() + data.len();
         let mut offset = 0;
         while offset < total {
@@ -452,6 +625,55 @@ mod tests {
         assert!(ledger.committed(7).unwrap_err().contains("more than"));
         ledger.forge(8, 0, 5, b"");
         assert!(ledger.committed(7).unwrap_err().contains("no item"));
+    }
+
+    /// The parent's copy of the held replies: what the word says, whole frames; a length past
+    /// the area is garbage; a generation that changed during the copy is no copy.
+    #[test]
+    fn held_replies_are_copied_as_published_and_garbage_is_an_error() {
+        let (ledger, _fd) = Ledger::create().unwrap();
+        assert_eq!(ledger.held(), Ok(Some(Vec::new())));
+        ledger.forge_held(3 << 32 | 5, b"abcdefgh");
+        assert_eq!(ledger.held_word(), 3 << 32 | 5);
+        assert_eq!(ledger.held(), Ok(Some(b"abcde".to_vec())));
+        ledger.forge_held(3 << 32 | (HELD_BYTES as u64 + 1), b"");
+        assert!(ledger.held().unwrap_err().contains("more than"));
+        // The data area ends where the held replies begin.
+        ledger.forge(1, 0, 1 << 32 | (data_room(LEDGER_BYTES) as u64 + 1), b"");
+        assert!(ledger.committed(0).unwrap_err().contains("more than"));
+    }
+
+    /// The worker's side through the same shared memory: held frames are published with their
+    /// length, a flush writes them to the pipe in one piece and starts a new generation.
+    #[test]
+    fn a_flush_writes_the_held_frames_and_starts_a_new_generation() {
+        use std::os::fd::AsRawFd;
+        let (ledger, fd) = Ledger::create().unwrap();
+        // The worker's view: the same memfd mapped again, as the fork server maps it.
+        let region = SharedRegion::map(&fd, LEDGER_BYTES).unwrap();
+        let (base, len) = (region.as_ptr(), region.len());
+        let (read, write) = sys::pipe().unwrap();
+        // SAFETY: `region` is a ledger mapping of `len` bytes that outlives these calls, and
+        // only this thread writes it.
+        unsafe {
+            assert!(hold_in(base, len, [b"one", b"!"]));
+            assert!(hold_in(base, len, [b"two", b""]));
+            assert_eq!(ledger.held(), Ok(Some(b"one!two".to_vec())));
+            let big = vec![0u8; HELD_BYTES];
+            assert!(
+                !hold_in(base, len, [&big, b""]),
+                "no room: written at once instead"
+            );
+            assert_eq!(flush_in(base, len, write.as_raw_fd()).unwrap(), 7);
+        }
+        assert_eq!(
+            ledger.held_word(),
+            1 << 32,
+            "a new generation, nothing held"
+        );
+        let mut got = [0u8; 16];
+        let n = sys::read(read.as_raw_fd(), &mut got).unwrap();
+        assert_eq!(&got[..n], b"one!two");
     }
 
     #[test]

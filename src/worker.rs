@@ -1,7 +1,9 @@
 //! The worker's side: everything that runs in a forked child, and nothing else does.
 //!
 //! A worker runs the pool's initializer once, says it is ready, then loops: read a task frame,
-//! run it (with a SIGALRM timer armed if the task has a time limit), write the reply frame. It
+//! run it (with a SIGALRM timer armed if the task has a time limit), write the reply frame (or,
+//! while another task waits in its buffer, hold it back in its ledger and write many at once:
+//! [`ledger::hold`], docs/DESIGN.md's *Held replies*). It
 //! ends when the task pipe reaches end of file (the pool closed it, or the parent died), when it
 //! has served `max_tasks` tasks, when its resident memory passed `max_memory` (after flagging
 //! its last reply), or when the parent stops reading. It never
@@ -43,6 +45,9 @@ const EXIT_PROTOCOL: i32 = 122;
 const EXIT_IO: i32 = 123;
 /// The longest a worker spins for its next task before it sleeps in `read` (see [`Spin`]).
 const SPIN: Duration = Duration::from_micros(50);
+/// The longest a finished reply is held back while the worker runs the tasks waiting in its
+/// buffer (see [`ledger::hold`]): past it, the next reply goes out with the held ones at once.
+pub(crate) const HOLD_LIMIT: Duration = Duration::from_micros(200);
 /// A reply buffer above this size is released after use, so one large result does not pin
 /// memory in the worker.
 const KEEP_BUFFER: usize = 1 << 20;
@@ -143,6 +148,8 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: u32) -> i32
     let mut lent = Lent::default();
     lent.wrote(&mut out);
     let mut served = 0usize;
+    // When the oldest reply held back was finished (see `ledger::hold`).
+    let mut held_since: Option<Instant> = None;
     let spin = Spin::new(SPIN);
     // Only the worker's own code runs between a check (before the Ready frame, then before each
     // answer) and the next read, so each check also covers the read that follows it.
@@ -153,6 +160,11 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: u32) -> i32
                 Ok(None) => {}
                 Err(_) => return EXIT_PROTOCOL,
             }
+            // No task waits in the buffer: the replies held back go out before we wait.
+            if let Err(code) = flush_held(output, &mut lent) {
+                return code;
+            }
+            held_since = None;
             lent.release_read(output, &mut reader);
             // The next task often follows at once: spin a moment before sleeping in read,
             // since waking a sleeping process on the other CPU is slow.
@@ -177,6 +189,14 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: u32) -> i32
         let Some((header, arg)) = frame::parse_task(body) else {
             return EXIT_PROTOCOL;
         };
+        // Replies are held back only while another task waits behind this one: a held reply
+        // never waits for the last task we have, which may be long.
+        if reader.is_empty() {
+            if let Err(code) = flush_held(output, &mut lent) {
+                return code;
+            }
+            held_since = None;
+        }
         let started = Instant::now();
         let run = ledger::begin(header.id);
         frame::begin_reply(&mut out.head, header.id, Status::Ok);
@@ -200,18 +220,37 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: u32) -> i32
         let retiring = config
             .max_memory
             .is_some_and(|cap| sys::resident_bytes() > cap);
+        let finished = Instant::now();
         frame::set_reply_status(&mut out.head, status, retiring);
-        frame::set_reply_run_time(&mut out.head, started.elapsed());
+        frame::set_reply_run_time(&mut out.head, finished - started);
         out.seal();
-        // A task that put a writable file in place of the reply pipe (dup2) would have the
-        // answer vanish into it and its caller wait forever.
-        if !sys::is_open_cloexec(output) {
-            return replaced("write to", output);
+        // While another task waits in the buffer, a small reply is held back in the ledger, where
+        // it survives the worker, and goes out with the next ones in one write; for no longer
+        // than HOLD_LIMIT by our clock (the pool takes it from the ledger if it waits longer
+        // behind a long task: `dispatch::worker`).
+        let fresh = held_since.is_none_or(|since| finished - since < HOLD_LIMIT);
+        let held = !retiring
+            && !reader.is_empty()
+            && !out.splices_tail()
+            && fresh
+            && ledger::hold(out.parts_from(0));
+        if held {
+            held_since.get_or_insert(finished);
+        } else {
+            if let Err(code) = flush_held(output, &mut lent) {
+                return code;
+            }
+            held_since = None;
+            // A task that put a writable file in place of the reply pipe (dup2) would have the
+            // answer vanish into it and its caller wait forever.
+            if !sys::is_open_cloexec(output) {
+                return replaced("write to", output);
+            }
+            if let Err(e) = write_frame(output, &out) {
+                return pipe_failed("write to", output, &e);
+            }
+            lent.wrote(&mut out);
         }
-        if let Err(e) = write_frame(output, &out) {
-            return pipe_failed("write to", output, &e);
-        }
-        lent.wrote(&mut out);
         if retiring {
             return 0;
         }
@@ -222,7 +261,27 @@ fn serve_loop(input: RawFd, output: RawFd, config: WorkerConfig, me: u32) -> i32
         }
         served += 1;
     }
-    0
+    // max_tasks_per_child reached: what is held back goes out before the worker exits.
+    flush_held(output, &mut lent).err().unwrap_or(0)
+}
+
+/// Writes the replies held back in the ledger, if any, in one write. `Err` holds the exit
+/// status if the reply pipe failed or was replaced.
+fn flush_held(output: RawFd, lent: &mut Lent) -> Result<(), i32> {
+    if ledger::held_bytes() == 0 {
+        return Ok(());
+    }
+    // As for every write to the reply pipe: not into a file a task put in its place.
+    if !sys::is_open_cloexec(output) {
+        return Err(replaced("write to", output));
+    }
+    match ledger::flush_held(output) {
+        Ok(n) => {
+            lent.written += n as u64;
+            Ok(())
+        }
+        Err(e) => Err(pipe_failed("write to", output, &e)),
+    }
 }
 
 /// Runs one task, turning a panic into a [`Status::Panicked`] reply whose payload is the

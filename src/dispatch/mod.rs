@@ -461,6 +461,7 @@ impl<P: Processes> Dispatcher<P> {
             [
                 w.kill_at(),
                 w.backstop().filter(|_| w.end.is_none()),
+                w.held_due(),
                 slow_start,
                 w.spare_due(),
             ]
@@ -522,6 +523,9 @@ impl<P: Processes> Dispatcher<P> {
                     self.early_deaths = 0;
                 }
             }
+        }
+        for w in &mut self.workers {
+            w.take_held(now, self.front.counters());
         }
         if self.workers.iter().map(|w| w.work.served).sum::<usize>() != served_before {
             self.last_answer = Some(now);

@@ -362,13 +362,68 @@ fn say_done(d: &Dispatcher<Fake>, worker: usize, id: u64) {
 
 /// Writes a worker's reply to task `id`, reporting that it ran for `run` in the worker.
 fn answer(d: &Dispatcher<Fake>, worker: usize, id: u64, run: Duration) {
+    let reply = answer_frame(id, run);
+    let reply_w = d.procs.spawned[worker].1.as_raw_fd();
+    assert_eq!(sys::write(reply_w, &reply).unwrap(), reply.len());
+}
+
+/// The reply frame of a task that returned 7.
+fn answer_frame(id: u64, run: Duration) -> Vec<u8> {
     let mut out = OutFrame::default();
     frame::begin_reply(&mut out.head, id, Status::Ok);
     out.head.extend_from_slice(&7u64.to_le_bytes());
     frame::set_reply_run_time(&mut out.head, run);
     out.seal();
-    let reply_w = d.procs.spawned[worker].1.as_raw_fd();
-    assert_eq!(sys::write(reply_w, &out.head).unwrap(), out.head.len());
+    out.head
+}
+
+/// Replies a worker holds back in its ledger (issue 9) are taken from there once due, but
+/// only in order: a held reply whose predecessors are still on their way through the pipe
+/// waits for them (the worker flushed those, then held this one). The same frames coming
+/// through the pipe later are dropped, and nothing is a protocol breach.
+#[test]
+fn held_replies_are_taken_from_the_ledger_in_order_and_their_pipe_copies_dropped() {
+    let now = Instant::now();
+    let (submitter, mut d) = serving(now);
+    let (ledger, _fd) = crate::ledger::Ledger::create().unwrap();
+    d.workers[0].pipes.ledger = Some(ledger);
+    let (tasks, outcomes): (Vec<_>, Vec<_>) = (0..4).map(|_| task(None)).unzip();
+    submitter.submit(tasks).unwrap();
+    take_queued(&mut d);
+    d.assign(now);
+    let ids: Vec<u64> = d.workers[0].work.inflight.iter().map(|s| s.id).collect();
+    assert_eq!(ids.len(), 4);
+    let run = Duration::from_micros(3);
+    let forge = |d: &Dispatcher<Fake>, generation: u64, held: &[u64]| {
+        let frames: Vec<u8> = held.iter().flat_map(|&id| answer_frame(id, run)).collect();
+        let ledger = d.workers[0].pipes.ledger.as_ref().unwrap();
+        ledger.forge_held(generation << 32 | frames.len() as u64, &frames);
+    };
+    let later = now + Duration::from_secs(10);
+    // Task 0's reply is in flight in the pipe (not read yet); 1 and 2 are held.
+    forge(&d, 1, &[ids[1], ids[2]]);
+    d.workers[0].take_held(later, d.front.counters());
+    assert!(
+        outcomes.iter().all(|o| o.try_recv().is_err()),
+        "nothing out of order"
+    );
+    assert!(d.workers[0].end.is_none(), "{:?}", d.workers[0].end);
+    answer(&d, 0, ids[0], run);
+    d.poll_once(None, Duration::from_secs(10));
+    assert!(matches!(outcomes[0].try_recv(), Ok(Ok(_))));
+    // Looked at again once due: 1 and 2 come from the ledger.
+    d.workers[0].take_held(later + Duration::from_secs(10), d.front.counters());
+    assert!(matches!(outcomes[1].try_recv(), Ok(Ok(_))));
+    assert!(matches!(outcomes[2].try_recv(), Ok(Ok(_))));
+    // The worker flushes them to the pipe after all, then answers 3: the copies are dropped.
+    for &id in &ids[1..] {
+        answer(&d, 0, id, run);
+    }
+    forge(&d, 2, &[]);
+    d.poll_once(None, Duration::from_secs(10));
+    assert!(matches!(outcomes[3].try_recv(), Ok(Ok(_))));
+    assert!(d.workers[0].end.is_none(), "{:?}", d.workers[0].end);
+    assert!(d.workers[0].work.inflight.is_empty());
 }
 
 /// A dispatcher with one serving worker whose tasks count as short (it takes several at once).

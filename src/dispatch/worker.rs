@@ -28,6 +28,9 @@ pub(super) const PIPELINE_WORK: Duration = Duration::from_millis(4);
 /// Below this average service time a worker's tasks count as short (see [`PIPELINE_DEPTH`]);
 /// above it, one task at a time costs a worker at most a few percent of idle time.
 pub(super) const SHORT_TASK: Duration = Duration::from_millis(1);
+/// The first look at the replies a worker holds back in its ledger while no reply came
+/// (see [`Worker::take_held`]); later looks come at 1/8 of the quiet time so far.
+pub(super) const HELD_LOOK: Duration = Duration::from_millis(1);
 /// The pipe size a worker's pipes have, and return to after a large frame.
 const PIPE_DEFAULT: usize = 64 << 10;
 /// The most a task pipe is grown to for a large frame: Linux's default ceiling for unprivileged
@@ -94,6 +97,22 @@ pub(super) struct Work {
     grown: bool,
 }
 
+/// Whether a worker whose held replies are read is alive (it may still be flushing some to the
+/// pipe) or dead (its pipe was read to the end first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Alive,
+    Dead,
+}
+use Held::{Alive, Dead};
+
+/// Since when a worker has sent no reply, and when its ledger was last looked at.
+#[derive(Debug, Clone, Copy)]
+struct Quiet {
+    since: Instant,
+    looked: Instant,
+}
+
 /// The dispatcher's view of one worker.
 #[derive(Debug)]
 pub(super) struct Worker {
@@ -103,6 +122,13 @@ pub(super) struct Worker {
     reply_done: bool,
     /// The reply pipe was grown for a large frame.
     reply_grown: bool,
+    /// Replies up to this task id were taken from the ledger (see [`take_held`]): the same
+    /// frames arriving later through the pipe are dropped.
+    ///
+    /// [`take_held`]: Worker::take_held
+    taken_upto: Option<u64>,
+    /// When a reply last came (or the ledger was last looked at): see [`Worker::held_due`].
+    quiet: Option<Quiet>,
     pub(super) life: Life,
     pub(super) end: Option<End>,
     pub(super) work: Work,
@@ -115,6 +141,8 @@ impl Worker {
             reader: FrameReader::new(max_frame).split_after(frame::REPLY_HEADER),
             reply_done: false,
             reply_grown: false,
+            taken_upto: None,
+            quiet: None,
             life: Life::Starting { token },
             end: None,
             work: Work::default(),
@@ -287,6 +315,10 @@ impl Worker {
         if self.reply_done {
             return;
         }
+        self.quiet = Some(Quiet {
+            since: now,
+            looked: now,
+        });
         match self.read_replies(counters) {
             Ok(false) => {}
             Ok(true) => {
@@ -306,7 +338,74 @@ impl Worker {
     pub(super) fn reaped(&mut self, cause: ExitCause, counters: &Counters) {
         let Some(pid) = self.pid() else { return };
         self.read_rest(counters);
+        // What it held back in its ledger were answers too (it is dead: the copy is whole).
+        if let Err(message) = self.deliver_held(Dead, counters) {
+            self.end(Why::Protocol(message), None);
+        }
         self.life = Life::Gone { pid, cause };
+    }
+
+    /// When to look at the replies it may hold back in its ledger: while tasks wait behind the
+    /// running one (the worker holds replies only then) and no reply came, after
+    /// [`HELD_LOOK`], then at 1/8 of the quiet time so far, so that a reply held behind a long
+    /// task waits at most about an eighth of that task's time, and a long task costs the loop
+    /// a few dozen wake-ups, not one a millisecond.
+    pub(super) fn held_due(&self) -> Option<Instant> {
+        let quiet = self.quiet?;
+        (self.work.written >= 2 && self.pipes.ledger.is_some() && !self.reply_done)
+            .then(|| quiet.looked + HELD_LOOK.max((quiet.looked - quiet.since) / 8))
+    }
+
+    /// Takes the replies it holds back in its ledger if they are due a look ([`held_due`]):
+    /// the worker runs a long task and they would wait for it. The frames it flushes to the
+    /// pipe later are dropped there.
+    ///
+    /// [`held_due`]: Worker::held_due
+    pub(super) fn take_held(&mut self, now: Instant, counters: &Counters) {
+        if self.held_due().is_none_or(|due| now < due) {
+            return;
+        }
+        if let Some(quiet) = &mut self.quiet {
+            quiet.looked = now;
+        }
+        if let Err(message) = self.deliver_held(Alive, counters) {
+            self.reply_done = true;
+            self.end(Why::Protocol(message), Some(now));
+        }
+    }
+
+    /// Delivers the replies its ledger holds back that were not delivered yet.
+    fn deliver_held(&mut self, dead_or_alive: Held, counters: &Counters) -> Result<(), String> {
+        let Some(ledger) = &self.pipes.ledger else {
+            return Ok(());
+        };
+        if !matches!(self.life, Life::Serving { .. }) || ledger.held_word() & u32::MAX as u64 == 0 {
+            return Ok(());
+        }
+        // None: the worker is flushing them to the pipe right now; they arrive there.
+        let Some(frames) = ledger.held()? else {
+            return Ok(());
+        };
+        for body in frame::split_frames(&frames)? {
+            let reply = frame::parse_reply(frame::Bytes::from_vec(body.to_vec(), 0))?;
+            if matches!(reply.status, Status::Ready | Status::Partial) {
+                return Err(format!("a held {:?} frame", reply.status));
+            }
+            let front = self.work.inflight.front().map(|f| f.id);
+            // Answered already: through the pipe, or taken here before.
+            if front.is_none_or(|front| reply.id < front) {
+                continue;
+            }
+            // Replies before it are still in the pipe (the worker flushed them, then held
+            // this one): they come first, and this one after them.
+            if dead_or_alive == Alive && front.is_some_and(|front| reply.id > front) {
+                return Ok(());
+            }
+            let id = reply.id;
+            self.on_reply(reply, counters)?;
+            self.taken_upto = Some(id);
+        }
+        Ok(())
     }
 
     /// Reads until the pipe is empty (a grandchild may hold it open) or ends; for a worker that
@@ -331,7 +430,12 @@ impl Worker {
                 Err(_) => true,
             };
             while let Some(body) = self.reader.take().map_err(|e| e.to_string())? {
-                self.on_reply(frame::parse_reply(body)?, counters)?;
+                let reply = frame::parse_reply(body)?;
+                if self.taken_upto.is_some_and(|upto| reply.id <= upto) {
+                    // Delivered from the ledger already (see `take_held`).
+                    continue;
+                }
+                self.on_reply(reply, counters)?;
             }
             // As for the task pipe: a large reply on its way gets a larger pipe, until it is in.
             match self.reader.partial_len() {
