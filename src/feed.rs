@@ -32,6 +32,8 @@ use crate::task;
 /// Encoded bytes below which the first window takes more than its chunks: the memory bound
 /// matters for large inputs, and a small one is cheaper sent whole.
 const SMALL_INPUT: usize = 4 << 20;
+/// Chunks of the first window submitted at once.
+const SUBMIT_BATCH: usize = 256;
 
 /// Feeds the chunks of one `map` into the pool.
 pub(crate) struct Feed<A, R, B> {
@@ -112,8 +114,19 @@ where
             bytes += frame.0.len();
             frames.push(frame);
         }
-        for (i, frame) in frames.into_iter().enumerate() {
-            feed.submit(i, frame);
+        // In batches: one lock of the submission front and one wake-up check for many chunks
+        // (map with chunksize 1 sends a task per item), while the dispatcher starts on the
+        // first batch as the next ones are made.
+        let mut batch = Vec::with_capacity(SUBMIT_BATCH.min(frames.len()));
+        let mut frames = frames.into_iter().enumerate().peekable();
+        while let Some((i, frame)) = frames.next() {
+            batch.extend(feed.task(i, frame));
+            if batch.len() == SUBMIT_BATCH || frames.peek().is_none() {
+                // Refused tasks resolve as terminated through their sinks, which stops the feed.
+                let _ = feed
+                    .submitter
+                    .submit_leased_all(&feed.lease, batch.drain(..));
+            }
         }
         Ok(feed)
     }
@@ -148,12 +161,21 @@ where
     }
 
     /// Submits chunk `i`, unless the feed was stopped. False once it is stopped.
-    fn submit(&mut self, i: usize, (frame, index): (OutFrame, Option<SeqIndex>)) -> bool {
+    fn submit(&mut self, i: usize, frame: (OutFrame, Option<SeqIndex>)) -> bool {
+        match self.task(i, frame) {
+            // A refused task resolves as terminated through its sink, which stops the feed.
+            Some(task) => self.submitter.submit_leased(&self.lease, task).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Chunk `i` as a task to submit, unless the feed was stopped.
+    fn task(&mut self, i: usize, (frame, index): (OutFrame, Option<SeqIndex>)) -> Option<Task> {
         let items = self.range(i).len();
         {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             if state.stopped {
-                return false;
+                return None;
             }
             state.next = i + 1;
         }
@@ -184,8 +206,7 @@ where
             task = task.each_chunk(index);
         }
         self.in_flight += 1;
-        // A refused task resolves as terminated through its sink, which stops the feed.
-        self.submitter.submit_leased(&self.lease, task).is_ok()
+        Some(task)
     }
 
     /// A handle that can fail the chunks not yet sent, should the feed never run.

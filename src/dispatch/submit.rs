@@ -168,6 +168,22 @@ impl Submitter {
         })
     }
 
+    /// [`submit_leased`](Self::submit_leased) for many tasks at once: one lock and one wake-up.
+    ///
+    /// # Errors
+    /// [`Error::Terminated`] once the pool is terminated; the tasks not sent are dropped (their
+    /// sinks resolve them as terminated).
+    pub(crate) fn submit_leased_all(
+        &self,
+        _lease: &Lease,
+        tasks: impl IntoIterator<Item = Task>,
+    ) -> Result<()> {
+        self.shared.send_all(tasks, |gate| match gate {
+            Gate::Terminated => Err(Error::Terminated),
+            _ => Ok(()),
+        })
+    }
+
     /// Registers a producer that may submit tasks after `close`: the pool does not wind down
     /// until the lease is dropped.
     ///
