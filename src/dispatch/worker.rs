@@ -422,8 +422,17 @@ impl Worker {
 
     /// `Ok(true)` at end of file; `Err` if the worker broke the protocol.
     fn read_replies(&mut self, counters: &Counters) -> Result<bool, String> {
+        let fd = self.pipes.reply_fd();
         loop {
-            let eof = match self.reader.fill(self.pipes.reply_fd()) {
+            // A read that got less than it asked for emptied the pipe: no second read to hear
+            // EAGAIN (a system call per round trip); poll says when more comes.
+            let mut drained = false;
+            let read = self.reader.fill_from(|buf, want| {
+                let n = sys::read_into_spare(fd, buf, want)?;
+                drained = n < want;
+                Ok(n)
+            });
+            let eof = match read {
                 Ok(0) => true,
                 Ok(_) => false,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -452,6 +461,9 @@ impl Worker {
                     return Err("the reply pipe closed in the middle of a frame".into());
                 }
                 return Ok(true);
+            }
+            if drained {
+                return Ok(false);
             }
         }
     }
