@@ -336,6 +336,10 @@ impl<P: Processes> Dispatcher<P> {
             }
             w.skip_cancelled_written();
             if w.runs_cancelled() {
+                // It may have finished that task, its reply held back in the ledger.
+                w.take_held_now(now, counters);
+            }
+            if w.runs_cancelled() {
                 w.end(Why::Cancelled, Some(now));
             }
         }
@@ -542,6 +546,12 @@ impl<P: Processes> Dispatcher<P> {
         for w in &mut self.workers {
             w.note_start(now, self.front.counters());
             w.drop_idle_spare(now);
+            let overran = || w.end.is_none() && w.backstop().is_some_and(|at| at <= now);
+            if w.runs_cancelled() || overran() {
+                // Its front task may have finished, its reply held back in the ledger.
+                w.take_held_now(now, self.front.counters());
+                w.note_start(now, self.front.counters());
+            }
             if w.runs_cancelled() {
                 // A task cancelled while it waited in the pipe has started.
                 w.end(Why::Cancelled, Some(now));

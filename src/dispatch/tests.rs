@@ -594,6 +594,39 @@ fn a_reply_that_comes_after_the_cancel_is_dropped_and_kills_nobody() {
     );
 }
 
+/// A cancel of a task that has finished with its reply held back in the ledger (the worker
+/// runs the next one): the dispatcher looks at the ledger before it judges the worker, and
+/// kills nobody; the next task is left to run.
+#[test]
+fn a_cancel_of_a_task_whose_reply_is_held_kills_nobody() {
+    let now = Instant::now();
+    let (submitter, mut d) = serving(now);
+    let (ledger, _fd) = crate::ledger::Ledger::create().unwrap();
+    d.workers[0].pipes.ledger = Some(ledger);
+    let (t, slot) = cancellable_task();
+    let (next, rx) = task(None);
+    submitter.submit([t, next]).unwrap();
+    take_queued(&mut d);
+    d.assign(now);
+    let ids: Vec<u64> = d.workers[0].work.inflight.iter().map(|s| s.id).collect();
+    let held = answer_frame(ids[0], Duration::from_micros(3));
+    let ledger = d.workers[0].pipes.ledger.as_ref().unwrap();
+    ledger.forge_held(held.len() as u64, &held);
+    assert!(slot.cancel());
+    d.drop_cancelled(now);
+    d.tick(now);
+    assert!(d.procs.kills.is_empty(), "{:?}", d.procs.kills);
+    assert!(d.workers[0].end.is_none(), "{:?}", d.workers[0].end);
+    assert!(
+        is_cancelled(&slot),
+        "the cancel won: the held result is not shown"
+    );
+    assert_eq!(d.workers[0].work.inflight.len(), 1, "the next task runs on");
+    answer(&d, 0, ids[1], Duration::from_micros(3));
+    d.poll_once(None, Duration::from_secs(10));
+    assert!(matches!(rx.try_recv(), Ok(Ok(_))));
+}
+
 /// The other order: the kill was asked for, but the worker finished the cancelled task and
 /// started the next before the signal came. That next task is not failed: it runs again.
 #[test]

@@ -368,6 +368,12 @@ impl Worker {
         if let Some(quiet) = &mut self.quiet {
             quiet.looked = now;
         }
+        self.take_held_now(now, counters);
+    }
+
+    /// Takes the replies it holds back in its ledger now: before it is judged by its front
+    /// task (cancelled, or past its time limit), which may have finished with its reply held.
+    pub(super) fn take_held_now(&mut self, now: Instant, counters: &Counters) {
         if let Err(message) = self.deliver_held(Alive, counters) {
             self.reply_done = true;
             self.end(Why::Protocol(message), Some(now));
