@@ -403,23 +403,32 @@ fn the_ranks_back_off_while_every_worker_runs_a_long_task() {
 #[test]
 fn rank_0_waits_for_a_callers_next_task_without_sleeping() {
     let _one = lock();
-    let (output, text) = probe("loop");
-    assert!(output.status.success(), "{text}");
-    let sleeps: u64 = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("loop sleeps ")?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .expect("the loop line");
-    // Loose for a loaded machine, where a caller preempted for longer than the scheduler
-    // looks lets it sleep now and then.
-    assert!(
-        sleeps < 300,
-        "rank 0's MPI thread slept {sleeps} times in 1,000 round trips:\n{text}"
+    // Up to 3 launches: on a machine whose CPUs other jobs keep busy, a launch can fall into
+    // round trips of milliseconds (every yield loses the CPU for a time slice, and the
+    // scheduler then naps waiting for results, by design); 2 CPU hogs did that to 2 launches
+    // of 3. The old code slept 428-980 times in every launch, so it still fails all 3.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (output, text) = probe("loop");
+        assert!(output.status.success(), "{text}");
+        let sleeps: u64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("loop sleeps ")?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .expect("the loop line");
+        if sleeps < 300 {
+            return;
+        }
+        seen.push(text);
+    }
+    panic!(
+        "rank 0's MPI thread slept 300 times or more in 1,000 round trips, 3 launches of 3:\n{}",
+        seen.join("\n")
     );
 }
 
