@@ -120,6 +120,7 @@ fn main() {
             Ok(())
         }
         "long" => long(&pool),
+        "loop" => apply_loop(&pool),
         "cancel" | "cancel_rank0" => cancel(&pool),
         "yield" => pool
             .apply(yield_setting, ())
@@ -530,6 +531,52 @@ fn long(pool: &Pool) -> Result<(), String> {
         ran += 1;
     }
     println!("long ticks {used}, {ran} of {workers} ran");
+    Ok(())
+}
+
+/// Sleeps (blocking waits: `poll`, futexes) of rank 0's MPI thread so far, from
+/// `voluntary_ctxt_switches` in its `/proc` status; a `sched_yield` is not one.
+fn mpi_thread_sleeps() -> Option<u64> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .flatten()
+        .find_map(|task| {
+            let path = task.path();
+            let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+            if comm.trim() != "forkpool-mpi" {
+                return None;
+            }
+            let status = std::fs::read_to_string(path.join("status")).ok()?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+                .trim()
+                .parse()
+                .ok()
+        })
+}
+
+/// A caller in a loop of `apply` (W3): prints how many times rank 0's MPI thread slept over
+/// 1,000 round trips. Between an outcome and the caller's next task it should look for the
+/// task rather than sleep until the task's submission wakes it through the pipe.
+fn apply_loop(pool: &Pool) -> Result<(), String> {
+    for i in 0..200u64 {
+        pool.apply(square, i).map_err(|e| e.to_string())?;
+    }
+    let before = mpi_thread_sleeps().ok_or("no forkpool-mpi thread on rank 0")?;
+    let rounds = 1_000u64;
+    let start = Instant::now();
+    for i in 0..rounds {
+        if pool.apply(square, i).map_err(|e| e.to_string())? != i * i {
+            return Err(format!("a wrong square of {i}"));
+        }
+    }
+    let took = start.elapsed();
+    let sleeps = mpi_thread_sleeps().ok_or("no forkpool-mpi thread on rank 0")? - before;
+    println!(
+        "loop sleeps {sleeps} of {rounds} round trips ({:.1} us each)",
+        took.as_secs_f64() * 1e6 / rounds as f64
+    );
     Ok(())
 }
 
