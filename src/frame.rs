@@ -536,6 +536,18 @@ impl FrameReader {
 
     /// Takes the next whole frame's body, if one is buffered.
     pub(crate) fn take(&mut self) -> Result<Option<Bytes>, FrameError> {
+        self.take_into(&mut Vec::new())
+    }
+
+    /// [`take`](Self::take), copying a small body into a buffer from `spares` (the last one,
+    /// cleared) rather than a new allocation. The dispatcher gives it the frames of finished
+    /// tasks: a caller's thread allocated them, and gets the body back, so the memory is freed
+    /// where it came from (glibc frees memory of another thread's arena under that arena's
+    /// lock, which the caller's allocations contend for).
+    pub(crate) fn take_into(
+        &mut self,
+        spares: &mut Vec<Vec<u8>>,
+    ) -> Result<Option<Bytes>, FrameError> {
         if let Some(large) = &self.large {
             if large.payload.len() < large.len {
                 return Ok(None);
@@ -562,7 +574,15 @@ impl FrameReader {
                 fixed: Vec::new(),
             }
         } else {
-            let body = self.buf[self.start + LEN..end].to_vec();
+            let bytes = &self.buf[self.start + LEN..end];
+            let body = match spares.pop() {
+                Some(mut spare) => {
+                    spare.clear();
+                    spare.extend_from_slice(bytes);
+                    spare
+                }
+                None => bytes.to_vec(),
+            };
             self.start = end;
             if self.start == self.buf.len() {
                 self.buf.clear();
@@ -736,6 +756,35 @@ pub(crate) fn parse_reply_stream(input: &[u8], max: u64) -> Result<usize, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A small body taken into a spare buffer is the same body, in that buffer; without a
+    /// spare it gets a buffer of its own.
+    #[test]
+    fn a_small_body_is_copied_into_a_spare_buffer() {
+        let mut reader = FrameReader::new(1 << 20);
+        let mut input = Vec::new();
+        for body in [&b"first"[..], b"second"] {
+            input.extend_from_slice(&(body.len() as u64).to_le_bytes());
+            input.extend_from_slice(body);
+        }
+        reader
+            .fill_from(|buf, want| {
+                let n = input.len().min(want);
+                buf.extend_from_slice(&input[..n]);
+                Ok(n)
+            })
+            .unwrap();
+        let spare = Vec::with_capacity(64);
+        let spare_at = spare.as_ptr();
+        let mut spares = vec![spare];
+        let first = reader.take_into(&mut spares).unwrap().unwrap().into_vec();
+        assert_eq!(first, b"first");
+        assert_eq!(first.as_ptr(), spare_at, "the spare holds it");
+        assert!(spares.is_empty());
+        let second = reader.take_into(&mut spares).unwrap().unwrap().into_vec();
+        assert_eq!(second, b"second");
+        assert!(reader.take_into(&mut spares).unwrap().is_none());
+    }
 
     #[test]
     fn frames_back_to_back_split_into_bodies_and_a_cut_one_is_an_error() {

@@ -31,6 +31,10 @@ pub(super) const SHORT_TASK: Duration = Duration::from_millis(1);
 /// The first look at the replies a worker holds back in its ledger while no reply came
 /// (see [`Worker::take_held`]); later looks come at 1/8 of the quiet time so far.
 pub(super) const HELD_LOOK: Duration = Duration::from_millis(1);
+/// How many finished tasks' frames a worker's reader keeps for small replies, and the largest
+/// kept (see [`FrameReader::take_into`]).
+const SPARE_FRAMES: usize = 32;
+const SPARE_FRAME_BYTES: usize = 4096;
 /// The pipe size a worker's pipes have, and return to after a large frame.
 const PIPE_DEFAULT: usize = 64 << 10;
 /// The most a task pipe is grown to for a large frame: Linux's default ceiling for unprivileged
@@ -129,6 +133,9 @@ pub(super) struct Worker {
     taken_upto: Option<u64>,
     /// When a reply last came (or the ledger was last looked at): see [`Worker::held_due`].
     quiet: Option<Quiet>,
+    /// Frames of tasks it finished, to hold the next small replies (see
+    /// [`FrameReader::take_into`]).
+    spares: Vec<Vec<u8>>,
     pub(super) life: Life,
     pub(super) end: Option<End>,
     pub(super) work: Work,
@@ -143,6 +150,7 @@ impl Worker {
             reply_grown: false,
             taken_upto: None,
             quiet: None,
+            spares: Vec::new(),
             life: Life::Starting { token },
             end: None,
             work: Work::default(),
@@ -444,7 +452,11 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(_) => true,
             };
-            while let Some(body) = self.reader.take().map_err(|e| e.to_string())? {
+            while let Some(body) = self
+                .reader
+                .take_into(&mut self.spares)
+                .map_err(|e| e.to_string())?
+            {
                 let reply = frame::parse_reply(body)?;
                 if self.taken_upto.is_some_and(|upto| reply.id <= upto) {
                     // Delivered from the ledger already (see `take_held`).
@@ -546,6 +558,10 @@ impl Worker {
             self.reader.keep_spare(tail, Instant::now());
         }
         let outcome = sent.task.outcome_of(reply);
+        let frame = std::mem::take(&mut sent.task.frame.head);
+        if self.spares.len() < SPARE_FRAMES && frame.capacity() <= SPARE_FRAME_BYTES {
+            self.spares.push(frame);
+        }
         sent.task.finish(outcome, counters);
         Ok(())
     }
