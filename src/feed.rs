@@ -47,6 +47,8 @@ pub(crate) struct Feed<A, R, B> {
     /// Shared with the chunks' sinks.
     state: Arc<Mutex<State>>,
     done_tx: Sender<()>,
+    /// Every chunk goes out in the first window: no feeder runs, and nobody waits on `done_rx`.
+    whole: bool,
     done_rx: Receiver<()>,
     window: usize,
     in_flight: usize,
@@ -99,6 +101,7 @@ where
             })),
             done_tx,
             done_rx,
+            whole: false,
             window: window.max(1),
             in_flight: 0,
             limit,
@@ -114,6 +117,7 @@ where
             bytes += frame.0.len();
             frames.push(frame);
         }
+        feed.whole = frames.len() == chunks;
         // In batches: one lock of the submission front and one wake-up check for many chunks
         // (map with chunksize 1 sends a task per item), while the dispatcher starts on the
         // first batch as the next ones are made.
@@ -179,11 +183,10 @@ where
             }
             state.next = i + 1;
         }
-        let (slot, state, done) = (
-            Arc::clone(&self.slot),
-            Arc::clone(&self.state),
-            self.done_tx.clone(),
-        );
+        // Only a feeder still to come waits for chunks to finish: with every chunk in the first
+        // window, no sink needs to say so (a channel message per chunk saved).
+        let done = (!self.whole).then(|| self.done_tx.clone());
+        let (slot, state) = (Arc::clone(&self.slot), Arc::clone(&self.state));
         let chunks = self.chunks();
         let sink = Sink::then(move |outcome| {
             let terminated = matches!(outcome, Err(Error::Terminated));
@@ -197,7 +200,9 @@ where
                     }
                 }
             }
-            let _ = done.send(());
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
         });
         let mut task = Task::new(frame, sink)
             .with_limit(self.limit, items)
