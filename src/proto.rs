@@ -16,8 +16,14 @@ use crate::sys::WaitStatus;
 /// Bytes in one message.
 pub(crate) const MESSAGE: usize = 24;
 
-/// Parent to server: fork a worker on the two attached descriptors. `[SPAWN, token, 0]`.
+/// Parent to server: fork a worker on the two attached descriptors. `[SPAWN, token, flags]`,
+/// flags being [`SPAWN_CONTENDED`] or 0.
 pub(crate) const SPAWN: u64 = 1;
+/// A [`SPAWN`] flag: the parent's spins lately found the CPUs contended, so the new worker's
+/// spins start without yielding (see [`crate::spin`]): a fresh process knows nothing of the
+/// machine, and on a busy one its first yield would hand its CPU to a busy process until the
+/// next scheduler tick.
+pub(crate) const SPAWN_CONTENDED: u64 = 1;
 /// Parent to server: SIGKILL this worker if it has not been reaped. `[KILL, pid, 0]`.
 pub(crate) const KILL: u64 = 2;
 /// Parent to server: the pool is winding down and asks for no more workers; exit once every

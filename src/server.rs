@@ -14,6 +14,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 
 use crate::proto::{self, EXITED, FINISH, HELLO, KILL, MESSAGE, SPAWN, SPAWNED, SPAWN_FAILED};
+use crate::spin;
 use crate::sys::{self, Pid, PollFd};
 use crate::worker::{self, WorkerConfig};
 
@@ -71,7 +72,7 @@ fn serve_loop(sock: RawFd, worker_mask: &libc::sigset_t, config: WorkerConfig) -
             break; // the parent closed the socket
         }
         sys::read_exact(sock, &mut buf[n..])?;
-        let [kind, a, _] = proto::parse(&buf);
+        let [kind, a, b] = proto::parse(&buf);
         match kind {
             SPAWN => {
                 let [task, reply, ledger] = match <[_; 3]>::try_from(fds) {
@@ -102,6 +103,9 @@ fn serve_loop(sock: RawFd, worker_mask: &libc::sigset_t, config: WorkerConfig) -
                         };
                         // The server's short slice is for its own bursts, not the tasks'.
                         sys::default_slice();
+                        if b & proto::SPAWN_CONTENDED != 0 {
+                            spin::note_contended();
+                        }
                         worker::serve(input, output, Some(region), config);
                     }
                     Ok(pid) => {

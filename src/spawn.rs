@@ -27,6 +27,7 @@ use crate::ledger::Ledger;
 use crate::proto::{
     self, EXITED, FINISH, HELLO, KILL, MESSAGE, SPAWN, SPAWNED, SPAWN_FAILED, START_FAILED,
 };
+use crate::spin;
 use crate::sys::{self, Pid, SignalSet};
 use crate::worker::WorkerConfig;
 use crate::zygote::{self, Launched, Origin};
@@ -184,8 +185,12 @@ impl ForkServer {
     }
 
     fn send(&mut self, kind: u64, a: u64, fds: Vec<OwnedFd>) {
+        self.send_with(kind, a, 0, fds);
+    }
+
+    fn send_with(&mut self, kind: u64, a: u64, b: u64, fds: Vec<OwnedFd>) {
         self.outbox.push_back(Outgoing {
-            bytes: proto::message(kind, a, 0),
+            bytes: proto::message(kind, a, b),
             sent: 0,
             fds,
         });
@@ -337,7 +342,12 @@ impl Processes for ForkServer {
         pipes.ledger = Some(ledger);
         let token = self.next_token;
         self.next_token += 1;
-        self.send(SPAWN, token, vec![task_r, reply_w, ledger_fd]);
+        let flags = if spin::yields_hurt() {
+            proto::SPAWN_CONTENDED
+        } else {
+            0
+        };
+        self.send_with(SPAWN, token, flags, vec![task_r, reply_w, ledger_fd]);
         Ok((token, pipes))
     }
 
@@ -425,6 +435,22 @@ mod tests {
         server.service(true, false);
     }
 
+    /// A parent whose spins found the CPUs contended says so in each spawn request, so that
+    /// the new worker's spins do not start by yielding (`server.rs` reads the flag).
+    #[test]
+    fn a_spawn_request_carries_the_parents_finding_of_contention() {
+        spin::note_contended();
+        let (mut server, theirs) = fake_server();
+        let (token, _pipes) = server.spawn().unwrap();
+        let mut request = [0u8; MESSAGE];
+        let (n, _fds) = sys::recv_with_fds(theirs.as_raw_fd(), &mut request).unwrap();
+        assert_eq!(n, MESSAGE);
+        assert_eq!(
+            proto::parse(&request),
+            [SPAWN, token, proto::SPAWN_CONTENDED]
+        );
+    }
+
     /// Regression: a report that arrived in the same read as a spawn's answer was left in the
     /// buffer, unparsed, until the socket next woke the dispatcher, which could be never; the
     /// pool then waited forever on a dead worker.
@@ -435,7 +461,10 @@ mod tests {
         let mut request = [0u8; MESSAGE];
         let (n, fds) = sys::recv_with_fds(theirs.as_raw_fd(), &mut request).unwrap();
         assert_eq!((n, fds.len()), (MESSAGE, 3));
-        assert_eq!(proto::parse(&request), [SPAWN, token, 0]);
+        let [kind, got, flags] = proto::parse(&request);
+        assert_eq!([kind, got], [SPAWN, token]);
+        // Another test of this process may have noted contention (see the next test).
+        assert!(flags == 0 || flags == proto::SPAWN_CONTENDED, "{flags}");
         let mut answer = proto::message(SPAWNED, token, 4242).to_vec();
         answer.extend_from_slice(&proto::message(EXITED, 99, 1 << 32 | 9));
         sys::send_with_fds(theirs.as_raw_fd(), &answer, &[]).unwrap();

@@ -122,14 +122,18 @@ impl Spin {
         let start = clock();
         let mut last = start;
         loop {
-            if done() {
-                self.budget_ns.store(self.max_ns, Relaxed);
-                return Outcome::Done;
-            }
+            let done_now = done();
             let now = clock();
+            // Off the CPU for a while: another runnable thread wanted it. That holds even when
+            // the awaited event came meanwhile, as it usually did during a lost time slice:
+            // this spin (and its yield) cost the slice all the same.
             if now - last > CONTENDED {
                 self.shrink(budget / 4);
                 return Outcome::Contended;
+            }
+            if done_now {
+                self.budget_ns.store(self.max_ns, Relaxed);
+                return Outcome::Done;
             }
             if now - start >= limit {
                 self.shrink(budget / 2);
@@ -155,6 +159,20 @@ fn epoch() -> Instant {
 
 fn millis(at: Instant) -> u64 {
     at.saturating_duration_since(epoch()).as_millis() as u64 + 1
+}
+
+/// Whether a spin of this process lately found that a yield costs a time slice (less than
+/// [`YIELD_PENALTY`] ago): what a new worker is told when it is forked (`proto::SPAWN_CONTENDED`).
+pub(crate) fn yields_hurt() -> bool {
+    yield_hurts(Instant::now())
+}
+
+/// In a new worker whose parent found the CPUs contended: its spins start without yielding,
+/// as the parent's do (for [`YIELD_PENALTY`], then they try again). Fit for a freshly forked
+/// child of a single-threaded process (the fork server): a clock read, a once-set epoch that
+/// no other thread can be setting, and atomic stores.
+pub(crate) fn note_contended() {
+    note_yield_hurt(Instant::now());
 }
 
 /// Whether a yield cost a time slice less than [`YIELD_PENALTY`] ago.
@@ -293,6 +311,19 @@ mod tests {
         run(&spin, CONTENDED * 2, &mut || false);
         run(&spin, CONTENDED * 2, &mut || false);
         assert_eq!(spin.budget(), Duration::ZERO);
+    }
+
+    /// On a busy machine the awaited event usually arrives while the spinner is off its CPU:
+    /// the slow turn still counts as contention, so the next spins (and their yields) stop.
+    #[test]
+    fn an_event_that_came_while_the_cpu_was_lost_still_counts_as_contention() {
+        let spin = Spin::new(MAX);
+        let outcome = run(&spin, CONTENDED * 2, &mut || true);
+        assert_eq!(outcome, Outcome::Contended);
+        assert_eq!(spin.budget(), MAX / 4, "not restored to the full budget");
+        // Quick turns that see the event restore it.
+        assert_eq!(run(&spin, QUIET, &mut || true), Outcome::Done);
+        assert_eq!(spin.budget(), MAX);
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod worker;
 use std::collections::VecDeque;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -89,7 +90,7 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
     // after the other they added up (issue 9, W8d).
     let mut dispatcher = Dispatcher::new(config, server, front);
     dispatcher.replace_workers(Instant::now());
-    let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+    let (report, started) = StartReport::new();
     let handle = thread::Builder::new()
         .name("forkpool-dispatch".into())
         .stack_size(DISPATCHER_STACK)
@@ -102,12 +103,12 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
                 Ok(d) => d,
                 Err((e, front)) => {
                     front.close_wake();
-                    let _ = ready_tx.send(Err(e));
+                    report.send(Err(e));
                     return;
                 }
             };
             sys::default_slice();
-            let _ = ready_tx.send(Ok(()));
+            report.send(Ok(()));
             let outcome = panic::catch_unwind(AssertUnwindSafe(|| dispatcher.run()));
             if outcome.is_err() {
                 // A bug, not a user error: refuse new tasks; dropping the dispatcher kills and
@@ -118,18 +119,61 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
             front.close_wake();
         })
         .map_err(Error::io("spawning the dispatcher thread"))?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok((submitter, handle)),
-        Ok(Err(e)) => {
+    match started.wait() {
+        Ok(()) => Ok((submitter, handle)),
+        Err(e) => {
             let _ = handle.join();
             Err(e)
         }
-        Err(_) => {
-            let _ = handle.join();
-            Err(Error::Io {
-                op: "starting the dispatcher",
-                source: io::Error::other("the dispatcher thread ended before it started"),
-            })
+    }
+}
+
+/// The dispatcher thread's word to the thread in `Pool::new` that the workers are up, or why
+/// not: a mutex and a condvar, not a channel. A channel's receiver yields its CPU
+/// (`sched_yield`) a few times before it sleeps, and on a busy machine a yield hands the CPU to
+/// the busy process until the next scheduler tick, 4 ms here (issue 9, W8d); a condvar's wait
+/// sleeps at once, and its wake-up may preempt.
+struct StartReport(Arc<(Mutex<Option<Result<()>>>, Condvar)>);
+
+/// The waiting side of a [`StartReport`].
+struct Started(Arc<(Mutex<Option<Result<()>>>, Condvar)>);
+
+impl StartReport {
+    fn new() -> (StartReport, Started) {
+        let shared = Arc::new((Mutex::new(None), Condvar::new()));
+        (StartReport(Arc::clone(&shared)), Started(shared))
+    }
+
+    /// Reports the start's outcome (the first report counts).
+    fn send(&self, outcome: Result<()>) {
+        let (state, cond) = &*self.0;
+        let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.is_none() {
+            *state = Some(outcome);
+            cond.notify_one();
+        }
+    }
+}
+
+impl Drop for StartReport {
+    /// A thread that ends (or unwinds) before it reported: `Pool::new` must not wait forever.
+    fn drop(&mut self) {
+        self.send(Err(Error::Io {
+            op: "starting the dispatcher",
+            source: io::Error::other("the dispatcher thread ended before it started"),
+        }));
+    }
+}
+
+impl Started {
+    fn wait(self) -> Result<()> {
+        let (state, cond) = &*self.0;
+        let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(outcome) = state.take() {
+                return outcome;
+            }
+            state = cond.wait(state).unwrap_or_else(PoisonError::into_inner);
         }
     }
 }
