@@ -1526,10 +1526,37 @@ pub(crate) fn default_slice() {
     set_slice(0);
 }
 
+/// The calling thread's short slice for a moment: while the pool's first process and thread
+/// are forked and spawned from the caller's thread (they inherit it, and so get a CPU beside a
+/// busy program at once instead of waiting a scheduler tick for their first run: issue 9, W8d
+/// without `init()`). Dropping it gives the thread back the slice it had.
+pub(crate) struct BorrowedShortSlice {
+    #[cfg(target_os = "linux")]
+    previous: Option<u64>,
+}
+
+impl BorrowedShortSlice {
+    pub(crate) fn take() -> BorrowedShortSlice {
+        BorrowedShortSlice {
+            #[cfg(target_os = "linux")]
+            previous: set_slice(SHORT_SLICE_NS),
+        }
+    }
+}
+
+impl Drop for BorrowedShortSlice {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Some(previous) = self.previous {
+            set_slice(previous);
+        }
+    }
+}
+
 /// Sets the calling thread's custom slice (`runtime_ns`; 0 for the default) if it runs under
-/// a fair policy.
+/// a fair policy; returns the slice it had if it changed it.
 #[cfg(target_os = "linux")]
-fn set_slice(runtime_ns: u64) {
+fn set_slice(runtime_ns: u64) -> Option<u64> {
     let mut attr = SchedAttr::default();
     let size = std::mem::size_of::<SchedAttr>() as u32;
     // SAFETY: sched_getattr writes at most `size` bytes into `attr`, which has that size.
@@ -1543,15 +1570,67 @@ fn set_slice(runtime_ns: u64) {
         )
     };
     if got != 0 || !matches!(attr.policy as i32, libc::SCHED_OTHER | libc::SCHED_BATCH) {
-        return;
+        return None;
     }
     attr.size = size;
     attr.flags = 0;
     if attr.runtime == runtime_ns {
-        return; // already so: spare the second call
+        return None; // already so: spare the second call
     }
+    let previous = attr.runtime;
     attr.runtime = runtime_ns;
     // SAFETY: `attr` is a valid sched_attr of the size it says; it changes only this
     // thread's slice (policy and nice stay as they were).
-    unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    let set = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    (set == 0).then_some(previous)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod slice_tests {
+    use super::*;
+
+    /// This thread's custom slice as the kernel reports it (0: the default).
+    fn current_slice() -> u64 {
+        let mut attr = SchedAttr::default();
+        let size = std::mem::size_of::<SchedAttr>() as u32;
+        // SAFETY: sched_getattr writes at most `size` bytes into `attr`, which has that size.
+        let got = unsafe {
+            libc::syscall(
+                libc::SYS_sched_getattr,
+                0,
+                &mut attr as *mut SchedAttr,
+                size,
+                0,
+            )
+        };
+        assert_eq!(got, 0, "sched_getattr: {}", io::Error::last_os_error());
+        attr.runtime
+    }
+
+    /// `Pool::new` borrows the caller's thread for a short slice while it forks and spawns,
+    /// and must give back exactly the slice the thread had, the program's own choice included.
+    #[test]
+    fn a_borrowed_short_slice_is_given_back_as_it_was() {
+        // On its own thread: the slice is a thread's attribute.
+        std::thread::spawn(|| {
+            let before = current_slice();
+            let borrowed = BorrowedShortSlice::take();
+            if current_slice() != SHORT_SLICE_NS {
+                // A kernel before 6.12 has no custom slices: nothing to give back either.
+                drop(borrowed);
+                assert_eq!(current_slice(), before);
+                return;
+            }
+            drop(borrowed);
+            assert_eq!(current_slice(), before);
+            // A slice the program chose itself comes back too.
+            set_slice(500_000);
+            let borrowed = BorrowedShortSlice::take();
+            assert_eq!(current_slice(), SHORT_SLICE_NS);
+            drop(borrowed);
+            assert_eq!(current_slice(), 500_000);
+        })
+        .join()
+        .unwrap();
+    }
 }

@@ -83,6 +83,9 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
     // a caller that holds stdout's lock can still fork it (see zygote::fork). Workers start
     // with the caller's signal mask.
     let worker_mask = SignalSet::current().map_err(Error::io("pthread_sigmask"))?;
+    // The server (forked here without init()) and the dispatcher thread inherit this thread's
+    // slice: a short one gets them a CPU beside a busy program at once.
+    let slice = sys::BorrowedShortSlice::take();
     let server = ForkServer::start(worker_mask, config.worker).map_err(Error::io("fork"))?;
     // The first workers are asked for here too, so that the fork server finds the requests
     // waiting when it starts, and forks the workers while the dispatcher thread starts: on a
@@ -119,6 +122,7 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
             front.close_wake();
         })
         .map_err(Error::io("spawning the dispatcher thread"))?;
+    drop(slice);
     match started.wait() {
         Ok(()) => Ok((submitter, handle)),
         Err(e) => {
