@@ -299,3 +299,58 @@ fn an_idle_pool_burns_no_cpu() {
         }
     })
 }
+
+/// The calling thread's `sched_attr` runtime (its custom EEVDF slice; 0 for the default), or
+/// `None` where `sched_getattr` is missing.
+#[cfg(target_os = "linux")]
+fn thread_slice() -> Option<u64> {
+    // struct sched_attr, first version (48 bytes).
+    let mut attr = [0u64; 6];
+    // SAFETY: sched_getattr writes at most 48 bytes (the size passed) into `attr`, which has
+    // that size.
+    let got = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, attr.as_mut_ptr(), 48u32, 0u32) };
+    // Words: size and policy, flags, nice and priority, runtime, deadline, period.
+    (got == 0).then_some(attr[3])
+}
+
+#[cfg(target_os = "linux")]
+fn set_thread_slice(runtime_ns: u64) -> bool {
+    let mut attr = [0u64; 6];
+    // SAFETY: as in thread_slice.
+    let got = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, attr.as_mut_ptr(), 48u32, 0u32) };
+    if got != 0 {
+        return false;
+    }
+    attr[0] = (attr[0] & !0xffff_ffff) | 48; // size; the policy stays in the high half
+    attr[1] = 0; // flags
+    attr[3] = runtime_ns;
+    // SAFETY: `attr` is a valid 48-byte sched_attr for this thread; only its slice changes.
+    unsafe { libc::syscall(libc::SYS_sched_setattr, 0, attr.as_ptr(), 0u32) == 0 }
+}
+
+/// `Pool::new` lends the building thread a short slice while it forks the server and spawns
+/// the dispatcher (issue 9, W8d); the thread must get back exactly what it had, the default or
+/// a slice the program chose.
+#[cfg(target_os = "linux")]
+#[test]
+fn building_a_pool_leaves_the_threads_time_slice_as_it_was() {
+    let _serial = serial();
+    std::thread::spawn(|| {
+        let Some(before) = thread_slice() else { return };
+        let pool = Pool::new(2).unwrap();
+        assert_eq!(thread_slice(), Some(before), "after Pool::new");
+        assert_eq!(pool.apply(square, 3).unwrap(), 9);
+        pool.close();
+        pool.join().unwrap();
+        assert_eq!(thread_slice(), Some(before), "after join");
+        // A slice of the program's own (custom slices exist from Linux 6.12).
+        if !set_thread_slice(700_000) || thread_slice() != Some(700_000) {
+            return;
+        }
+        let pool = Pool::new(2).unwrap();
+        assert_eq!(thread_slice(), Some(700_000), "the program's own slice");
+        drop(pool);
+    })
+    .join()
+    .unwrap();
+}
