@@ -1553,10 +1553,10 @@ impl Drop for BorrowedShortSlice {
     }
 }
 
-/// Sets the calling thread's custom slice (`runtime_ns`; 0 for the default) if it runs under
-/// a fair policy; returns the slice it had if it changed it.
+/// The calling thread's scheduling attributes (`size` set to the struct's), or `None` if
+/// `sched_getattr` failed.
 #[cfg(target_os = "linux")]
-fn set_slice(runtime_ns: u64) -> Option<u64> {
+fn sched_attr() -> Option<SchedAttr> {
     let mut attr = SchedAttr::default();
     let size = std::mem::size_of::<SchedAttr>() as u32;
     // SAFETY: sched_getattr writes at most `size` bytes into `attr`, which has that size.
@@ -1569,10 +1569,18 @@ fn set_slice(runtime_ns: u64) -> Option<u64> {
             0,
         )
     };
-    if got != 0 || !matches!(attr.policy as i32, libc::SCHED_OTHER | libc::SCHED_BATCH) {
+    attr.size = size;
+    (got == 0).then_some(attr)
+}
+
+/// Sets the calling thread's custom slice (`runtime_ns`; 0 for the default) if it runs under
+/// a fair policy; returns the slice it had if it changed it.
+#[cfg(target_os = "linux")]
+fn set_slice(runtime_ns: u64) -> Option<u64> {
+    let mut attr = sched_attr()?;
+    if !matches!(attr.policy as i32, libc::SCHED_OTHER | libc::SCHED_BATCH) {
         return None;
     }
-    attr.size = size;
     attr.flags = 0;
     if attr.runtime == runtime_ns {
         return None; // already so: spare the second call
@@ -1591,20 +1599,7 @@ mod slice_tests {
 
     /// This thread's custom slice as the kernel reports it (0: the default).
     fn current_slice() -> u64 {
-        let mut attr = SchedAttr::default();
-        let size = std::mem::size_of::<SchedAttr>() as u32;
-        // SAFETY: sched_getattr writes at most `size` bytes into `attr`, which has that size.
-        let got = unsafe {
-            libc::syscall(
-                libc::SYS_sched_getattr,
-                0,
-                &mut attr as *mut SchedAttr,
-                size,
-                0,
-            )
-        };
-        assert_eq!(got, 0, "sched_getattr: {}", io::Error::last_os_error());
-        attr.runtime
+        sched_attr().expect("sched_getattr").runtime
     }
 
     /// `Pool::new` borrows the caller's thread for a short slice while it forks and spawns,
