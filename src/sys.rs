@@ -1553,6 +1553,10 @@ impl Drop for BorrowedShortSlice {
     }
 }
 
+/// `sched_attr.sched_flags`: children of the thread start with the default policy.
+#[cfg(target_os = "linux")]
+const SCHED_FLAG_RESET_ON_FORK: u64 = 0x01;
+
 /// The calling thread's scheduling attributes (`size` set to the struct's), or `None` if
 /// `sched_getattr` failed.
 #[cfg(target_os = "linux")]
@@ -1581,7 +1585,9 @@ fn set_slice(runtime_ns: u64) -> Option<u64> {
     if !matches!(attr.policy as i32, libc::SCHED_OTHER | libc::SCHED_BATCH) {
         return None;
     }
-    attr.flags = 0;
+    // Keep reset-on-fork, the one flag sched_getattr reports that setattr takes back as is:
+    // the caller's thread may have set it, and lending it a slice must not clear it.
+    attr.flags &= SCHED_FLAG_RESET_ON_FORK;
     if attr.runtime == runtime_ns {
         return None; // already so: spare the second call
     }
@@ -1624,6 +1630,25 @@ mod slice_tests {
             assert_eq!(current_slice(), SHORT_SLICE_NS);
             drop(borrowed);
             assert_eq!(current_slice(), 500_000);
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A thread that asked for reset-on-fork keeps it through a borrowed slice.
+    #[test]
+    fn a_borrowed_short_slice_keeps_reset_on_fork() {
+        std::thread::spawn(|| {
+            let mut attr = sched_attr().expect("sched_getattr");
+            attr.flags = SCHED_FLAG_RESET_ON_FORK;
+            // SAFETY: `attr` is this thread's valid sched_attr, of the size it says.
+            let set =
+                unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+            assert_eq!(set, 0, "sched_setattr: {}", io::Error::last_os_error());
+            let borrowed = BorrowedShortSlice::take();
+            assert_ne!(sched_attr().unwrap().flags & SCHED_FLAG_RESET_ON_FORK, 0);
+            drop(borrowed);
+            assert_ne!(sched_attr().unwrap().flags & SCHED_FLAG_RESET_ON_FORK, 0);
         })
         .join()
         .unwrap();
