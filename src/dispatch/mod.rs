@@ -137,10 +137,13 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
 /// (`sched_yield`) a few times before it sleeps, and on a busy machine a yield hands the CPU to
 /// the busy process until the next scheduler tick, 4 ms here (issue 9, W8d); a condvar's wait
 /// sleeps at once, and its wake-up may preempt.
-struct StartReport(Arc<(Mutex<Option<Result<()>>>, Condvar)>);
+struct StartReport(Arc<StartState>);
 
 /// The waiting side of a [`StartReport`].
-struct Started(Arc<(Mutex<Option<Result<()>>>, Condvar)>);
+struct Started(Arc<StartState>);
+
+/// The outcome once reported, and the condvar `Started::wait` sleeps on.
+type StartState = (Mutex<Option<Result<()>>>, Condvar);
 
 impl StartReport {
     fn new() -> (StartReport, Started) {
