@@ -15,7 +15,8 @@
 //! `terminate` and `join` the whole result is ready even while a feeder is still waiting.
 
 use std::borrow::Borrow;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -26,7 +27,7 @@ use crate::codec::SeqIndex;
 use crate::dispatch::{Lease, Submitter, Task};
 use crate::error::{Error, Result};
 use crate::frame::OutFrame;
-use crate::result::{Sink, Slot};
+use crate::result::{Outcome, Parts, Sink, Slot};
 use crate::task;
 
 /// Encoded bytes below which the first window takes more than its chunks: the memory bound
@@ -42,13 +43,8 @@ pub(crate) struct Feed<A, R, B> {
     f: fn(A) -> R,
     items: Vec<B>,
     chunksize: usize,
-    /// The chunks' results, one part per chunk.
-    slot: Arc<Slot>,
     /// Shared with the chunks' sinks.
-    state: Arc<Mutex<State>>,
-    done_tx: Sender<()>,
-    /// Every chunk goes out in the first window: no feeder runs, and nobody waits on `done_rx`.
-    whole: bool,
+    chunks: Arc<Chunks>,
     done_rx: Receiver<()>,
     window: usize,
     in_flight: usize,
@@ -57,12 +53,61 @@ pub(crate) struct Feed<A, R, B> {
     each: bool,
 }
 
+/// What a feed shares with its chunks' sinks, which take each chunk's outcome ([`Parts`]): one
+/// `Arc` for every chunk, so a sink costs no allocation.
+struct Chunks {
+    /// The chunks' results, one part per chunk.
+    slot: Arc<Slot>,
+    state: Mutex<State>,
+    count: usize,
+    /// A message per finished chunk, for the feeder that waits for room in its window.
+    done: Sender<()>,
+    /// Every chunk went out in the first window: no feeder runs, and nobody waits on `done`
+    /// (a channel message per chunk saved). Set before the first sink exists, and the sinks
+    /// reach the dispatcher through a channel after that, so a relaxed load sees it.
+    whole: AtomicBool,
+}
+
 #[derive(Debug)]
 struct State {
     /// Chunks before this one were submitted (or resolved).
     next: usize,
     /// The pool was terminated: submit nothing more.
     stopped: bool,
+}
+
+impl Chunks {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stops the feed and resolves every chunk not yet sent with `error`.
+    fn fail_rest(&self, error: &Error) {
+        self.stop(&mut self.lock(), error);
+    }
+
+    fn stop(&self, state: &mut State, error: &Error) {
+        state.stopped = true;
+        for j in state.next..self.count {
+            self.slot.fill(j, Err(error.duplicate()));
+        }
+    }
+}
+
+impl Parts for Chunks {
+    fn fill(&self, index: usize, outcome: Outcome) {
+        let terminated = matches!(outcome, Err(Error::Terminated));
+        self.slot.fill(index, outcome);
+        if terminated {
+            let mut state = self.lock();
+            if !state.stopped {
+                self.stop(&mut state, &Error::Terminated);
+            }
+        }
+        if !self.whole.load(Ordering::Relaxed) {
+            let _ = self.done.send(());
+        }
+    }
 }
 
 impl<A, R, B> Feed<A, R, B>
@@ -86,22 +131,25 @@ where
         each: bool,
     ) -> Result<Feed<A, R, B>> {
         let lease = submitter.lease()?;
-        let chunks = items.len().div_ceil(chunksize);
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let count = items.len().div_ceil(chunksize);
+        let (done, done_rx) = crossbeam_channel::unbounded();
         let mut feed = Feed {
             submitter: submitter.clone(),
             lease,
             f,
             items,
             chunksize,
-            slot: Slot::new(chunks),
-            state: Arc::new(Mutex::new(State {
-                next: 0,
-                stopped: false,
-            })),
-            done_tx,
+            chunks: Arc::new(Chunks {
+                slot: Slot::new(count),
+                state: Mutex::new(State {
+                    next: 0,
+                    stopped: false,
+                }),
+                count,
+                done,
+                whole: AtomicBool::new(false),
+            }),
             done_rx,
-            whole: false,
             window: window.max(1),
             in_flight: 0,
             limit,
@@ -109,7 +157,7 @@ where
         };
         let mut frames = Vec::new();
         let mut bytes = 0;
-        while frames.len() < chunks && (frames.len() < feed.window || bytes < SMALL_INPUT) {
+        while frames.len() < count && (frames.len() < feed.window || bytes < SMALL_INPUT) {
             let i = frames.len();
             let frame = feed
                 .encode(i)
@@ -117,31 +165,36 @@ where
             bytes += frame.0.len();
             frames.push(frame);
         }
-        feed.whole = frames.len() == chunks;
-        // In batches: one lock of the submission front and one wake-up check for many chunks
-        // (map with chunksize 1 sends a task per item), while the dispatcher starts on the
-        // first batch as the next ones are made.
-        let mut batch = Vec::with_capacity(SUBMIT_BATCH.min(frames.len()));
+        let whole = frames.len() == count;
+        feed.chunks.whole.store(whole, Ordering::Relaxed);
+        // In batches: one lock of the submission front, one wake-up check and one lock of the
+        // feed's state for many chunks (map with chunksize 1 sends a task per item), while the
+        // dispatcher starts on the first batch as the next ones are made.
         let mut frames = frames.into_iter().enumerate().peekable();
-        while let Some((i, frame)) = frames.next() {
-            batch.extend(feed.task(i, frame));
-            if batch.len() == SUBMIT_BATCH || frames.peek().is_none() {
-                // Refused tasks resolve as terminated through their sinks, which stops the feed.
-                let _ = feed
-                    .submitter
-                    .submit_leased_all(&feed.lease, batch.drain(..));
+        let mut batch = Vec::with_capacity(SUBMIT_BATCH.min(count));
+        let chunks = Arc::clone(&feed.chunks);
+        while frames.peek().is_some() {
+            {
+                let mut state = chunks.lock();
+                if state.stopped {
+                    break;
+                }
+                batch.extend(frames.by_ref().take(SUBMIT_BATCH).map(|(i, frame)| {
+                    state.next = i + 1;
+                    feed.task(i, frame)
+                }));
             }
+            // Refused tasks resolve as terminated through their sinks, which stops the feed.
+            let _ = feed
+                .submitter
+                .submit_leased_all(&feed.lease, batch.drain(..));
         }
         Ok(feed)
     }
 
     /// The slot the chunks' results arrive in.
     pub(crate) fn slot(&self) -> Arc<Slot> {
-        Arc::clone(&self.slot)
-    }
-
-    fn chunks(&self) -> usize {
-        self.items.len().div_ceil(self.chunksize)
+        Arc::clone(&self.chunks.slot)
     }
 
     fn range(&self, i: usize) -> &[B] {
@@ -166,90 +219,68 @@ where
 
     /// Submits chunk `i`, unless the feed was stopped. False once it is stopped.
     fn submit(&mut self, i: usize, frame: (OutFrame, Option<SeqIndex>)) -> bool {
-        match self.task(i, frame) {
-            // A refused task resolves as terminated through its sink, which stops the feed.
-            Some(task) => self.submitter.submit_leased(&self.lease, task).is_ok(),
-            None => false,
-        }
-    }
-
-    /// Chunk `i` as a task to submit, unless the feed was stopped.
-    fn task(&mut self, i: usize, (frame, index): (OutFrame, Option<SeqIndex>)) -> Option<Task> {
-        let items = self.range(i).len();
         {
-            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut state = self.chunks.lock();
             if state.stopped {
-                return None;
+                return false;
             }
             state.next = i + 1;
         }
-        // Only a feeder still to come waits for chunks to finish: with every chunk in the first
-        // window, no sink needs to say so (a channel message per chunk saved).
-        let done = (!self.whole).then(|| self.done_tx.clone());
-        let (slot, state) = (Arc::clone(&self.slot), Arc::clone(&self.state));
-        let chunks = self.chunks();
-        let sink = Sink::then(move |outcome| {
-            let terminated = matches!(outcome, Err(Error::Terminated));
-            slot.fill(i, outcome);
-            if terminated {
-                let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-                if !state.stopped {
-                    state.stopped = true;
-                    for j in state.next..chunks {
-                        slot.fill(j, Err(Error::Terminated));
-                    }
-                }
-            }
-            if let Some(done) = done {
-                let _ = done.send(());
-            }
-        });
+        let task = self.task(i, frame);
+        // A refused task resolves as terminated through its sink, which stops the feed.
+        self.submitter.submit_leased(&self.lease, task).is_ok()
+    }
+
+    /// Chunk `i` as a task to submit; the caller has counted it as sent in the feed's state.
+    fn task(&mut self, i: usize, (frame, index): (OutFrame, Option<SeqIndex>)) -> Task {
+        let items = self.range(i).len();
+        let sink = Sink::part(Arc::clone(&self.chunks) as Arc<dyn Parts>, i);
         let mut task = Task::new(frame, sink)
             .with_limit(self.limit, items)
-            .cancellable(&self.slot);
+            .cancellable(&self.chunks.slot);
         if let Some(index) = index {
             task = task.each_chunk(index);
         }
         self.in_flight += 1;
-        Some(task)
+        task
     }
 
     /// A handle that can fail the chunks not yet sent, should the feed never run.
     pub(crate) fn abandon(&self) -> Abandon {
         Abandon {
-            slot: Arc::clone(&self.slot),
-            state: Arc::clone(&self.state),
-            chunks: self.chunks(),
+            chunks: Arc::clone(&self.chunks),
         }
     }
 
     /// True once every chunk was submitted (or resolved).
     pub(crate) fn is_done(&self) -> bool {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.stopped || state.next >= self.chunks()
+        let state = self.chunks.lock();
+        state.stopped || state.next >= self.chunks.count
     }
 
     /// Feeds the remaining chunks, one each time a chunk in flight finishes.
     pub(crate) fn run(mut self) {
-        let chunks = self.chunks();
         loop {
             let next = {
-                let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                let state = self.chunks.lock();
                 // A cancelled map sends nothing more.
-                if state.stopped || state.next >= chunks || self.slot.is_cancelled() {
+                if state.stopped
+                    || state.next >= self.chunks.count
+                    || self.chunks.slot.is_cancelled()
+                {
                     return;
                 }
                 state.next
             };
             while self.in_flight >= self.window {
-                // Every submitted chunk's sink sends once, even when the pool is dropped, and
-                // this feed holds a sender: the wait ends.
+                // Every submitted chunk's sink sends once, even when the pool is dropped: the
+                // wait ends.
                 if self.done_rx.recv().is_err() {
                     return;
                 }
                 self.in_flight -= 1;
             }
-            if self.slot.is_cancelled() {
+            if self.chunks.slot.is_cancelled() {
                 return;
             }
             match self.encode(next) {
@@ -259,11 +290,7 @@ where
                     }
                 }
                 Err(error) => {
-                    let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-                    state.stopped = true;
-                    for j in next..chunks {
-                        self.slot.fill(j, Err(error.duplicate()));
-                    }
+                    self.chunks.fail_rest(&error);
                     return;
                 }
             }
@@ -272,20 +299,13 @@ where
 }
 
 /// Fails the chunks of a [`Feed`] that were not sent, if it cannot run.
-#[derive(Debug)]
 pub(crate) struct Abandon {
-    slot: Arc<Slot>,
-    state: Arc<Mutex<State>>,
-    chunks: usize,
+    chunks: Arc<Chunks>,
 }
 
 impl Abandon {
     /// Stops the feed and resolves every chunk not yet sent with `error`.
     pub(crate) fn fail_rest(&self, error: &Error) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.stopped = true;
-        for j in state.next..self.chunks {
-            self.slot.fill(j, Err(error.duplicate()));
-        }
+        self.chunks.fail_rest(error);
     }
 }
