@@ -376,6 +376,27 @@ impl PoolBuilder {
         // Before any result of this pool exists: results made here must know a fork of this
         // process when they see one (they then fail instead of waiting forever).
         crate::sys::watch_forks();
+        let config = self.config()?;
+        #[cfg(feature = "mpi")]
+        if let Some(options) = self.mpi {
+            let local = PoolBuilder { mpi: None, ..self };
+            return crate::mpi::build(local, options);
+        }
+        let (submitter, handle) = dispatch::start(config)?;
+        Ok(Pool {
+            owner: std::process::id(),
+            submitter,
+            processes: config.processes,
+            task_timeout: self.task_timeout,
+            dispatcher: Mutex::new(Some(handle)),
+            callbacks: Callbacks::default(),
+            #[cfg(feature = "mpi")]
+            hosts: None,
+        })
+    }
+
+    /// The dispatcher's configuration, once every setting is checked.
+    fn config(&self) -> Result<Config> {
         let processes = match self.processes {
             Some(0) => {
                 return Err(Error::InvalidArgument {
@@ -402,12 +423,7 @@ impl PoolBuilder {
                 message: message.to_string(),
             });
         }
-        #[cfg(feature = "mpi")]
-        if let Some(options) = self.mpi {
-            let local = PoolBuilder { mpi: None, ..self };
-            return crate::mpi::build(local, options);
-        }
-        let (submitter, handle) = dispatch::start(Config {
+        Ok(Config {
             processes,
             worker: WorkerConfig {
                 initializer: self.initializer,
@@ -417,16 +433,6 @@ impl PoolBuilder {
                 max_frame: self.max_frame_bytes,
             },
             max_frame: self.max_frame_bytes,
-        })?;
-        Ok(Pool {
-            owner: std::process::id(),
-            submitter,
-            processes,
-            task_timeout: self.task_timeout,
-            dispatcher: Mutex::new(Some(handle)),
-            callbacks: Callbacks::default(),
-            #[cfg(feature = "mpi")]
-            hosts: None,
         })
     }
 }
@@ -486,6 +492,13 @@ impl PoolBuilder {
             .get_or_insert_with(crate::mpi::Options::default)
             .rank0_workers = yes;
         self
+    }
+
+    /// A local pool whose dispatcher the calling thread runs itself (an MPI serving rank's
+    /// relay): its callers' end and the dispatcher, once the first workers are forked.
+    pub(crate) fn build_driven(self) -> Result<(Submitter, dispatch::Driven)> {
+        crate::sys::watch_forks();
+        dispatch::start_driven(self.config()?)
     }
 
     /// The settings the `mpi` module needs from the builder.

@@ -285,6 +285,28 @@ pub(crate) fn poll(fds: &mut [PollFd], timeout: Option<Duration>) -> io::Result<
     }
 }
 
+/// [`poll`] with a timeout to the microsecond (`ppoll`), where `poll` counts whole
+/// milliseconds and so turns a shorter wait into a look that returns at once. For a loop that
+/// naps for less than a millisecond between other work (an MPI relay between its looks at
+/// MPI), which would otherwise spin.
+pub(crate) fn poll_precise(fds: &mut [PollFd], timeout: Duration) -> io::Result<usize> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: as in `poll`; `ts` is a valid timespec that ppoll only reads, and a null signal
+    // mask leaves the thread's mask as it is.
+    match syscall!(ppoll(
+        fds.as_mut_ptr().cast(),
+        fds.len() as libc::nfds_t,
+        &ts,
+        std::ptr::null()
+    )) {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+        other => other.map(|n| n as usize),
+    }
+}
+
 /// Spins up to `limit` until `fd` is readable, yielding the CPU between looks; returns whether
 /// it is. For the moment before a blocking read, when data is likely to arrive soon.
 pub(crate) fn wait_readable(fd: RawFd, limit: Duration) -> bool {

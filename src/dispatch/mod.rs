@@ -77,21 +77,14 @@ pub(crate) struct Config {
 /// [`Error::Io`] if the thread, a pipe or a fork could not be made; workers already forked are
 /// killed and reaped first.
 pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
-    child::install_panic_hook();
-    let (submitter, front) = front()?;
-    // The server is started here, on the caller's thread, before the dispatcher thread exists:
-    // a caller that holds stdout's lock can still fork it (see zygote::fork). Workers start
-    // with the caller's signal mask.
-    let worker_mask = SignalSet::current().map_err(Error::io("pthread_sigmask"))?;
     // The server (forked here without init()) and the dispatcher thread inherit this thread's
     // slice: a short one gets them a CPU beside a busy program at once.
     let slice = sys::BorrowedShortSlice::take();
-    let server = ForkServer::start(worker_mask, config.worker).map_err(Error::io("fork"))?;
+    let (submitter, mut dispatcher) = prepare(config)?;
     // The first workers are asked for here too, so that the fork server finds the requests
     // waiting when it starts, and forks the workers while the dispatcher thread starts: on a
     // busy machine each of these steps may wait a scheduler tick for a CPU, and done one
     // after the other they added up (issue 9, W8d).
-    let mut dispatcher = Dispatcher::new(config, server, front);
     dispatcher.replace_workers(Instant::now());
     let (report, started) = StartReport::new();
     let handle = thread::Builder::new()
@@ -129,6 +122,81 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
             let _ = handle.join();
             Err(e)
         }
+    }
+}
+
+/// The submission front and a dispatcher over a fork server started on the calling thread:
+/// a caller that holds stdout's lock can still fork it (see zygote::fork), and workers start
+/// with the caller's signal mask.
+fn prepare(config: Config) -> Result<(Submitter, Dispatcher<ForkServer>)> {
+    child::install_panic_hook();
+    let (submitter, front) = front()?;
+    let worker_mask = SignalSet::current().map_err(Error::io("pthread_sigmask"))?;
+    let server = ForkServer::start(worker_mask, config.worker).map_err(Error::io("fork"))?;
+    Ok((submitter, Dispatcher::new(config, server, front)))
+}
+
+/// Starts a pool's dispatcher for a thread of the caller's to run, one [`turn`](Driven::turn)
+/// at a time, between work of its own: an MPI serving rank's relay, which polls MPI between
+/// turns, so that a task and its outcome cross no thread there (each crossing was a wake-up
+/// of a sleeping thread). Returns once the first workers are forked. The calling thread
+/// blocks SIGPIPE, as the dispatcher thread does, and so do the threads it starts afterwards.
+///
+/// # Errors
+/// As [`start`].
+#[cfg(feature = "mpi")]
+pub(crate) fn start_driven(config: Config) -> Result<(Submitter, Driven)> {
+    let (submitter, mut dispatcher) = prepare(config)?;
+    dispatcher.naps = true;
+    match dispatcher.start() {
+        Ok(dispatcher) => Ok((
+            submitter,
+            Driven {
+                dispatcher,
+                over: false,
+            },
+        )),
+        Err((e, front)) => {
+            front.close_wake();
+            Err(e)
+        }
+    }
+}
+
+/// A dispatcher that the thread owning it runs turn by turn (see [`start_driven`]). Dropping
+/// it ends the fork server, which kills its workers, and resolves every task it holds as
+/// terminated.
+#[cfg(feature = "mpi")]
+pub(crate) struct Driven {
+    dispatcher: Dispatcher<ForkServer>,
+    /// The loop is over (or panicked): no more turns.
+    over: bool,
+}
+
+#[cfg(feature = "mpi")]
+impl Driven {
+    /// One turn of the loop, sleeping at most `max_wait` for a worker or a timer (tasks
+    /// submitted from this thread are taken at the next turn, with no wake-up). False once the
+    /// loop is over: the pool terminated, or closed with every task done and every worker
+    /// reaped.
+    pub(crate) fn turn(&mut self, max_wait: Duration) -> bool {
+        if self.over {
+            return false;
+        }
+        match panic::catch_unwind(AssertUnwindSafe(|| self.dispatcher.turn(max_wait))) {
+            Ok(true) => return true,
+            Ok(false) => {}
+            // A bug, as on the dispatcher thread: refuse new tasks; dropping this kills and
+            // reaps the workers and resolves every pending task as terminated.
+            Err(_) => self.dispatcher.front.terminate(),
+        }
+        self.over = true;
+        false
+    }
+
+    /// The number of workers the pool keeps.
+    pub(crate) fn processes(&self) -> usize {
+        self.dispatcher.config.processes
     }
 }
 
@@ -212,6 +280,11 @@ pub(crate) struct Dispatcher<P: Processes> {
     /// The pool was closed or terminated, and this thread took a short time slice for the
     /// rest of its life.
     ending: bool,
+    /// A driven dispatcher, whose thread naps in its `poll` for less than a millisecond
+    /// between other work: those sleeps must be timed to the microsecond (see
+    /// [`sys::poll_precise`]), or each is a look that returns at once, a busy loop beside the
+    /// workers (W3 over MPI went from 56 to 76 µs so).
+    naps: bool,
 }
 
 impl Dispatcher<ForkServer> {
@@ -257,6 +330,7 @@ impl<P: Processes> Dispatcher<P> {
             cancels: 0,
             finishing: false,
             ending: false,
+            naps: false,
         }
     }
 
@@ -300,67 +374,73 @@ impl<P: Processes> Dispatcher<P> {
     }
 
     fn run(&mut self) {
-        loop {
-            // Step D1 of the wake-up protocol (DESIGN.md): read what callers published, then
-            // take the tasks.
-            let seen = self.front.seen();
-            if seen.gate != Gate::Open && !self.ending {
-                // From here on the pool's life is hand-offs again (workers exit, the server
-                // reaps and reports, join returns): see DESIGN.md, *A pool's start and end on
-                // a busy machine*.
-                self.ending = true;
-                sys::prefer_short_slice();
-            }
-            if seen.gate == Gate::Terminated {
-                return self.terminate();
-            }
-            for task in self.front.take() {
-                if task.is_cancelled() {
-                    task.finish(Err(Error::Cancelled), self.front.counters());
-                } else {
-                    self.queue.push_back(task);
-                }
-            }
-            if seen.cancels != self.cancels {
-                self.cancels = seen.cancels;
-                self.drop_cancelled(Instant::now());
-            }
-            self.fail_if_lost();
-            let winding_down =
-                seen.gate == Gate::Closed && seen.leases == 0 && self.queue.is_empty();
-            let now = Instant::now();
-            if !winding_down {
-                self.replace_workers(now);
-            }
-            self.assign(now);
-            if winding_down {
-                let mut idle = 0;
-                for w in &mut self.workers {
-                    if w.work.written == w.work.inflight.len() {
-                        w.pipes.close_tasks();
-                    }
-                    if w.pipes.task_fd().is_none() && w.work.inflight.is_empty() {
-                        // Nothing left for it to do: it exits at once, unless it is stopped or
-                        // stuck in its initializer; then it is killed after a grace period.
-                        w.end(Why::Closing, Some(now + EXIT_GRACE));
-                        idle += 1;
-                    }
-                }
-                if self.workers.is_empty() {
-                    return;
-                }
-                if idle == self.workers.len() && !self.finishing {
-                    // No task is left anywhere, so none can come back to the queue and need a
-                    // new worker: the fork server may exit as soon as its last worker is
-                    // reaped, and its end of file arrives with the last exit (no round trip
-                    // after it, which on a busy machine costs a wake-up or two).
-                    self.procs.finish();
-                    self.finishing = true;
-                }
-            }
-            let timeout = self.sleep_timeout(winding_down, Instant::now());
-            self.poll_once(Some(seen), timeout.unwrap_or(Duration::MAX));
+        while self.turn(Duration::MAX) {}
+    }
+
+    /// One turn of the loop: take what callers published, assign, and sleep in `poll` for at
+    /// most `max_wait` (less if a timer of the loop is due sooner). False once the loop is over:
+    /// the pool terminated, or closed with every worker gone.
+    fn turn(&mut self, max_wait: Duration) -> bool {
+        // Step D1 of the wake-up protocol (DESIGN.md): read what callers published, then
+        // take the tasks.
+        let seen = self.front.seen();
+        if seen.gate != Gate::Open && !self.ending {
+            // From here on the pool's life is hand-offs again (workers exit, the server
+            // reaps and reports, join returns): see DESIGN.md, *A pool's start and end on
+            // a busy machine*.
+            self.ending = true;
+            sys::prefer_short_slice();
         }
+        if seen.gate == Gate::Terminated {
+            self.terminate();
+            return false;
+        }
+        for task in self.front.take() {
+            if task.is_cancelled() {
+                task.finish(Err(Error::Cancelled), self.front.counters());
+            } else {
+                self.queue.push_back(task);
+            }
+        }
+        if seen.cancels != self.cancels {
+            self.cancels = seen.cancels;
+            self.drop_cancelled(Instant::now());
+        }
+        self.fail_if_lost();
+        let winding_down = seen.gate == Gate::Closed && seen.leases == 0 && self.queue.is_empty();
+        let now = Instant::now();
+        if !winding_down {
+            self.replace_workers(now);
+        }
+        self.assign(now);
+        if winding_down {
+            let mut idle = 0;
+            for w in &mut self.workers {
+                if w.work.written == w.work.inflight.len() {
+                    w.pipes.close_tasks();
+                }
+                if w.pipes.task_fd().is_none() && w.work.inflight.is_empty() {
+                    // Nothing left for it to do: it exits at once, unless it is stopped or
+                    // stuck in its initializer; then it is killed after a grace period.
+                    w.end(Why::Closing, Some(now + EXIT_GRACE));
+                    idle += 1;
+                }
+            }
+            if self.workers.is_empty() {
+                return false;
+            }
+            if idle == self.workers.len() && !self.finishing {
+                // No task is left anywhere, so none can come back to the queue and need a
+                // new worker: the fork server may exit as soon as its last worker is
+                // reaped, and its end of file arrives with the last exit (no round trip
+                // after it, which on a busy machine costs a wake-up or two).
+                self.procs.finish();
+                self.finishing = true;
+            }
+        }
+        let timeout = self.sleep_timeout(winding_down, Instant::now());
+        self.poll_once(Some(seen), timeout.map_or(max_wait, |t| t.min(max_wait)));
+        true
     }
 
     /// After a cancel: resolves the cancelled tasks that have not reached a worker as
@@ -555,7 +635,11 @@ impl<P: Processes> Dispatcher<P> {
         // Step D2 (DESIGN.md): announce the sleep, then look once more.
         let may_sleep = seen.is_none_or(|seen| self.front.prepare_sleep(seen));
         let timeout = if may_sleep { timeout } else { Duration::ZERO };
-        let polled = sys::poll(&mut fds, (timeout != Duration::MAX).then_some(timeout));
+        let polled = if self.naps && timeout < Duration::from_millis(1) {
+            sys::poll_precise(&mut fds, timeout)
+        } else {
+            sys::poll(&mut fds, (timeout != Duration::MAX).then_some(timeout))
+        };
         self.front.woke(fds[0].readable());
         if let Err(e) = polled {
             // poll fails only for reasons (EFAULT, EINVAL, ENOMEM) that retrying cannot fix

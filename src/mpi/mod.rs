@@ -70,7 +70,8 @@ pub(crate) fn build(local: PoolBuilder, options: Options) -> Result<Pool> {
     if rank != 0 {
         // A serving rank never returns, not even an error: rank 0 would wait for it forever.
         // Exiting non-zero before MPI starts makes the launcher end the job.
-        let pool = local.build().unwrap_or_else(|e| {
+        // Its dispatcher runs on the relay thread, between the relay's looks at MPI.
+        let pool = local.build_driven().unwrap_or_else(|e| {
             eprintln!("forkpool: rank {rank} could not start its local pool: {e}");
             std::process::exit(1)
         });

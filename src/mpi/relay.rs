@@ -2,6 +2,11 @@
 //! pool, send the outcomes back in batches, until rank 0 says the pool is closed or terminated.
 //! The rank itself runs no user code; its local pool's workers do. Each task it holds watches a
 //! slot of the relay's own, through which a CANCEL from rank 0 cancels it in the local pool.
+//!
+//! The relay thread runs the local pool's dispatcher itself, a turn between its looks at MPI
+//! ([`Driven`]): a task from rank 0 goes to a worker's pipe, and its reply into a RESULTS
+//! batch, without waking another thread. (With a dispatcher thread of its own, each of those
+//! two hand-offs could wait tens of microseconds for a sleeping thread on the other CPU.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,10 +19,9 @@ use crossbeam_channel::{Receiver, Sender};
 use super::identity::Image;
 use super::scheduler;
 use super::wire::{self, Hello, Outbox};
-use crate::dispatch::{Canceller, Task};
+use crate::dispatch::{Canceller, Driven, Submitter, Task};
 use crate::error::Error;
 use crate::frame::{self, OutFrame};
-use crate::pool::Pool;
 use crate::result::{Outcome, Sink, Slot};
 use crate::task;
 
@@ -31,9 +35,9 @@ const EXIT_REFUSED: i32 = 0;
 /// Exit status of a rank that failed (MPI, or rank 0 broke the protocol).
 const EXIT_FAILED: i32 = 4;
 
-/// Serves rank 0 with `local`, then ends the process: status 0 once rank 0 closed or
-/// terminated the pool.
-pub(super) fn serve(local: Pool) -> ! {
+/// Serves rank 0 with a local pool (its callers' end and its dispatcher, which this thread
+/// runs), then ends the process: status 0 once rank 0 closed or terminated the pool.
+pub(super) fn serve(local: (Submitter, Driven)) -> ! {
     let code = match run(local) {
         Ok(code) => code,
         Err(message) => {
@@ -44,7 +48,7 @@ pub(super) fn serve(local: Pool) -> ! {
     std::process::exit(code)
 }
 
-fn run(local: Pool) -> Result<i32, String> {
+fn run((submitter, driven): (Submitter, Driven)) -> Result<i32, String> {
     let universe = super::initialize()?;
     let world = universe.world();
     let rank = world.rank();
@@ -55,7 +59,7 @@ fn run(local: Pool) -> Result<i32, String> {
     let identity = image.identity();
     let host = super::host();
     let hello = Hello {
-        processes: local.processes() as u64,
+        processes: driven.processes() as u64,
         pid: u64::from(std::process::id()),
         identity: identity.0.clone(),
         host: host.clone(),
@@ -68,13 +72,12 @@ fn run(local: Pool) -> Result<i32, String> {
             "forkpool: rank {rank} on {host} (binary {identity}) was refused by rank 0: it runs \
              another build of the program"
         );
-        local.terminate();
-        drop(local);
+        wind_down(&submitter, driven, wire::TERMINATE);
         outbox.flush();
         drop(universe);
         return Ok(EXIT_REFUSED);
     }
-    let mut relay = Relay::new(local, image, &host);
+    let mut relay = Relay::new(submitter, driven, image, &host);
     let end = relay.serve(&world, &mut outbox)?;
     relay.end(end);
     outbox.send(&world, 0, wire::BYE, Vec::new());
@@ -99,7 +102,9 @@ fn receive_from_root(world: &SimpleCommunicator, outbox: &mut Outbox, tag: ::mpi
 }
 
 struct Relay {
-    local: Pool,
+    /// The local pool: its callers' end, and its dispatcher, which this thread runs.
+    submitter: Submitter,
+    driven: Driven,
     image: Image,
     /// This rank's host, which the local pool names in the deaths it records among the
     /// results of a `map_each` chunk.
@@ -122,11 +127,12 @@ struct Relay {
 }
 
 impl Relay {
-    fn new(local: Pool, image: Image, host: &str) -> Relay {
+    fn new(submitter: Submitter, driven: Driven, image: Image, host: &str) -> Relay {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let canceller = local.canceller();
+        let canceller = submitter.canceller();
         Relay {
-            local,
+            submitter,
+            driven,
             image,
             host: host.into(),
             tx,
@@ -161,6 +167,9 @@ impl Relay {
                     tag => return Err(format!("rank 0 sent a message with tag {tag}")),
                 }
             }
+            // The local pool's turn: it takes the tasks just submitted (this thread's own
+            // submissions wake nobody), writes them to workers, reads what workers sent.
+            self.driven.turn(Duration::ZERO);
             while let Ok((id, outcome)) = self.rx.try_recv() {
                 self.push(id, &outcome, world, outbox);
                 active = true;
@@ -190,21 +199,16 @@ impl Relay {
             }
             // While every worker is busy, a task from rank 0 would only wait in the local pool:
             // nap longer, as the tasks in hand have run long (an outcome still wakes this).
-            let longest = if self.inflight >= self.local.processes() {
+            let longest = if self.inflight >= self.driven.processes() {
                 scheduler::long_nap(now.saturating_duration_since(self.last_task), MAX_NAP)
             } else {
                 MAX_NAP
             };
             let nap = (idle / 8).clamp(Duration::from_micros(20), longest);
-            if self.inflight > 0 {
-                // An outcome wakes this at once; a message from rank 0 waits for the nap.
-                if let Ok((id, outcome)) = self.rx.recv_timeout(nap) {
-                    self.push(id, &outcome, world, outbox);
-                    last_activity = Instant::now();
-                }
-            } else {
-                std::thread::sleep(nap);
-            }
+            // The nap is the local pool's sleep in `poll`: a worker's reply (or death) ends it
+            // at once; a message from rank 0 waits for the nap. The outcomes are taken at the
+            // top of the loop.
+            self.driven.turn(nap);
         }
     }
 
@@ -271,7 +275,7 @@ impl Relay {
                     let slot = Slot::new(1);
                     let task = task.cancellable(&slot);
                     self.watches.insert(header.id, slot);
-                    drop(self.local.submit_task(task));
+                    drop(self.submitter.submit([task]));
                 }
                 Err(message) => {
                     self.inflight -= 1;
@@ -348,13 +352,19 @@ impl Relay {
     /// Winds the local pool down: after a close, rank 0 has every outcome already; after a
     /// terminate, the outcomes left are not wanted.
     fn end(self, end: u8) {
-        if end == wire::CLOSE {
-            self.local.close();
-        } else {
-            self.local.terminate();
-        }
-        let _ = self.local.join();
+        wind_down(&self.submitter, self.driven, end);
     }
+}
+
+/// Closes (`wire::CLOSE`) or terminates the local pool and runs its dispatcher until every
+/// worker is reaped, as `Pool::join` waits for a dispatcher thread.
+fn wind_down(submitter: &Submitter, mut driven: Driven, end: u8) {
+    if end == wire::CLOSE {
+        submitter.close();
+    } else {
+        submitter.terminate();
+    }
+    while driven.turn(Duration::MAX) {}
 }
 
 #[cfg(test)]
@@ -363,6 +373,7 @@ mod tests {
 
     use super::*;
     use crate::codec;
+    use crate::pool::PoolBuilder;
 
     fn square(x: u64) -> u64 {
         x * x
@@ -436,11 +447,36 @@ mod tests {
         })
     }
 
-    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !done() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(10));
+    /// A relay over a local pool of one worker, as a serving rank on `host` has it.
+    fn relay(image: &Image, host: &str) -> Relay {
+        let (submitter, driven) = PoolBuilder::default()
+            .processes(1)
+            .build_driven()
+            .expect("pool");
+        Relay::new(submitter, driven, image.clone(), host)
+    }
+
+    impl Relay {
+        /// Runs the local pool (as `serve` does between its looks at MPI) until `done`, for at
+        /// most 30 s.
+        fn wait_for(&mut self, what: &str, mut done: impl FnMut() -> bool) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !done() {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                self.driven.turn(Duration::from_millis(10));
+            }
+        }
+
+        /// Runs the local pool until an outcome comes, for at most `limit`.
+        fn next_outcome(&mut self, limit: Duration) -> (u64, Outcome) {
+            let deadline = Instant::now() + limit;
+            loop {
+                if let Ok(outcome) = self.rx.try_recv() {
+                    return outcome;
+                }
+                assert!(Instant::now() < deadline, "no outcome within {limit:?}");
+                self.driven.turn(Duration::from_millis(10));
+            }
         }
     }
 
@@ -451,7 +487,7 @@ mod tests {
     #[test]
     fn a_cancel_from_rank_0_stops_the_task_in_the_local_pool() {
         let image = Image::of_self();
-        let mut relay = Relay::new(Pool::new(1).expect("pool"), image.clone(), "here");
+        let mut relay = relay(&image, "here");
         let dir =
             std::env::temp_dir().join(format!("forkpool-relay-cancel-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
@@ -466,7 +502,7 @@ mod tests {
             .on_tasks(&tasks_message(&image, mark, marker.clone(), 2))
             .expect("tasks");
         assert_eq!(relay.inflight, 2);
-        wait_for("the long task to start", || {
+        relay.wait_for("the long task to start", || {
             std::fs::read_to_string(&pid_file).is_ok_and(|p| p.parse::<u32>().is_ok())
         });
         let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
@@ -474,10 +510,7 @@ mod tests {
         relay
             .on_cancel(&wire::cancel_message(&[2]))
             .expect("cancel");
-        let (id, outcome) = relay
-            .rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("an outcome");
+        let (id, outcome) = relay.next_outcome(Duration::from_secs(30));
         assert_eq!(id, 2);
         assert!(matches!(outcome, Err(Error::Cancelled)), "{outcome:?}");
         assert!(
@@ -488,10 +521,7 @@ mod tests {
         relay
             .on_cancel(&wire::cancel_message(&[1, 77]))
             .expect("cancel");
-        let (id, outcome) = relay
-            .rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("an outcome");
+        let (id, outcome) = relay.next_outcome(Duration::from_secs(30));
         assert_eq!(id, 1);
         assert!(matches!(outcome, Err(Error::Cancelled)), "{outcome:?}");
         assert!(
@@ -499,7 +529,7 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-        wait_for("the cancelled task's worker to be gone", || !alive(pid));
+        relay.wait_for("the cancelled task's worker to be gone", || !alive(pid));
         // The outcomes went out: their ids are no longer held, so a late CANCEL is ignored.
         relay.settle(1);
         relay.settle(2);
@@ -512,10 +542,7 @@ mod tests {
         relay
             .on_tasks(&tasks_message(&image, square, 5, 3))
             .expect("tasks");
-        let (id, outcome) = relay
-            .rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("an outcome");
+        let (id, outcome) = relay.next_outcome(Duration::from_secs(30));
         assert_eq!(id, 3);
         assert_eq!(codec::decode::<u64>(&outcome.expect("ran")), Ok(25));
         std::thread::sleep(Duration::from_millis(200));
@@ -523,24 +550,53 @@ mod tests {
             !Path::new(&marker).exists(),
             "the cancelled queued task ran"
         );
-        assert_eq!(relay.local.stats().cancelled, 2);
+        assert_eq!(relay.submitter.stats().cancelled, 2);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The CPU time this thread has used.
+    fn thread_cpu() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(rc, 0);
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    /// The relay naps in its local pool's `poll` between looks at MPI, mostly for less than a
+    /// millisecond: such naps must sleep. With `poll`'s whole milliseconds each was a look
+    /// that returned at once, and an idle relay a busy loop (250 naps of 400 µs then took a
+    /// few milliseconds of wall time, all of it on the CPU).
+    #[test]
+    fn naps_below_a_millisecond_in_the_local_pool_sleep() {
+        let image = Image::of_self();
+        let mut relay = relay(&image, "here");
+        let (wall, cpu) = (Instant::now(), thread_cpu());
+        for _ in 0..250 {
+            assert!(relay.driven.turn(Duration::from_micros(400)));
+        }
+        let (wall, cpu) = (wall.elapsed(), thread_cpu() - cpu);
+        assert!(
+            wall >= Duration::from_millis(100),
+            "250 naps of 400 µs took {wall:?}"
+        );
+        assert!(cpu < wall / 4, "{cpu:?} of CPU in {wall:?}");
     }
 
     #[test]
     fn a_task_from_offsets_runs_in_the_local_pool() {
         let image = Image::of_self();
-        let relay = Relay::new(Pool::new(1).expect("pool"), image.clone(), "here");
+        let mut relay = relay(&image, "here");
         let bytes = wire_frame(&image, 7);
         let header = frame::task_header(&bytes).expect("header");
         let task = relay
             .task(header, entry(1, None, &bytes))
             .expect("offsets inside the code");
-        relay.local.submit_task(task).expect("submit");
-        let (id, outcome) = relay
-            .rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("an outcome");
+        relay.submitter.submit([task]).expect("submit");
+        let (id, outcome) = relay.next_outcome(Duration::from_secs(60));
         assert_eq!(id, 42);
         let bytes = outcome.expect("the task ran");
         assert_eq!(codec::decode::<u64>(&bytes), Ok(49));
@@ -576,17 +632,14 @@ mod tests {
     #[test]
     fn a_death_in_a_chunk_from_rank_0_fails_only_its_item_naming_the_host() {
         let image = Image::of_self();
-        let relay = Relay::new(Pool::new(1).expect("pool"), image.clone(), "node-9");
+        let mut relay = relay(&image, "node-9");
         let (bytes, wire) = wire_chunk(&image);
         let header = frame::task_header(&bytes).expect("header");
         let task = relay
             .task(header, entry(6, Some(&wire), &bytes))
             .expect("a good index");
-        relay.local.submit_task(task).expect("submit");
-        let (id, outcome) = relay
-            .rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("an outcome");
+        relay.submitter.submit([task]).expect("submit");
+        let (id, outcome) = relay.next_outcome(Duration::from_secs(60));
         assert_eq!(id, 43);
         let each = crate::result::each_of_chunk::<u64>(outcome, 0, 6).expect("per-item results");
         for (x, r) in each.iter().enumerate() {
@@ -609,7 +662,7 @@ mod tests {
     #[test]
     fn a_chunk_whose_index_does_not_fit_its_frame_is_refused() {
         let image = Image::of_self();
-        let relay = Relay::new(Pool::new(1).expect("pool"), image.clone(), "here");
+        let relay = relay(&image, "here");
         let (bytes, wire) = wire_chunk(&image);
         let header = frame::task_header(&bytes).expect("header");
         let mut bad = wire.clone();
@@ -625,7 +678,7 @@ mod tests {
     #[test]
     fn offsets_outside_the_code_are_refused_and_never_called() {
         let image = Image::of_self();
-        let relay = Relay::new(Pool::new(1).expect("pool"), image.clone(), "here");
+        let relay = relay(&image, "here");
         let mut bytes = wire_frame(&image, 7);
         let h = frame::task_header(&bytes).expect("header");
         static NOT_CODE: u64 = 0;
