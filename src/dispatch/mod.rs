@@ -147,7 +147,7 @@ fn prepare(config: Config) -> Result<(Submitter, Dispatcher<ForkServer>)> {
 #[cfg(feature = "mpi")]
 pub(crate) fn start_driven(config: Config) -> Result<(Submitter, Driven)> {
     let (submitter, mut dispatcher) = prepare(config)?;
-    dispatcher.naps = true;
+    dispatcher.driven = true;
     match dispatcher.start() {
         Ok(dispatcher) => Ok((
             submitter,
@@ -280,11 +280,14 @@ pub(crate) struct Dispatcher<P: Processes> {
     /// The pool was closed or terminated, and this thread took a short time slice for the
     /// rest of its life.
     ending: bool,
-    /// A driven dispatcher, whose thread naps in its `poll` for less than a millisecond
-    /// between other work: those sleeps must be timed to the microsecond (see
-    /// [`sys::poll_precise`]), or each is a look that returns at once, a busy loop beside the
-    /// workers (W3 over MPI went from 56 to 76 µs so).
-    naps: bool,
+    /// A driven dispatcher ([`Driven`]), whose thread does work of its own between turns (an
+    /// MPI relay): it naps in `poll` for less than a millisecond, and those sleeps are timed to
+    /// the microsecond (see [`sys::poll_precise`]), or each would be a look that returns at
+    /// once, a busy loop beside the workers; and it spins only for a worker's reply, and not
+    /// in a turn asked not to wait, since a spin there kept the thread from its own work (W3
+    /// over MPI: 3 turns of the relay between two tasks, 39 µs from rank 0's send to the
+    /// relay's receive).
+    driven: bool,
 }
 
 impl Dispatcher<ForkServer> {
@@ -330,7 +333,7 @@ impl<P: Processes> Dispatcher<P> {
             cancels: 0,
             finishing: false,
             ending: false,
-            naps: false,
+            driven: false,
         }
     }
 
@@ -623,7 +626,9 @@ impl<P: Processes> Dispatcher<P> {
             fds.push(PollFd::new(w.write_fd().unwrap_or(-1), false, true));
             fds.push(PollFd::new(w.read_fd().unwrap_or(-1), true, false));
         }
-        if seen.is_some() && self.answer_imminent() {
+        // A driven loop's thread looks at its own work between turns: a turn it asks not to
+        // wait does not spin either.
+        if seen.is_some() && !(self.driven && timeout.is_zero()) && self.answer_imminent() {
             // Waking a thread that sleeps on the other CPU costs tens of microseconds; a short
             // spin costs a few while the CPUs are not contended (the spin keeps itself only
             // while it pays: `spin.rs`).
@@ -635,7 +640,7 @@ impl<P: Processes> Dispatcher<P> {
         // Step D2 (DESIGN.md): announce the sleep, then look once more.
         let may_sleep = seen.is_none_or(|seen| self.front.prepare_sleep(seen));
         let timeout = if may_sleep { timeout } else { Duration::ZERO };
-        let polled = if self.naps && timeout < Duration::from_millis(1) {
+        let polled = if self.driven && timeout < Duration::from_millis(1) {
             sys::poll_precise(&mut fds, timeout)
         } else {
             sys::poll(&mut fds, (timeout != Duration::MAX).then_some(timeout))
@@ -941,9 +946,10 @@ impl<P: Processes> Dispatcher<P> {
     }
 
     /// True when something is likely to happen within a spin: a worker runs a task whose
-    /// kind takes less than a spin, or a caller just had an answer and may submit the next task.
+    /// kind takes less than a spin, or a caller just had an answer and may submit the next task
+    /// (not in a driven loop, whose submissions come from its own thread, between turns).
     fn answer_imminent(&self) -> bool {
-        let recent = self.last_answer.is_some_and(|at| at.elapsed() < SPIN);
+        let recent = !self.driven && self.last_answer.is_some_and(|at| at.elapsed() < SPIN);
         recent
             || self.workers.iter().any(|w| {
                 w.work.running_since.is_some() && w.work.served > 0 && w.work.avg_service < SPIN

@@ -2,9 +2,9 @@
 //! rank relays tasks into a local pool of its own and sends the outcomes back.
 //!
 //! ```text
-//! rank 0:  callers ──Submitter──▶ scheduler thread ──MPI──▶ rank r: relay ──▶ local Pool ──▶ workers
-//!             ▲                        │    ▲                        │  ▲            │
-//!             └──── AsyncResult ◀──────┘    └─────── RESULTS ────────┘  └── outcomes ┘
+//! rank 0:  callers ──Submitter──▶ scheduler thread ──MPI──▶ rank r: relay thread ──pipes──▶ workers
+//!             ▲                        │    ▲                   (runs the local  ◀──────────┘
+//!             └──── AsyncResult ◀──────┘    └──── RESULTS ────── pool's dispatcher)
 //! ```
 //!
 //! - [`PoolBuilder::mpi`] makes `build` collective. Each rank learns
@@ -13,7 +13,8 @@
 //!   never inherits MPI's threads or sockets. Without a launcher, or with one rank, `build`
 //!   returns a plain local pool and MPI is never initialized.
 //! - One thread per rank makes every MPI call (`MPI_THREAD_FUNNELED`): rank 0's scheduler
-//!   thread ([`scheduler`]), a serving rank's relay thread ([`relay`]). Neither blocks in MPI:
+//!   thread ([`scheduler`]), a serving rank's relay thread ([`relay`]), which also runs its
+//!   local pool's dispatcher, a turn between its looks at MPI. Neither blocks in MPI:
 //!   they poll with `MPI_Iprobe`, send with `MPI_Isend` ([`wire::Outbox`]), and sleep with a
 //!   growing backoff when idle, so an idle job costs almost no CPU.
 //! - At start every rank sends rank 0 its binary's identity ([`identity`]); one mismatch and
