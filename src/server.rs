@@ -3,7 +3,7 @@
 //! It loops on `poll` over its socket to the parent and a self-pipe that SIGCHLD writes to. It
 //! forks a worker on each spawn request (on the two pipe ends that came with it), reaps workers
 //! as they end and reports their exit statuses, and SIGKILLs a worker when asked, if that worker
-//! is still unreaped. Asked to [`FINISH`](proto::FINISH), it exits once its last worker is
+//! is still unreaped. Asked to [`FINISH`], it exits once its last worker is
 //! reaped. When the parent closes the socket (the pool is done, or the parent died)
 //! it kills and reaps whatever workers remain and exits. It never returns or unwinds into the
 //! code that forked it: [`serve`] ends the process with `_exit`. See [`crate::proto`] for the

@@ -280,13 +280,13 @@ pub(crate) struct Dispatcher<P: Processes> {
     /// The pool was closed or terminated, and this thread took a short time slice for the
     /// rest of its life.
     ending: bool,
-    /// A driven dispatcher ([`Driven`]), whose thread does work of its own between turns (an
-    /// MPI relay): it naps in `poll` for less than a millisecond, and those sleeps are timed to
-    /// the microsecond (see [`sys::poll_precise`]), or each would be a look that returns at
-    /// once, a busy loop beside the workers; and it spins only for a worker's reply, and not
-    /// in a turn asked not to wait, since a spin there kept the thread from its own work (W3
-    /// over MPI: 3 turns of the relay between two tasks, 39 µs from rank 0's send to the
-    /// relay's receive).
+    /// A driven dispatcher (`Driven`, feature `mpi`), whose thread does work of its own
+    /// between turns (an MPI relay): it naps in `poll` for less than a millisecond, and those
+    /// sleeps are timed to the microsecond (see [`sys::poll_precise`]), or each would be a look
+    /// that returns at once, a busy loop beside the workers; and it spins only for a worker's
+    /// reply, and not in a turn asked not to wait, since a spin there kept the thread from its
+    /// own work (W3 over MPI: 3 turns of the relay between two tasks, 39 µs from rank 0's send
+    /// to the relay's receive).
     driven: bool,
 }
 
