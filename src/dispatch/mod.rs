@@ -80,12 +80,7 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
     // The server (forked here without init()) and the dispatcher thread inherit this thread's
     // slice: a short one gets them a CPU beside a busy program at once.
     let slice = sys::BorrowedShortSlice::take();
-    let (submitter, mut dispatcher) = prepare(config)?;
-    // The first workers are asked for here too, so that the fork server finds the requests
-    // waiting when it starts, and forks the workers while the dispatcher thread starts: on a
-    // busy machine each of these steps may wait a scheduler tick for a CPU, and done one
-    // after the other they added up (issue 9, W8d).
-    dispatcher.replace_workers(Instant::now());
+    let (submitter, dispatcher) = prepare(config)?;
     let (report, started) = StartReport::new();
     let handle = thread::Builder::new()
         .name("forkpool-dispatch".into())
@@ -128,12 +123,27 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
 /// The submission front and a dispatcher over a fork server started on the calling thread:
 /// a caller that holds stdout's lock can still fork it (see zygote::fork), and workers start
 /// with the caller's signal mask.
+///
+/// The first workers are asked for before the server starts, so that it finds the requests
+/// waiting and forks the workers at once, while the dispatcher thread starts: on a busy
+/// machine each of these steps may wait a scheduler tick for a CPU, and done one after the
+/// other they added up (issue 9, W8d); on a quiet one, a server forked from this thread
+/// otherwise waited for it to finish asking (see [`ForkServer::unstarted`]).
 fn prepare(config: Config) -> Result<(Submitter, Dispatcher<ForkServer>)> {
     child::install_panic_hook();
     let (submitter, front) = front()?;
     let worker_mask = SignalSet::current().map_err(Error::io("pthread_sigmask"))?;
-    let server = ForkServer::start(worker_mask, config.worker).map_err(Error::io("fork"))?;
-    Ok((submitter, Dispatcher::new(config, server, front)))
+    let server =
+        ForkServer::unstarted(worker_mask, config.worker).map_err(Error::io("socketpair"))?;
+    let mut dispatcher = Dispatcher::new(config, server, front);
+    dispatcher.replace_workers(Instant::now());
+    if let Err(e) = dispatcher.procs.launch() {
+        // Dropping the unstarted server's socket drops the requests and their pipes.
+        let Dispatcher { front, .. } = dispatcher;
+        front.close_wake();
+        return Err(Error::io("fork")(e));
+    }
+    Ok((submitter, dispatcher))
 }
 
 /// Starts a pool's dispatcher for a thread of the caller's to run, one [`turn`](Driven::turn)

@@ -10,7 +10,7 @@
 //! [`warn_if_threaded`] says so.
 
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::server;
@@ -55,14 +55,15 @@ pub(crate) unsafe fn fork_holding_stdio() -> io::Result<Side> {
     })
 }
 
-/// Forks a pool's fork server from this process: the path without [`init`](crate::init). Call
-/// it from the thread that builds the pool, before the pool's own threads exist.
+/// Forks a pool's fork server from this process, on `theirs`, the server's end of its socket:
+/// the path without [`init`](crate::init). Call it from the thread that builds the pool,
+/// before the pool's own threads exist.
 pub(crate) fn fork_server(
     worker_mask: SignalSet,
     config: WorkerConfig,
-) -> io::Result<super::Launched> {
+    theirs: OwnedFd,
+) -> io::Result<super::Started> {
     warn_if_threaded();
-    let (ours, theirs) = sys::socketpair()?;
     let parent = sys::getpid();
     let on_main = sys::is_main_thread();
     let worker_mask = worker_mask.to_sigset();
@@ -72,7 +73,8 @@ pub(crate) fn fork_server(
         Side::Parent(pid) => pid,
         Side::Child => {
             let mask = sys::helper_mask();
-            // SAFETY: we are the freshly forked child.
+            // SAFETY: we are the freshly forked child. child_setup closes every other
+            // descriptor, the pool's ends of the first workers' pipes among them.
             let [sock] = unsafe { sys::child_setup(parent, &mask, [theirs.as_raw_fd()]) };
             if !on_main {
                 // The death signal follows the forking thread, which may end before the pool
@@ -83,9 +85,8 @@ pub(crate) fn fork_server(
         }
     };
     drop(theirs);
-    Ok(super::Launched {
+    Ok(super::Started {
         pid: Some(pid),
-        sock: ours,
         origin: super::Origin::Forked,
     })
 }

@@ -203,18 +203,31 @@ pub(crate) struct Launched {
     pub(crate) origin: Origin,
 }
 
-/// Starts a fork server for a pool being built: from the zygote if [`init`] ran, else forked
-/// from this process. Call it on the thread that builds the pool, before the pool's threads
-/// start. `worker_mask` is that thread's signal mask: workers start with it, minus SIGALRM,
-/// which a task's time limit needs delivered.
-pub(crate) fn launch_server(worker_mask: SignalSet, config: WorkerConfig) -> io::Result<Launched> {
+/// Who started a fork server, and its pid if known yet (see [`Launched`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Started {
+    pub(crate) pid: Option<Pid>,
+    pub(crate) origin: Origin,
+}
+
+/// Starts a fork server for a pool being built, on `theirs`, the server's end of a socketpair
+/// whose other end the pool keeps (requests may wait there already: the server reads them
+/// first thing): from the zygote if [`init`] ran, else forked from this process. Call it on
+/// the thread that builds the pool, before the pool's threads start. `worker_mask` is that
+/// thread's signal mask: workers start with it, minus SIGALRM, which a task's time limit
+/// needs delivered.
+pub(crate) fn launch_server(
+    worker_mask: SignalSet,
+    config: WorkerConfig,
+    theirs: OwnedFd,
+) -> io::Result<Started> {
     let spec = ServerSpec {
         worker_mask: worker_mask.without(libc::SIGALRM),
         config,
     };
-    match from_zygote(spec) {
-        Some(launched) => launched,
-        None => fork::fork_server(spec.worker_mask, spec.config),
+    match from_zygote(spec, theirs) {
+        Ok(started) => started,
+        Err(theirs) => fork::fork_server(spec.worker_mask, spec.config, theirs),
     }
 }
 
@@ -232,25 +245,34 @@ pub(crate) fn relaunch_server(
         worker_mask: worker_mask.without(libc::SIGALRM),
         config,
     };
-    from_zygote(spec).unwrap_or_else(|| {
-        Err(io::Error::other(
+    let (ours, theirs) = sys::socketpair()?;
+    match from_zygote(spec, theirs) {
+        Ok(started) => started.map(|Started { pid, origin }| Launched {
+            pid,
+            sock: ours,
+            origin,
+        }),
+        Err(_) => Err(io::Error::other(
             "the pool's fork server is gone (killed from outside?), and a pool does not fork a \
              new one from a multi-threaded process (its workers could start with a lock held): \
              call forkpool::init() first in main to have it re-created",
-        ))
-    })
+        )),
+    }
 }
 
-/// Asks the zygote to fork a server, and returns at once with the pool's end of the server's
-/// socket: the server says its pid there first thing, or the zygote writes why it could not
-/// fork it (see [`proto`]). `None` if there is no zygote (any more).
-fn from_zygote(spec: ServerSpec) -> Option<io::Result<Launched>> {
-    let zygote = slot()?;
+/// Asks the zygote to fork a server on `theirs`, the server's end of its socket, and returns at
+/// once: the server says its pid on the socket first thing, or the zygote writes why it could
+/// not fork it (see [`proto`]). `theirs` back if there is no zygote (any more).
+fn from_zygote(
+    spec: ServerSpec,
+    theirs: OwnedFd,
+) -> std::result::Result<io::Result<Started>, OwnedFd> {
+    let Some(zygote) = slot() else {
+        return Err(theirs);
+    };
     let mut sock = zygote.sock.lock().unwrap_or_else(PoisonError::into_inner);
-    let fd = sock.as_ref()?.as_raw_fd();
-    let (ours, theirs) = match sys::socketpair() {
-        Ok(pair) => pair,
-        Err(e) => return Some(Err(e)),
+    let Some(fd) = sock.as_ref().map(AsRawFd::as_raw_fd) else {
+        return Err(theirs);
     };
     let sent =
         sys::send_with_fds(fd, &proto::start_request(spec), &[theirs.as_raw_fd()]).and_then(|()| {
@@ -259,12 +281,10 @@ fn from_zygote(spec: ServerSpec) -> Option<io::Result<Launched>> {
                 None => Ok(()),
             }
         });
-    // The zygote has its own copy (or none, if the send failed); the server will own it.
-    drop(theirs);
     if sent.is_ok() {
-        return Some(Ok(Launched {
+        // The zygote has its own copy; the server will own it.
+        return Ok(Ok(Started {
             pid: None,
-            sock: ours,
             origin: Origin::Zygote,
         }));
     }
@@ -277,7 +297,7 @@ fn from_zygote(spec: ServerSpec) -> Option<io::Result<Launched>> {
         sys::kill(zygote.pid);
         let _ = sys::wait_blocking(zygote.pid);
     }
-    None
+    Err(theirs)
 }
 
 /// Reads one whole message from the blocking socket `fd`, by `deadline`.
