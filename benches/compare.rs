@@ -121,6 +121,9 @@ enum Mode {
     ImapRss(u64),
     /// Hidden: W6 this many times with this many workers in a fresh process; report the median.
     W6(usize, usize),
+    /// W6's lives split into their phases (lives, workers, busy loops beside them): the
+    /// breakdown behind docs/DESIGN.md's W8d analysis, for one command to reproduce it.
+    W6Phases(usize, usize, usize),
     /// Hidden: a busy loop for W8 (harness pid, seconds).
     BusyLoop(libc::pid_t, u32),
     /// Hidden: start this many busy loops and wait to be killed (for `--check-busy-cleanup`).
@@ -145,6 +148,8 @@ fn usage() -> ! {
          \n  --no-python   skip Python's multiprocessing.Pool\
          \n  --no-init     do not call forkpool::init() first (pools fork from this grown process)\
          \n  --check-busy-cleanup   check that no busy loop outlives the harness, and exit\
+         \n  --w6-phases N WORKERS BUSY   N pool lives of WORKERS, beside BUSY busy loops: the\
+         \n                median of each phase (new, apply, close + join, drop) and every life, in ms\
          \n  --mpi         only the MPI pool against mpi4py (--reps N, default 5), and exit"
     );
     std::process::exit(2)
@@ -177,6 +182,13 @@ fn parse_args() -> Mode {
                 let workers = args.next().and_then(|n| n.parse().ok());
                 match (n, workers) {
                     (Some(n), Some(w)) => return Mode::W6(n, w),
+                    _ => usage(),
+                }
+            }
+            "--w6-phases" => {
+                let mut next = || args.next().and_then(|n| n.parse().ok());
+                match (next(), next(), next()) {
+                    (Some(n), Some(w), Some(b)) if n > 0 => return Mode::W6Phases(n, w, b),
                     _ => usage(),
                 }
             }
@@ -2004,6 +2016,14 @@ fn main() {
                 "w6 {} {} {} {} {} {}",
                 w.ms, w.self_minflt, w.children_minflt, w.rss_kib, w.pte_kib, w.threads
             );
+            return;
+        }
+        Mode::W6Phases(n, workers, busy_loops) => {
+            let load = (busy_loops > 0).then(|| {
+                BusyLoad::start(busy_loops, busy::ALARM_SECS).expect("start the busy loops")
+            });
+            println!("{}", w6::w6_phases(n, workers));
+            drop(load);
             return;
         }
         Mode::BusyLoop(ppid, secs) => busy::busy_loop_child(ppid, secs),

@@ -30,6 +30,44 @@ pub fn w6_lives(n: usize, workers: usize) -> f64 {
     median(&lives)
 }
 
+/// `n` lives of a pool of `workers` without `init()` (as in the `--w6` mode), each split into
+/// its phases: the median of `Pool::new`, the one `apply`, `close` + `join`, the drop and the
+/// whole life, in ms, then every life's length. Beside busy loops (`--w6-phases N W BUSY`), it
+/// shows which phase loses the scheduler tick (docs/DESIGN.md, *A pool's start and end on a
+/// busy machine*).
+pub fn w6_phases(n: usize, workers: usize) -> String {
+    let mut phases: [Vec<f64>; 5] = Default::default();
+    for _ in 0..n {
+        let start = Instant::now();
+        let pool = Pool::new(workers).expect("pool");
+        let built = start.elapsed();
+        assert_eq!(pool.apply(square, 3).expect("apply"), 9);
+        let applied = start.elapsed();
+        pool.close();
+        pool.join().expect("join");
+        let joined = start.elapsed();
+        drop(pool);
+        let dropped = start.elapsed();
+        let ends = [built, applied, joined, dropped];
+        let mut from = std::time::Duration::ZERO;
+        for (phase, &end) in phases.iter_mut().zip(&ends) {
+            phase.push((end - from).as_secs_f64() * 1e3);
+            from = end;
+        }
+        phases[4].push(dropped.as_secs_f64() * 1e3);
+    }
+    let lives: Vec<String> = phases[4].iter().map(|ms| format!("{ms:.1}")).collect();
+    format!(
+        "new {:.3} apply {:.3} close+join {:.3} drop {:.3} life {:.3} (medians, ms); lives: {}",
+        median(&phases[0]),
+        median(&phases[1]),
+        median(&phases[2]),
+        median(&phases[3]),
+        median(&phases[4]),
+        lives.join(" ")
+    )
+}
+
 /// W6 and what may explain it: the state of the process that builds the pools, and the page
 /// faults the pool lives cost.
 pub struct W6 {
