@@ -446,6 +446,17 @@ pub(crate) fn server_lost() -> io::Error {
 mod tests {
     use super::*;
 
+    /// What the workers of these tests run: no initializer, no limits.
+    fn plain_config() -> WorkerConfig {
+        WorkerConfig {
+            initializer: None,
+            max_tasks: None,
+            max_memory: None,
+            print_panics: false,
+            max_frame: u64::MAX,
+        }
+    }
+
     /// A fork server played by this test: the socket's other end.
     fn fake_server() -> (ForkServer, OwnedFd) {
         let (ours, theirs) = sys::socketpair().unwrap();
@@ -457,13 +468,7 @@ mod tests {
                 origin: Origin::Forked,
             },
             SignalSet::current().unwrap(),
-            WorkerConfig {
-                initializer: None,
-                max_tasks: None,
-                max_memory: None,
-                print_panics: false,
-                max_frame: u64::MAX,
-            },
+            plain_config(),
         );
         server.reaped = true;
         (server, theirs)
@@ -601,14 +606,7 @@ mod tests {
     /// wait here runs out.
     #[test]
     fn a_finishing_server_exits_after_its_last_worker_by_itself() {
-        let config = WorkerConfig {
-            initializer: None,
-            max_tasks: None,
-            max_memory: None,
-            print_panics: false,
-            max_frame: u64::MAX,
-        };
-        let mut server = ForkServer::start(SignalSet::current().unwrap(), config).unwrap();
+        let mut server = ForkServer::start(SignalSet::current().unwrap(), plain_config()).unwrap();
         let (token, pipes) = server.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut events = Vec::new();
@@ -654,16 +652,6 @@ mod tests {
             "{events:?}"
         );
         assert!(server.reaped, "reaped as it exited");
-    }
-
-    fn plain_config() -> WorkerConfig {
-        WorkerConfig {
-            initializer: None,
-            max_tasks: None,
-            max_memory: None,
-            print_panics: false,
-            max_frame: u64::MAX,
-        }
     }
 
     /// The first workers of a pool are asked for before its server starts, and the server,
