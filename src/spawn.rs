@@ -184,12 +184,13 @@ impl ForkServer {
 
     /// Starts the server of a pool being built: from the zygote if `forkpool::init()` ran,
     /// else forked from this process (see [`crate::zygote`]). Call it from the thread that
-    /// builds the pool, before the pool's own threads start. Does nothing the second time.
-    pub(crate) fn launch(&mut self) -> io::Result<()> {
+    /// builds the pool; `pool_threads` of the pool's own threads may run already (they are not
+    /// the program's, which the path without `init()` warns of). Does nothing the second time.
+    pub(crate) fn launch(&mut self, pool_threads: usize) -> io::Result<()> {
         let Some(theirs) = self.unstarted.take() else {
             return Ok(());
         };
-        let started = zygote::launch_server(self.worker_mask, self.config, theirs)?;
+        let started = zygote::launch_server(self.worker_mask, self.config, theirs, pool_threads)?;
         self.pid = started.pid;
         self.origin = started.origin;
         Ok(())
@@ -199,7 +200,7 @@ impl ForkServer {
     #[cfg(test)]
     pub(crate) fn start(worker_mask: SignalSet, config: WorkerConfig) -> io::Result<ForkServer> {
         let mut server = ForkServer::unstarted(worker_mask, config)?;
-        server.launch()?;
+        server.launch(0)?;
         Ok(server)
     }
 
@@ -662,7 +663,7 @@ mod tests {
             ForkServer::unstarted(SignalSet::current().unwrap(), plain_config()).unwrap();
         let mut asked: Vec<(Token, Pipes)> = (0..2).map(|_| server.spawn().unwrap()).collect();
         assert!(server.pid.is_none(), "no process before launch");
-        server.launch().unwrap();
+        server.launch(0).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut spawned = Vec::new();
         while spawned.len() < asked.len() {

@@ -4,6 +4,7 @@
 //! - [`submit`]: the submission front, how callers hand tasks in and wake the thread;
 //! - [`task`]: a task on its way, and what a reply means for its caller;
 //! - [`worker`]: one worker's life, the tasks it holds, its pipes;
+//! - [`oneshot`]: how `Pool::new` and the dispatcher thread hand each other the start;
 //! - this module: the event loop over all of them.
 //!
 //! The dispatcher sends a worker whose tasks are short as many tasks at once as make
@@ -20,6 +21,7 @@
 //! [`Error::WorkerDied`]; the tasks queued behind it go back to the front of the queue, and a new
 //! worker is forked in its place. See docs/DESIGN.md.
 
+mod oneshot;
 mod submit;
 mod task;
 mod worker;
@@ -27,7 +29,6 @@ mod worker;
 use std::collections::VecDeque;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -73,6 +74,13 @@ pub(crate) struct Config {
 
 /// Starts a pool's dispatcher thread, which has the first workers forked before this returns.
 ///
+/// The thread is started first, and given its dispatcher once the fork server is forked (or
+/// asked of the zygote): by then it has run and gone to sleep, so it is woken like any
+/// sleeping thread. Started after the fork, it was placed on a CPU as a new task, often the
+/// fresh server's, and took that CPU from it; beside a busy program the server then waited a
+/// scheduler tick to fork the workers (issue 9, W8d: with this order, lives of a pool beside
+/// 2 busy loops that lost two ticks fell from 45% to 14-22%).
+///
 /// # Errors
 /// [`Error::Io`] if the thread, a pipe or a fork could not be made; workers already forked are
 /// killed and reaped first.
@@ -80,8 +88,8 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
     // The server (forked here without init()) and the dispatcher thread inherit this thread's
     // slice: a short one gets them a CPU beside a busy program at once.
     let slice = sys::BorrowedShortSlice::take();
-    let (submitter, dispatcher) = prepare(config)?;
-    let (report, started) = StartReport::new();
+    let (give_dispatcher, take_dispatcher) = oneshot::pair::<Dispatcher<ForkServer>>();
+    let (report, started) = oneshot::pair::<Result<()>>();
     let handle = thread::Builder::new()
         .name("forkpool-dispatch".into())
         .stack_size(DISPATCHER_STACK)
@@ -90,16 +98,20 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
             // processes; the default one while it serves tasks (the spins of a round trip
             // fared worse with a short one: W3's median doubled).
             sys::prefer_short_slice();
+            // None: the server could not be started, and `start` says why.
+            let Some(dispatcher) = take_dispatcher.take() else {
+                return;
+            };
             let mut dispatcher = match dispatcher.start() {
                 Ok(d) => d,
                 Err((e, front)) => {
                     front.close_wake();
-                    report.send(Err(e));
+                    report.give(Err(e));
                     return;
                 }
             };
             sys::default_slice();
-            report.send(Ok(()));
+            report.give(Ok(()));
             let outcome = panic::catch_unwind(AssertUnwindSafe(|| dispatcher.run()));
             if outcome.is_err() {
                 // A bug, not a user error: refuse new tasks; dropping the dispatcher kills and
@@ -110,8 +122,26 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
             front.close_wake();
         })
         .map_err(Error::io("spawning the dispatcher thread"))?;
+    // The thread above is this pool's own: the fork may leave its locks held in the server,
+    // and it holds none the server takes (see fork::fork_server), so it is not counted among
+    // the program's threads that the warning of the path without init() is about.
+    let (submitter, dispatcher) = match prepare(config, 1) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            drop(give_dispatcher);
+            let _ = handle.join();
+            return Err(e);
+        }
+    };
+    give_dispatcher.give(dispatcher);
     drop(slice);
-    match started.wait() {
+    let outcome = started.take().unwrap_or_else(|| {
+        Err(Error::Io {
+            op: "starting the dispatcher",
+            source: io::Error::other("the dispatcher thread ended before it started"),
+        })
+    });
+    match outcome {
         Ok(()) => Ok((submitter, handle)),
         Err(e) => {
             let _ = handle.join();
@@ -129,7 +159,7 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
 /// machine each of these steps may wait a scheduler tick for a CPU, and done one after the
 /// other they added up (issue 9, W8d); on a quiet one, a server forked from this thread
 /// otherwise waited for it to finish asking (see [`ForkServer::unstarted`]).
-fn prepare(config: Config) -> Result<(Submitter, Dispatcher<ForkServer>)> {
+fn prepare(config: Config, pool_threads: usize) -> Result<(Submitter, Dispatcher<ForkServer>)> {
     child::install_panic_hook();
     let (submitter, front) = front()?;
     let worker_mask = SignalSet::current().map_err(Error::io("pthread_sigmask"))?;
@@ -137,7 +167,7 @@ fn prepare(config: Config) -> Result<(Submitter, Dispatcher<ForkServer>)> {
         ForkServer::unstarted(worker_mask, config.worker).map_err(Error::io("socketpair"))?;
     let mut dispatcher = Dispatcher::new(config, server, front);
     dispatcher.replace_workers(Instant::now());
-    if let Err(e) = dispatcher.procs.launch() {
+    if let Err(e) = dispatcher.procs.launch(pool_threads) {
         // Dropping the unstarted server's socket drops the requests and their pipes.
         let Dispatcher { front, .. } = dispatcher;
         front.close_wake();
@@ -156,7 +186,7 @@ fn prepare(config: Config) -> Result<(Submitter, Dispatcher<ForkServer>)> {
 /// As [`start`].
 #[cfg(feature = "mpi")]
 pub(crate) fn start_driven(config: Config) -> Result<(Submitter, Driven)> {
-    let (submitter, mut dispatcher) = prepare(config)?;
+    let (submitter, mut dispatcher) = prepare(config, 0)?;
     dispatcher.driven = true;
     match dispatcher.start() {
         Ok(dispatcher) => Ok((
@@ -207,59 +237,6 @@ impl Driven {
     /// The number of workers the pool keeps.
     pub(crate) fn processes(&self) -> usize {
         self.dispatcher.config.processes
-    }
-}
-
-/// The dispatcher thread's word to the thread in `Pool::new` that the workers are up, or why
-/// not: a mutex and a condvar, not a channel. A channel's receiver yields its CPU
-/// (`sched_yield`) a few times before it sleeps, and on a busy machine a yield hands the CPU to
-/// the busy process until the next scheduler tick, 4 ms here (issue 9, W8d); a condvar's wait
-/// sleeps at once, and its wake-up may preempt.
-struct StartReport(Arc<StartState>);
-
-/// The waiting side of a [`StartReport`].
-struct Started(Arc<StartState>);
-
-/// The outcome once reported, and the condvar `Started::wait` sleeps on.
-type StartState = (Mutex<Option<Result<()>>>, Condvar);
-
-impl StartReport {
-    fn new() -> (StartReport, Started) {
-        let shared = Arc::new((Mutex::new(None), Condvar::new()));
-        (StartReport(Arc::clone(&shared)), Started(shared))
-    }
-
-    /// Reports the start's outcome (the first report counts).
-    fn send(&self, outcome: Result<()>) {
-        let (state, cond) = &*self.0;
-        let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.is_none() {
-            *state = Some(outcome);
-            cond.notify_one();
-        }
-    }
-}
-
-impl Drop for StartReport {
-    /// A thread that ends (or unwinds) before it reported: `Pool::new` must not wait forever.
-    fn drop(&mut self) {
-        self.send(Err(Error::Io {
-            op: "starting the dispatcher",
-            source: io::Error::other("the dispatcher thread ended before it started"),
-        }));
-    }
-}
-
-impl Started {
-    fn wait(self) -> Result<()> {
-        let (state, cond) = &*self.0;
-        let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if let Some(outcome) = state.take() {
-                return outcome;
-            }
-            state = cond.wait(state).unwrap_or_else(PoisonError::into_inner);
-        }
     }
 }
 

@@ -872,41 +872,6 @@ fn a_server_that_could_not_be_forked_fails_the_start_with_its_errno() {
     assert!(d.lost.is_some(), "no worker can come any more");
 }
 
-/// `Pool::new` waits for the dispatcher thread's report on a condvar (no yielding channel); a
-/// thread that ends before it reports must still end the wait, with an error.
-#[test]
-fn a_start_report_dropped_unsent_ends_the_wait_with_an_error() {
-    let (report, started) = StartReport::new();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(started.wait()));
-    std::thread::sleep(Duration::from_millis(20));
-    drop(report);
-    let outcome = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the wait did not end");
-    assert!(
-        matches!(&outcome, Err(Error::Io { op, .. }) if *op == "starting the dispatcher"),
-        "{outcome:?}"
-    );
-}
-
-#[test]
-fn a_start_report_is_seen_once_sent_and_the_drop_after_it_changes_nothing() {
-    let (report, started) = StartReport::new();
-    let sender = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(20));
-        report.send(Ok(()));
-        drop(report);
-    });
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(started.wait()));
-    let outcome = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the wait did not end");
-    assert!(outcome.is_ok(), "{outcome:?}");
-    sender.join().unwrap();
-}
-
 /// A driven loop (an MPI relay's) does work of its own between turns: it does not spin in a
 /// turn asked not to wait, nor for a submission after an answer (its own thread submits, between
 /// turns), only for a worker's reply in a turn that may wait. A spin in every turn kept the

@@ -56,14 +56,22 @@ pub(crate) unsafe fn fork_holding_stdio() -> io::Result<Side> {
 }
 
 /// Forks a pool's fork server from this process, on `theirs`, the server's end of its socket:
-/// the path without [`init`](crate::init). Call it from the thread that builds the pool,
-/// before the pool's own threads exist.
+/// the path without [`init`](crate::init). Call it from the thread that builds the pool.
+///
+/// Of the pool's own threads, only its dispatcher thread may exist yet (`pool_threads`, 0 or
+/// 1), started just before and waiting to be handed its dispatcher: at the fork it is either
+/// in the standard library's thread start or asleep on that hand-off's lock. What it may hold
+/// there, the server never takes: the hand-off's lock is the pool's own; malloc's locks are
+/// held by libc across the fork (as for any thread); and the dynamic loader's lock (a thread
+/// that registers a thread-local destructor takes it) is reset in the child by glibc's fork.
+/// The program's other threads are another matter: [`warn_if_threaded`] says so.
 pub(crate) fn fork_server(
     worker_mask: SignalSet,
     config: WorkerConfig,
     theirs: OwnedFd,
+    pool_threads: usize,
 ) -> io::Result<super::Started> {
-    warn_if_threaded();
+    warn_if_threaded(pool_threads);
     let parent = sys::getpid();
     let on_main = sys::is_main_thread();
     let worker_mask = worker_mask.to_sigset();
@@ -92,10 +100,10 @@ pub(crate) fn fork_server(
 }
 
 /// Says once per process, on stderr, that a pool is being built in a process that already has
-/// other threads, unless [`QUIET_VAR`] is set.
-pub(crate) fn warn_if_threaded() {
+/// other threads than this one and the pool's own `pool_threads`, unless [`QUIET_VAR`] is set.
+pub(crate) fn warn_if_threaded(pool_threads: usize) {
     static WARNED: AtomicBool = AtomicBool::new(false);
-    let Some(threads) = sys::thread_count() else {
+    let Some(threads) = sys::thread_count().map(|n| n.saturating_sub(pool_threads)) else {
         return;
     };
     if threads <= 1 || std::env::var_os(QUIET_VAR).is_some() || WARNED.swap(true, Ordering::Relaxed)

@@ -213,13 +213,15 @@ pub(crate) struct Started {
 /// Starts a fork server for a pool being built, on `theirs`, the server's end of a socketpair
 /// whose other end the pool keeps (requests may wait there already: the server reads them
 /// first thing): from the zygote if [`init`] ran, else forked from this process. Call it on
-/// the thread that builds the pool, before the pool's threads start. `worker_mask` is that
-/// thread's signal mask: workers start with it, minus SIGALRM, which a task's time limit
-/// needs delivered.
+/// the thread that builds the pool; of the pool's threads, only `pool_threads` dispatcher
+/// threads waiting to be given their dispatcher may run already (see
+/// [`fork::fork_server`]). `worker_mask` is that thread's signal mask: workers start with it,
+/// minus SIGALRM, which a task's time limit needs delivered.
 pub(crate) fn launch_server(
     worker_mask: SignalSet,
     config: WorkerConfig,
     theirs: OwnedFd,
+    pool_threads: usize,
 ) -> io::Result<Started> {
     let spec = ServerSpec {
         worker_mask: worker_mask.without(libc::SIGALRM),
@@ -227,7 +229,7 @@ pub(crate) fn launch_server(
     };
     match from_zygote(spec, theirs) {
         Ok(started) => started,
-        Err(theirs) => fork::fork_server(spec.worker_mask, spec.config, theirs),
+        Err(theirs) => fork::fork_server(spec.worker_mask, spec.config, theirs, pool_threads),
     }
 }
 
