@@ -110,6 +110,7 @@ impl Callbacks {
         let thread = thread::Builder::new()
             .name("forkpool-callbacks".into())
             .spawn(move || {
+                let _ending = crate::sys::EndingThread;
                 JOBS.with(|jobs| *jobs.borrow_mut() = Some(rx.clone()));
                 for job in rx {
                     // The job itself catches the callback's panic; this is a second net.

@@ -1000,7 +1000,10 @@ impl Pool {
             let abandon = feed.abandon();
             let spawned = std::thread::Builder::new()
                 .name("forkpool-map-feeder".into())
-                .spawn(move || feed.run());
+                .spawn(move || {
+                    let _ending = crate::sys::EndingThread;
+                    feed.run()
+                });
             if let Err(e) = spawned {
                 let error = Error::Io {
                     op: "spawning the map feeder thread",

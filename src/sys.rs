@@ -6,6 +6,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 /// Turns a libc return value of `-1` into the current `errno` as an [`io::Error`].
@@ -842,14 +843,48 @@ pub(crate) fn signal_name(sig: i32) -> &'static str {
 // Wrappers for the zygote and for forking helpers from a threaded process (src/zygote/).
 // ---------------------------------------------------------------------------------------------
 
-/// How many threads this process runs, from `/proc/self/status` (`Threads:`); `None` where that
-/// cannot be read (not Linux, no /proc).
+/// How many threads this process runs, from `/proc/self/task`, less the crate's own threads
+/// that are ending ([`EndingThread`]); `None` where that cannot be read (not Linux, no /proc).
 pub(crate) fn thread_count() -> Option<usize> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
+    let tasks: Vec<Pid> = std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let mut ending = ENDING.lock().unwrap_or_else(PoisonError::into_inner);
+    Some(count_besides_ending(&tasks, &mut ending))
+}
+
+/// Thread ids of the crate's threads that noted they are ending, until they leave
+/// `/proc/self/task`. Only the parent's threads touch it; a forked helper never does.
+static ENDING: Mutex<Vec<Pid>> = Mutex::new(Vec::new());
+
+/// `tasks` less those in `ending`, which keeps only the ids still in `tasks`: a thread gone
+/// from the list is not looked for again (and its id, if the kernel ever reuses it, is
+/// counted).
+fn count_besides_ending(tasks: &[Pid], ending: &mut Vec<Pid>) -> usize {
+    ending.retain(|tid| tasks.contains(tid));
+    tasks.len() - ending.len()
+}
+
+/// Held by each thread the crate starts (a dispatcher, the callback thread, a map's feeder, an
+/// MPI thread): dropped as the thread ends, it has [`thread_count`] no longer count it. `join`
+/// returns once the kernel has cleared the thread's id, a moment before the thread leaves the
+/// thread group: a program that built and dropped pools one after the other was otherwise
+/// sometimes told that it "already runs 2 threads" (2 of 20 processes of 60 lives each).
+pub(crate) struct EndingThread;
+
+impl Drop for EndingThread {
+    fn drop(&mut self) {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as Pid;
+            ENDING
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(tid);
+        }
+    }
 }
 
 /// True on the process's main thread (the one whose thread id is the process id). Where that
@@ -969,6 +1004,17 @@ mod zygote_wrapper_tests {
             SignalSet::from_sigset(&helper_mask()),
             SignalSet::default().with(libc::SIGPIPE)
         );
+    }
+
+    #[test]
+    fn ending_threads_are_not_counted_while_listed_and_forgotten_once_gone() {
+        let mut ending = vec![12, 99];
+        // 12 is still listed (it has not left the thread group yet); 99 has gone.
+        assert_eq!(count_besides_ending(&[10, 11, 12], &mut ending), 2);
+        assert_eq!(ending, [12]);
+        // Once 12 has gone too, nothing is subtracted and nothing is remembered.
+        assert_eq!(count_besides_ending(&[10, 11], &mut ending), 2);
+        assert!(ending.is_empty());
     }
 
     #[test]

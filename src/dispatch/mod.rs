@@ -94,6 +94,7 @@ pub(crate) fn start(config: Config) -> Result<(Submitter, JoinHandle<()>)> {
         .name("forkpool-dispatch".into())
         .stack_size(DISPATCHER_STACK)
         .spawn(move || {
+            let _ending = sys::EndingThread;
             // Short slices while the pool starts and ends, chains of wake-ups between
             // processes; the default one while it serves tasks (the spins of a round trip
             // fared worse with a short one: W3's median doubled).

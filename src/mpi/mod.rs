@@ -79,7 +79,10 @@ pub(crate) fn build(local: PoolBuilder, options: Options) -> Result<Pool> {
         let relay = thread::Builder::new()
             .name("forkpool-mpi".into())
             .stack_size(MPI_THREAD_STACK)
-            .spawn(move || relay::serve(pool))
+            .spawn(move || {
+                let _ending = crate::sys::EndingThread;
+                relay::serve(pool)
+            })
             .map_err(Error::io("spawning the MPI thread"))?;
         // The relay ends the process; this thread only waits for it.
         let _ = relay.join();
@@ -96,7 +99,10 @@ pub(crate) fn build(local: PoolBuilder, options: Options) -> Result<Pool> {
     let handle = thread::Builder::new()
         .name("forkpool-mpi".into())
         .stack_size(MPI_THREAD_STACK)
-        .spawn(move || scheduler::run(front, local_pool, ready_tx))
+        .spawn(move || {
+            let _ending = crate::sys::EndingThread;
+            scheduler::run(front, local_pool, ready_tx)
+        })
         .map_err(Error::io("spawning the MPI thread"))?;
     match ready_rx.recv() {
         Ok(Ok((processes, hosts))) => Ok(Pool::with_scheduler(
