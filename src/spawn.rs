@@ -159,7 +159,8 @@ impl ForkServer {
     /// before it, rather than after, lets the server fork them at once instead of waiting
     /// for the building thread to finish asking (`perf sched` of 41 W6 lives on a quiet
     /// machine, 2026-12-07: 33 servers waited 130-190 µs for their first run, on the building
-    /// thread's CPU, before; 70-120 µs after, while it starts the dispatcher thread).
+    /// thread's CPU, before; 70-120 µs after, while it started the dispatcher thread, which
+    /// `Pool::new` has since started before the fork).
     ///
     /// `worker_mask` is the signal mask workers start with (less SIGALRM); `config` what they
     /// run.
