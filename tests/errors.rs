@@ -290,3 +290,109 @@ fn the_descriptor_limit_is_checked_up_front_and_the_failed_call_named() {
         );
     })
 }
+
+/// `Pool::new` when the fork server's fork fails (EAGAIN, as at `RLIMIT_NPROC` or with the
+/// process table full): the error names `fork`, and nothing is left behind, neither the
+/// dispatcher thread (started before the fork, then told there is nothing to run) nor a
+/// descriptor nor a child. Run in a fresh process, which makes forks fail with a seccomp
+/// filter: `clone` without `CLONE_THREAD`, `fork` and `vfork` get EAGAIN; threads still start.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_failed_fork_of_the_server_leaves_nothing_behind() {
+    within(LIMIT, || {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "fork_failure_helper", "--nocapture"])
+            .env("FORKPOOL_FORK_FAILURE_HELPER", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("FORK FAILED CLEANLY"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore = "run by a_failed_fork_of_the_server_leaves_nothing_behind"]
+fn fork_failure_helper() {
+    use std::time::{Duration, Instant};
+    if std::env::var_os("FORKPOOL_FORK_FAILURE_HELPER").is_none() {
+        return;
+    }
+    let count = |dir: &str| std::fs::read_dir(dir).unwrap().count();
+    let (threads, fds) = (count("/proc/self/task"), count("/proc/self/fd"));
+    refuse_forks_on_this_thread();
+    match Pool::new(2) {
+        Err(Error::Io { op, source }) => {
+            assert_eq!(op, "fork", "{source}");
+            assert_eq!(source.raw_os_error(), Some(libc::EAGAIN), "{source}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The dispatcher thread was joined; the kernel may list it a moment longer.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count("/proc/self/task") != threads && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        count("/proc/self/task"),
+        threads,
+        "a thread was left running"
+    );
+    assert_eq!(count("/proc/self/fd"), fds, "a descriptor was left open");
+    // SAFETY: waitpid with WNOHANG only asks; no child exists to be reaped.
+    let waited = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    assert!(
+        waited == -1 && errno == Some(libc::ECHILD),
+        "a child was left: {waited}"
+    );
+    println!("FORK FAILED CLEANLY");
+}
+
+/// Installs, for the calling thread and the threads it starts, a seccomp filter under which
+/// every fork fails with EAGAIN and threads still start (x86_64).
+#[cfg(target_arch = "x86_64")]
+fn refuse_forks_on_this_thread() {
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    // Offsets into struct seccomp_data: nr, arch, then args[0] (its low half, little-endian).
+    let filter = [
+        op(LD_W_ABS, 0, 0, 4),
+        op(JEQ_K, 0, 7, AUDIT_ARCH_X86_64), // another arch: allow
+        op(LD_W_ABS, 0, 0, 0),
+        op(JEQ_K, 4, 0, libc::SYS_fork as u32),  // refuse
+        op(JEQ_K, 3, 0, libc::SYS_vfork as u32), // refuse
+        op(JEQ_K, 0, 3, libc::SYS_clone as u32), // not clone: allow
+        op(LD_W_ABS, 0, 0, 16),
+        op(JSET_K, 1, 0, libc::CLONE_THREAD as u32), // a thread: allow
+        op(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EAGAIN as u32),
+        op(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ];
+    let program = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: no_new_privs and a seccomp filter change only this thread (and the threads it
+    // starts, and this test process); `program` points at `filter`, alive across the call.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &program as *const libc::sock_fprog
+            ),
+            0,
+            "seccomp: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
