@@ -32,9 +32,10 @@ pub fn w6_lives(n: usize, workers: usize) -> f64 {
 
 /// `n` lives of a pool of `workers` without `init()` (as in the `--w6` mode), each split into
 /// its phases: the median of `Pool::new`, the one `apply`, `close` + `join`, the drop and the
-/// whole life, in ms, then every life's length. Beside busy loops (`--w6-phases N W BUSY`), it
-/// shows which phase loses the scheduler tick (docs/DESIGN.md, *A pool's start and end on a
-/// busy machine*).
+/// whole life, in ms, how many lives took over 6 ms (two scheduler ticks lost beside busy
+/// loops), then every life's length. Beside busy loops (`--w6-phases N W BUSY`), it shows which
+/// phase loses the scheduler tick (docs/DESIGN.md, *A pool's start and end on a busy
+/// machine*).
 pub fn w6_phases(n: usize, workers: usize) -> String {
     let mut phases: [Vec<f64>; 5] = Default::default();
     for _ in 0..n {
@@ -57,8 +58,12 @@ pub fn w6_phases(n: usize, workers: usize) -> String {
         phases[4].push(dropped.as_secs_f64() * 1e3);
     }
     let lives: Vec<String> = phases[4].iter().map(|ms| format!("{ms:.1}")).collect();
+    // Beside busy loops a life that loses one scheduler tick (4 ms at HZ=250) takes about 4 ms,
+    // one that loses two about 8: over 6 ms counts as two or more.
+    let two_ticks = phases[4].iter().filter(|&&ms| ms > 6.0).count();
     format!(
-        "new {:.3} apply {:.3} close+join {:.3} drop {:.3} life {:.3} (medians, ms); lives: {}",
+        "new {:.3} apply {:.3} close+join {:.3} drop {:.3} life {:.3} (medians, ms); \
+         lives over 6 ms: {two_ticks} of {n}; lives: {}",
         median(&phases[0]),
         median(&phases[1]),
         median(&phases[2]),
