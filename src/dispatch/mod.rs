@@ -78,8 +78,9 @@ pub(crate) struct Config {
 /// asked of the zygote): by then it has run and gone to sleep, so it is woken like any
 /// sleeping thread. Started after the fork, it was placed on a CPU as a new task, often the
 /// fresh server's, and took that CPU from it; beside a busy program the server then waited a
-/// scheduler tick to fork the workers (issue 9, W8d: with this order, lives of a pool beside
-/// 2 busy loops that lost two ticks fell from 45% to 14-22%).
+/// scheduler tick to fork the workers (issue 9, W8d: with this order, fewer lives of a pool
+/// beside 2 busy loops lose two ticks: 36% to 28% in `compare --w6-phases 40 2 2`, 5
+/// alternated runs per build; 45-60% to 14-28% in probes beside shell loops).
 ///
 /// # Errors
 /// [`Error::Io`] if the thread, a pipe or a fork could not be made; workers already forked are
