@@ -846,17 +846,29 @@ pub(crate) fn signal_name(sig: i32) -> &'static str {
 /// How many threads this process runs, from `/proc/self/task`, less the crate's own threads
 /// that are ending ([`EndingThread`]); `None` where that cannot be read (not Linux, no /proc).
 pub(crate) fn thread_count() -> Option<usize> {
-    let tasks: Vec<Pid> = std::fs::read_dir("/proc/self/task")
-        .ok()?
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
+    let tasks = listed_threads()?;
     let mut ending = ENDING.lock().unwrap_or_else(PoisonError::into_inner);
     Some(count_besides_ending(&tasks, &mut ending))
+}
+
+/// The ids of this process's threads, from `/proc/self/task`.
+fn listed_threads() -> Option<Vec<Pid>> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    Some(
+        tasks
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+    )
 }
 
 /// Thread ids of the crate's threads that noted they are ending, until they leave
 /// `/proc/self/task`. Only the parent's threads touch it; a forked helper never does.
 static ENDING: Mutex<Vec<Pid>> = Mutex::new(Vec::new());
+
+/// How many ending threads [`ENDING`] keeps before it forgets those gone: a program that never
+/// counts its threads (one that called `init()`) builds pools without end, and each pool's
+/// thread is noted as it ends.
+const ENDING_KEPT: usize = 32;
 
 /// `tasks` less those in `ending`, which keeps only the ids still in `tasks`: a thread gone
 /// from the list is not looked for again (and its id, if the kernel ever reuses it, is
@@ -879,10 +891,14 @@ impl Drop for EndingThread {
         {
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::syscall(libc::SYS_gettid) } as Pid;
-            ENDING
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(tid);
+            let mut ending = ENDING.lock().unwrap_or_else(PoisonError::into_inner);
+            if ending.len() >= ENDING_KEPT {
+                match listed_threads() {
+                    Some(tasks) => ending.retain(|tid| tasks.contains(tid)),
+                    None => ending.clear(),
+                }
+            }
+            ending.push(tid);
         }
     }
 }
@@ -1015,6 +1031,18 @@ mod zygote_wrapper_tests {
         // Once 12 has gone too, nothing is subtracted and nothing is remembered.
         assert_eq!(count_besides_ending(&[10, 11], &mut ending), 2);
         assert!(ending.is_empty());
+    }
+
+    /// A program that never counts its threads (it called `init()`) still keeps only a few
+    /// ending threads noted, however many pools' threads end.
+    #[test]
+    fn ending_threads_noted_stay_few_however_many_end() {
+        for _ in 0..200 {
+            std::thread::spawn(|| drop(EndingThread)).join().unwrap();
+        }
+        let noted = ENDING.lock().unwrap().len();
+        // Other tests' threads may be ending too, a few at a time.
+        assert!(noted <= ENDING_KEPT + 8, "{noted} ending threads noted");
     }
 
     #[test]

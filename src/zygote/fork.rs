@@ -103,11 +103,14 @@ pub(crate) fn fork_server(
 /// other threads than this one and the pool's own `pool_threads`, unless [`QUIET_VAR`] is set.
 pub(crate) fn warn_if_threaded(pool_threads: usize) {
     static WARNED: AtomicBool = AtomicBool::new(false);
+    // Once said, or silenced, there is nothing to count (each count reads /proc).
+    if WARNED.load(Ordering::Relaxed) || std::env::var_os(QUIET_VAR).is_some() {
+        return;
+    }
     let Some(threads) = sys::thread_count().map(|n| n.saturating_sub(pool_threads)) else {
         return;
     };
-    if threads <= 1 || std::env::var_os(QUIET_VAR).is_some() || WARNED.swap(true, Ordering::Relaxed)
-    {
+    if threads <= 1 || WARNED.swap(true, Ordering::Relaxed) {
         return;
     }
     eprintln!(
