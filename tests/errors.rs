@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{within, LIMIT};
 use forkpool::{Error, ExitCause, Pool};
 
@@ -272,16 +270,7 @@ fn descriptor_limit_helper() {
 #[test]
 fn the_descriptor_limit_is_checked_up_front_and_the_failed_call_named() {
     within(LIMIT, || {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--ignored",
-                "--exact",
-                "descriptor_limit_helper",
-                "--nocapture",
-            ])
-            .env("FORKPOOL_NOFILE_HELPER", "1")
-            .output()
-            .unwrap();
+        let out = common::run_ignored("descriptor_limit_helper", "FORKPOOL_NOFILE_HELPER");
         assert!(
             out.status.success(),
             "{}\n{}",
@@ -300,11 +289,7 @@ fn the_descriptor_limit_is_checked_up_front_and_the_failed_call_named() {
 #[test]
 fn a_failed_fork_of_the_server_leaves_nothing_behind() {
     within(LIMIT, || {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "fork_failure_helper", "--nocapture"])
-            .env("FORKPOOL_FORK_FAILURE_HELPER", "1")
-            .output()
-            .unwrap();
+        let out = common::run_ignored("fork_failure_helper", "FORKPOOL_FORK_FAILURE_HELPER");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && stdout.contains("FORK FAILED CLEANLY"),
@@ -318,12 +303,12 @@ fn a_failed_fork_of_the_server_leaves_nothing_behind() {
 #[test]
 #[ignore = "run by a_failed_fork_of_the_server_leaves_nothing_behind"]
 fn fork_failure_helper() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     if std::env::var_os("FORKPOOL_FORK_FAILURE_HELPER").is_none() {
         return;
     }
-    let count = |dir: &str| std::fs::read_dir(dir).unwrap().count();
-    let (threads, fds) = (count("/proc/self/task"), count("/proc/self/fd"));
+    let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
+    let (before, fds) = (threads(), common::open_fds());
     refuse_forks_on_this_thread();
     match Pool::new(2) {
         Err(Error::Io { op, source }) => {
@@ -333,16 +318,11 @@ fn fork_failure_helper() {
         other => panic!("{other:?}"),
     }
     // The dispatcher thread was joined; the kernel may list it a moment longer.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while count("/proc/self/task") != threads && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert_eq!(
-        count("/proc/self/task"),
-        threads,
+    assert!(
+        common::eventually(Duration::from_secs(5), || threads() == before),
         "a thread was left running"
     );
-    assert_eq!(count("/proc/self/fd"), fds, "a descriptor was left open");
+    assert_eq!(common::open_fds(), fds, "a descriptor was left open");
     // SAFETY: waitpid with WNOHANG only asks; no child exists to be reaped.
     let waited = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
     let errno = std::io::Error::last_os_error().raw_os_error();

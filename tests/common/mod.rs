@@ -37,6 +37,17 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Runs this test binary again for its ignored test `name` alone, with the environment
+/// variable `env` set (that test does nothing without it): for a test that must have a process
+/// of its own (resource limits, a seccomp filter, memory counts). Bound it with [`within`].
+pub fn run_ignored(name: &str, env: &str) -> std::process::Output {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", name, "--nocapture"])
+        .env(env, "1")
+        .output()
+        .unwrap()
+}
+
 /// The numbers of this process's open file descriptors.
 pub fn open_fds() -> Vec<i32> {
     let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
