@@ -91,12 +91,19 @@ static void ask_slice(void) {
     syscall(SYS_sched_setattr, 0, &attr, 0);
 }
 
+// Closes descriptors first..last; by hand where close_range (Linux 5.9) is missing.
+static void close_from_to(unsigned first, unsigned last) {
+    if (syscall(SYS_close_range, first, last, 0) == 0) return;
+    long max = sysconf(_SC_OPEN_MAX);
+    for (long fd = first; fd <= (long)last && fd < max; fd++) close((int)fd);
+}
+
 // Keeps descriptors 100.. (renumbered from `keep`) and closes every other one above stderr.
 static void keep_only(const int *keep, int n) {
     for (int i = 0; i < n; i++)
         if (dup2(keep[i], 100 + i) < 0) die("dup2");
-    if (syscall(SYS_close_range, 3, 99, 0) != 0) die("close_range");
-    if (syscall(SYS_close_range, 100 + n, ~0U, 0) != 0) die("close_range");
+    close_from_to(3, 99);
+    close_from_to(100 + n, ~0U);
 }
 
 // A worker: waits to be told the pool is built, says it is ready, answers tasks until end
