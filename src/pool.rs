@@ -1394,7 +1394,9 @@ impl Pool {
     /// After `close`, a live [`Imap`] may still submit its remaining input, and `join` waits for
     /// it to be exhausted or dropped. A worker that does not exit within a second of having
     /// nothing left to do (stopped by SIGSTOP, or stuck in its initializer) is killed; one
-    /// stopped in the middle of a task without a time limit is waited for.
+    /// stopped in the middle of a task without a time limit is waited for. A fork server
+    /// stopped from outside (it reaps and kills the workers) is waited for 5 seconds more, then
+    /// ended, and its workers with it: `join` then returns about 8 seconds after the last task.
     ///
     /// # Examples
     ///

@@ -127,6 +127,45 @@ fn join_returns_with_a_stopped_idle_worker() {
     })
 }
 
+/// close() + join() waited forever on a fork server stopped by SIGSTOP: the idle workers exit
+/// (or are to be killed) but only the server reaps and reports them. Now the pool stops
+/// waiting for a server that has not reported a worker it was asked to kill for 5 s, and ends
+/// it; its workers die with it. Results already in hand stay; tasks still run while the server
+/// is stopped (it is not on their path).
+#[test]
+fn join_returns_with_a_stopped_fork_server() {
+    let _serial = serial();
+    within(Duration::from_secs(60), || {
+        let pool = Pool::new(2).unwrap();
+        let worker = pool.apply(pid, ()).unwrap();
+        let server: i32 = stat_field(worker, 4).unwrap().parse().unwrap();
+        assert_eq!(
+            stat_field(server as u32, 4),
+            Some(std::process::id().to_string()),
+            "workers are the server's children, and the server is ours"
+        );
+        // SAFETY: kill has no memory-safety preconditions; `server` is our own unreaped child.
+        assert_eq!(unsafe { libc::kill(server, libc::SIGSTOP) }, 0);
+        assert!(common::eventually(Duration::from_secs(10), || {
+            common::state(server as u32) == Some('T')
+        }));
+        assert_eq!(pool.apply(square, 7).unwrap(), 49);
+        let started = Instant::now();
+        pool.close();
+        pool.join().unwrap();
+        // 1 s for the workers to exit, 5 s for the server to report them, 2 s for it to end.
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "join took {:?}",
+            started.elapsed()
+        );
+        assert!(common::eventually(Duration::from_secs(10), || {
+            !common::exists(server as u32) && !common::exists(worker)
+        }));
+        assert!(common::descendants().is_empty(), "a process was left");
+    })
+}
+
 /// What a stopped task does: with a time limit, the backstop kills it and it fails TimedOut.
 /// (Without one it waits until the process is continued; `terminate` and drop still return.)
 #[test]

@@ -59,6 +59,9 @@ const SPIN: Duration = Duration::from_micros(50);
 const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// How long `terminate` waits for the fork server to report its killed workers reaped.
 const TERMINATE_WAIT: Duration = Duration::from_secs(5);
+/// How long a closed pool waits for the fork server to report a worker it was asked to kill,
+/// before it stops waiting for the server (stopped by SIGSTOP, or stuck) and ends it.
+const KILL_REPORT_WAIT: Duration = TERMINATE_WAIT;
 /// How long `Pool::new` waits for the fork server to fork the first workers.
 const START_WAIT: Duration = Duration::from_secs(30);
 /// Longest pause between attempts to replace workers that keep dying before their first task.
@@ -421,6 +424,15 @@ impl<P: Processes> Dispatcher<P> {
             if self.workers.is_empty() {
                 return false;
             }
+            if self.server_unresponsive(now) {
+                // No task is left with any worker, and the server has not reported a worker it
+                // was asked to kill for KILL_REPORT_WAIT: it is stopped (SIGSTOP) or stuck, and
+                // waiting for it would keep `join` waiting as long. Dropping the server's
+                // handle ends it (SIGKILL if it does not end by itself), and its workers die
+                // with it (their death signal).
+                self.resolve_all_as_terminated();
+                return false;
+            }
             if idle == self.workers.len() && !self.finishing {
                 // No task is left anywhere, so none can come back to the queue and need a
                 // new worker: the fork server may exit as soon as its last worker is
@@ -578,6 +590,11 @@ impl<P: Processes> Dispatcher<P> {
             .respawn_at
             .filter(|_| !winding_down && self.workers.len() < self.config.processes);
         let front_limit = self.slow_start_limit();
+        let report_wait = |w: &Worker| {
+            w.kill_unreported_since()
+                .filter(|_| winding_down)
+                .map(|since| since + KILL_REPORT_WAIT)
+        };
         let timers = self.workers.iter().flat_map(|w| {
             let slow_start = match (w.life, front_limit) {
                 (Life::Booting { since, .. }, Some(limit)) if w.end.is_none() => {
@@ -591,6 +608,7 @@ impl<P: Processes> Dispatcher<P> {
                 w.held_due(),
                 slow_start,
                 w.spare_due(),
+                report_wait(w),
             ]
         });
         [respawn]
@@ -918,6 +936,24 @@ impl<P: Processes> Dispatcher<P> {
                 }
             }
         }
+        self.resolve_all_as_terminated();
+    }
+
+    /// True when every worker left is idle and the fork server has not reported one it was
+    /// asked to kill [`KILL_REPORT_WAIT`] ago.
+    fn server_unresponsive(&self, now: Instant) -> bool {
+        let idle = self.workers.iter().all(|w| w.work.inflight.is_empty());
+        let overdue = self
+            .workers
+            .iter()
+            .filter_map(Worker::kill_unreported_since)
+            .any(|since| now >= since + KILL_REPORT_WAIT);
+        idle && overdue
+    }
+
+    /// Drops every worker, delivering the replies already in its pipe, and resolves every task
+    /// still held as terminated.
+    fn resolve_all_as_terminated(&mut self) {
         let counters = self.front.counters();
         for mut w in self.workers.drain(..) {
             w.read_rest(counters);

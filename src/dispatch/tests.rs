@@ -285,6 +285,40 @@ fn winding_down_kills_a_worker_that_does_not_exit() {
     assert_eq!(d.procs.kills, [PID]);
 }
 
+/// A fork server that does not report a worker it was asked to kill (stopped by SIGSTOP) is
+/// given up on KILL_REPORT_WAIT later, so that `join` returns; but not while a worker still
+/// holds a task, whose answer needs no server.
+#[test]
+fn a_closed_pool_gives_up_on_a_server_that_does_not_report_a_killed_worker() {
+    let now = Instant::now();
+    let (submitter, mut d) = dispatcher(2, now);
+    for worker in 0..2 {
+        say_ready(&d, worker);
+    }
+    d.poll_once(None, Duration::from_secs(10));
+    let (t, rx) = task(None);
+    submitter.submit([t]).unwrap();
+    take_queued(&mut d);
+    d.assign(now);
+    let busy = d.workers.iter().position(|w| !w.work.inflight.is_empty());
+    let busy = busy.expect("one worker holds the task");
+    let idle = 1 - busy;
+    submitter.close();
+    d.workers[idle].pipes.close_tasks();
+    d.workers[idle].end(Why::Closing, Some(now));
+    d.tick(now);
+    assert_eq!(d.procs.kills, [PID + idle as Pid]);
+    let late = now + KILL_REPORT_WAIT;
+    assert!(!d.server_unresponsive(late), "a worker still holds a task");
+    // The task is answered; then nothing is left but the unreported kill.
+    d.workers[busy].work.inflight.clear();
+    assert!(!d.server_unresponsive(late - Duration::from_millis(1)));
+    assert!(d.server_unresponsive(late));
+    d.resolve_all_as_terminated();
+    assert!(d.workers.is_empty());
+    drop(rx);
+}
+
 /// Issue 8, item 2: a lost fork server is not re-forked from the threaded parent; the tasks
 /// fail with an error that says so.
 #[test]

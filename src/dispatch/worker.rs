@@ -77,7 +77,8 @@ pub(super) struct End {
     pub(super) why: Why,
     /// When to have it killed if it has not been reported dead yet.
     kill_at: Option<Instant>,
-    kill_sent: bool,
+    /// When the fork server was asked to kill it.
+    kill_sent: Option<Instant>,
 }
 
 /// The tasks a serving worker holds, and how fast it serves them.
@@ -180,7 +181,7 @@ impl Worker {
                 self.end = Some(End {
                     why,
                     kill_at,
-                    kill_sent: false,
+                    kill_sent: None,
                 })
             }
             Some(end) => {
@@ -199,8 +200,18 @@ impl Worker {
     pub(super) fn kill_at(&self) -> Option<Instant> {
         self.end
             .as_ref()
-            .filter(|e| !e.kill_sent && self.pid().is_some())
+            .filter(|e| e.kill_sent.is_none() && self.pid().is_some())
             .and_then(|e| e.kill_at)
+    }
+
+    /// When the fork server was asked to kill it, while it is still unreported: a server that
+    /// does not report such a worker for long is stopped or stuck (see
+    /// `Dispatcher::turn`'s winding down).
+    pub(super) fn kill_unreported_since(&self) -> Option<Instant> {
+        match self.life {
+            Life::Booting { .. } | Life::Serving { .. } => self.end.as_ref()?.kill_sent,
+            _ => None,
+        }
     }
 
     /// If its kill time has come, returns its pid (once) to have it killed.
@@ -210,10 +221,10 @@ impl Worker {
             _ => return None,
         };
         let end = self.end.as_mut()?;
-        if end.kill_sent || end.kill_at.is_none_or(|at| at > now) {
+        if end.kill_sent.is_some() || end.kill_at.is_none_or(|at| at > now) {
             return None;
         }
-        end.kill_sent = true;
+        end.kill_sent = Some(now);
         Some(pid)
     }
 
