@@ -874,8 +874,13 @@ const ENDING_KEPT: usize = 32;
 /// from the list is not looked for again (and its id, if the kernel ever reuses it, is
 /// counted).
 fn count_besides_ending(tasks: &[Pid], ending: &mut Vec<Pid>) -> usize {
-    ending.retain(|tid| tasks.contains(tid));
+    forget_gone(ending, tasks);
     tasks.len() - ending.len()
+}
+
+/// Keeps in `ending` only the ids still listed in `tasks`.
+fn forget_gone(ending: &mut Vec<Pid>, tasks: &[Pid]) {
+    ending.retain(|listed| tasks.contains(listed));
 }
 
 /// Held by each thread the crate starts (a dispatcher, the callback thread, a map's feeder, an
@@ -894,7 +899,7 @@ impl Drop for EndingThread {
             let mut ending = ENDING.lock().unwrap_or_else(PoisonError::into_inner);
             if ending.len() >= ENDING_KEPT {
                 match listed_threads() {
-                    Some(tasks) => ending.retain(|tid| tasks.contains(tid)),
+                    Some(tasks) => forget_gone(&mut ending, &tasks),
                     None => ending.clear(),
                 }
             }
